@@ -1,0 +1,621 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False
+"""Forward and backward (BPTT) kernels of the rnn, lstm and gru cells.
+
+The equations are in ``docs/engine.md``; each is written once here, for float
+and double (``cython.floating``). The kernels take the packed, time-major layout
+described there and fill caller-allocated arrays. They never allocate, never
+raise and never hold the GIL.
+
+Parallelism: sequences are independent, so the batch is cut into blocks of
+``block_rows`` sequences and each OpenMP thread runs whole blocks through all
+time steps, with its own single-threaded BLAS calls. The cut depends only on
+the batch size and ``block_rows``, never on the thread count, so every
+floating-point operation happens in the same order whatever the number of
+threads: results are bitwise identical with 1 thread or many.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+
+from ._blas cimport gemm
+from ._math cimport sigmoid, tanh_, sqrt_
+
+CELL_RNN = 0
+CELL_LSTM = 1
+CELL_GRU = 2
+ACT_TANH = 0
+ACT_RELU = 1
+
+cdef enum:
+    RNN = 0
+    LSTM = 1
+    GRU = 2
+    TANH = 0
+    RELU = 1
+
+
+cdef struct Dims:
+    int cell
+    int activation
+    bint reverse
+    bint reset_after
+    bint layer_norm
+    bint peephole
+    bint has_mask
+    int n_steps
+    int hidden
+    int gates
+
+
+# --------------------------------------------------------------------------
+# Layer normalisation of one gate block (n entries)
+# --------------------------------------------------------------------------
+
+cdef inline void ln_forward(floating* s, int n, const floating* w,
+                            const floating* b, floating* xhat,
+                            floating* rstd) noexcept nogil:
+    """Normalise ``s`` in place: ``s = w * (s - mean) / std + b``."""
+    cdef int j
+    cdef floating mean = 0, var = 0, dev, r
+    for j in range(n):
+        mean = mean + s[j]
+    mean = mean / n
+    for j in range(n):
+        dev = s[j] - mean
+        var = var + dev * dev
+    var = var / n
+    r = 1 / sqrt_(var + <floating> 1e-5)
+    rstd[0] = r
+    for j in range(n):
+        xhat[j] = (s[j] - mean) * r
+        s[j] = w[j] * xhat[j] + b[j]
+
+
+cdef inline void ln_backward(floating* ds, int n, const floating* w,
+                             const floating* xhat, floating rstd,
+                             floating* dw, floating* db) noexcept nogil:
+    """Turn the gradient w.r.t. the normalised output into the gradient w.r.t.
+    the input, in place, and accumulate the gain and shift gradients."""
+    cdef int j
+    cdef floating m1 = 0, m2 = 0, dx
+    for j in range(n):
+        dw[j] += ds[j] * xhat[j]
+        db[j] += ds[j]
+        dx = ds[j] * w[j]
+        m1 = m1 + dx
+        m2 = m2 + dx * xhat[j]
+    m1 = m1 / n
+    m2 = m2 / n
+    for j in range(n):
+        ds[j] = rstd * (ds[j] * w[j] - m1 - xhat[j] * m2)
+
+
+# --------------------------------------------------------------------------
+# Gate math of one row (one sequence at one step)
+# --------------------------------------------------------------------------
+
+cdef inline void rnn_row(Dims* d, floating* g, const floating* hh,
+                         const floating* b_hh, const floating* ln_w,
+                         const floating* ln_b, floating* xhat, floating* rstd,
+                         floating* h_out, floating* h) noexcept nogil:
+    cdef int j, H = d.hidden
+    cdef floating v
+    for j in range(H):
+        g[j] = g[j] + hh[j] + b_hh[j]
+    if d.layer_norm:
+        ln_forward(g, H, ln_w, ln_b, xhat, rstd)
+    for j in range(H):
+        if d.activation == RELU:
+            v = g[j] if g[j] > 0 else 0
+        else:
+            v = tanh_(g[j])
+        g[j] = v
+        h_out[j] = v
+        h[j] = v
+
+
+cdef inline void lstm_row(Dims* d, floating* g, const floating* hh,
+                          const floating* b_hh, const floating* peep,
+                          const floating* ln_w, const floating* ln_b,
+                          floating* xhat, floating* rstd, floating* h_out,
+                          floating* c_out, floating* h, floating* c) noexcept nogil:
+    cdef int j, k, H = d.hidden
+    cdef floating i_, f_, g_, o_
+    for j in range(4 * H):
+        g[j] = g[j] + hh[j] + b_hh[j]
+    if d.peephole:
+        for j in range(H):
+            g[j] = g[j] + peep[j] * c[j]
+            g[H + j] = g[H + j] + peep[H + j] * c[j]
+    if d.layer_norm:
+        for k in range(3):
+            ln_forward(g + k * H, H, ln_w + k * H, ln_b + k * H, xhat + k * H,
+                       rstd + k)
+    for j in range(H):
+        i_ = sigmoid(g[j])
+        f_ = sigmoid(g[H + j])
+        g_ = tanh_(g[2 * H + j])
+        g[j] = i_
+        g[H + j] = f_
+        g[2 * H + j] = g_
+        c[j] = f_ * c[j] + i_ * g_
+        c_out[j] = c[j]
+    if d.peephole:
+        for j in range(H):
+            g[3 * H + j] = g[3 * H + j] + peep[2 * H + j] * c[j]
+    if d.layer_norm:
+        ln_forward(g + 3 * H, H, ln_w + 3 * H, ln_b + 3 * H, xhat + 3 * H,
+                   rstd + 3)
+    for j in range(H):
+        o_ = sigmoid(g[3 * H + j])
+        g[3 * H + j] = o_
+        h[j] = o_ * tanh_(c[j])
+        h_out[j] = h[j]
+
+
+cdef inline void gru_rz_row(Dims* d, floating* g, const floating* hh,
+                            const floating* b_hh, const floating* ln_w,
+                            const floating* ln_b, floating* xhat,
+                            floating* rstd, const floating* h_masked,
+                            floating* aux) noexcept nogil:
+    """Reset and update gates; prepares the candidate's pre-activation.
+
+    reset after: ``aux = a_n`` and ``g_n += r * a_n``.
+    reset before: ``aux = r * m * h``, to be multiplied by ``W_hn`` next.
+    """
+    cdef int j, H = d.hidden
+    cdef floating r_, a_n
+    for j in range(2 * H):
+        g[j] = g[j] + hh[j] + b_hh[j]
+    if d.layer_norm:
+        ln_forward(g, H, ln_w, ln_b, xhat, rstd)
+        ln_forward(g + H, H, ln_w + H, ln_b + H, xhat + H, rstd + 1)
+    for j in range(H):
+        r_ = sigmoid(g[j])
+        g[j] = r_
+        g[H + j] = sigmoid(g[H + j])
+        if d.reset_after:
+            a_n = hh[2 * H + j] + b_hh[2 * H + j]
+            aux[j] = a_n
+            g[2 * H + j] = g[2 * H + j] + r_ * a_n
+        else:
+            aux[j] = r_ * h_masked[j]
+
+
+cdef inline void gru_n_row(Dims* d, floating* g, const floating* hh,
+                           const floating* b_hh, const floating* ln_w,
+                           const floating* ln_b, floating* xhat, floating* rstd,
+                           floating* h_out, floating* h) noexcept nogil:
+    cdef int j, H = d.hidden
+    cdef floating n_, z_
+    if not d.reset_after:
+        for j in range(H):
+            g[2 * H + j] = g[2 * H + j] + hh[2 * H + j] + b_hh[2 * H + j]
+    if d.layer_norm:
+        ln_forward(g + 2 * H, H, ln_w + 2 * H, ln_b + 2 * H, xhat + 2 * H,
+                   rstd + 2)
+    for j in range(H):
+        n_ = tanh_(g[2 * H + j])
+        z_ = g[H + j]
+        g[2 * H + j] = n_
+        h[j] = (1 - z_) * n_ + z_ * h[j]
+        h_out[j] = h[j]
+
+
+# --------------------------------------------------------------------------
+# Forward pass of one block of sequences through all steps
+# --------------------------------------------------------------------------
+
+cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
+                        const Py_ssize_t* off, floating* G,
+                        const floating* W_hh, const floating* b_hh,
+                        const floating* peep, const floating* ln_w,
+                        const floating* ln_b, const floating* mask,
+                        floating* h, floating* c, floating* H_out,
+                        floating* C_out, floating* Hprev, floating* aux,
+                        floating* xhat, floating* rstd,
+                        floating* work) noexcept nogil:
+    cdef int H = d.hidden, GH = d.gates * d.hidden, G_ = d.gates
+    cdef int step, t, nb, i, j, ncols
+    cdef Py_ssize_t r0, r, b
+    cdef bint two_phase = d.cell == GRU and not d.reset_after
+    for step in range(d.n_steps):
+        t = d.n_steps - 1 - step if d.reverse else step
+        nb = <int> (min(<Py_ssize_t> hi, bs[t]) - lo)
+        if nb <= 0:
+            continue
+        r0 = off[t] + lo
+        # The recurrent product reads the masked previous state, which is
+        # also kept (Hprev) for the weight gradient.
+        for i in range(nb):
+            b = lo + i
+            for j in range(H):
+                if d.has_mask:
+                    Hprev[(r0 + i) * H + j] = h[b * H + j] * mask[b * H + j]
+                else:
+                    Hprev[(r0 + i) * H + j] = h[b * H + j]
+        ncols = 2 * H if two_phase else GH
+        gemm(False, True, nb, ncols, H, <floating> 1, Hprev + r0 * H, H,
+             W_hh, H, <floating> 0, work, GH)
+        for i in range(nb):
+            r = r0 + i
+            b = lo + i
+            if d.cell == RNN:
+                rnn_row(d, G + r * GH, work + i * GH, b_hh, ln_w, ln_b,
+                        xhat + r * GH, rstd + r * G_, H_out + r * H, h + b * H)
+            elif d.cell == LSTM:
+                lstm_row(d, G + r * GH, work + i * GH, b_hh, peep, ln_w, ln_b,
+                         xhat + r * GH, rstd + r * G_, H_out + r * H,
+                         C_out + r * H, h + b * H, c + b * H)
+            else:
+                gru_rz_row(d, G + r * GH, work + i * GH, b_hh, ln_w, ln_b,
+                           xhat + r * GH, rstd + r * G_, Hprev + r * H,
+                           aux + r * H)
+        if d.cell != GRU:
+            continue
+        if two_phase:
+            # candidate's recurrent product: W_hn (r * m * h)
+            gemm(False, True, nb, H, H, <floating> 1, aux + r0 * H, H,
+                 W_hh + 2 * H * H, H, <floating> 0, work + 2 * H, GH)
+        for i in range(nb):
+            r = r0 + i
+            gru_n_row(d, G + r * GH, work + i * GH, b_hh, ln_w, ln_b,
+                      xhat + r * GH, rstd + r * G_, H_out + r * H,
+                      h + (lo + i) * H)
+
+
+# --------------------------------------------------------------------------
+# Backward pass of one row. On entry dh holds dL/dh_t (from above and from
+# step t+1); on exit it holds the part of dL/dh_{t-1} that bypasses the
+# recurrent matrix product (GRU's z * dh_t; zero otherwise).
+# --------------------------------------------------------------------------
+
+cdef inline void rnn_row_back(Dims* d, const floating* h_out,
+                              const floating* ln_w, const floating* xhat,
+                              floating rstd, floating* dh, floating* dg,
+                              floating* dln_w, floating* dln_b) noexcept nogil:
+    cdef int j, H = d.hidden
+    cdef floating v
+    for j in range(H):
+        v = h_out[j]
+        if d.activation == RELU:
+            dg[j] = dh[j] if v > 0 else 0
+        else:
+            dg[j] = dh[j] * (1 - v * v)
+        dh[j] = 0
+    if d.layer_norm:
+        ln_backward(dg, H, ln_w, xhat, rstd, dln_w, dln_b)
+
+
+cdef inline void lstm_row_back(Dims* d, const floating* g, const floating* c,
+                               const floating* c_prev, const floating* peep,
+                               const floating* ln_w, const floating* xhat,
+                               const floating* rstd, floating* dh,
+                               floating* dc, floating* dg, floating* dpeep,
+                               floating* dln_w, floating* dln_b) noexcept nogil:
+    cdef int j, k, H = d.hidden
+    cdef floating i_, f_, g_, o_, tc, dct
+    for j in range(H):
+        o_ = g[3 * H + j]
+        dg[3 * H + j] = dh[j] * tanh_(c[j]) * o_ * (1 - o_)
+    if d.layer_norm:
+        ln_backward(dg + 3 * H, H, ln_w + 3 * H, xhat + 3 * H, rstd[3],
+                    dln_w + 3 * H, dln_b + 3 * H)
+    for j in range(H):
+        i_ = g[j]
+        f_ = g[H + j]
+        g_ = g[2 * H + j]
+        o_ = g[3 * H + j]
+        tc = tanh_(c[j])
+        dct = dc[j] + dh[j] * o_ * (1 - tc * tc)
+        if d.peephole:
+            dct = dct + dg[3 * H + j] * peep[2 * H + j]
+            dpeep[2 * H + j] += dg[3 * H + j] * c[j]
+        dg[j] = dct * g_ * i_ * (1 - i_)
+        dg[H + j] = dct * c_prev[j] * f_ * (1 - f_)
+        dg[2 * H + j] = dct * i_ * (1 - g_ * g_)
+        dc[j] = dct * f_
+        dh[j] = 0
+    if d.layer_norm:
+        for k in range(3):
+            ln_backward(dg + k * H, H, ln_w + k * H, xhat + k * H, rstd[k],
+                        dln_w + k * H, dln_b + k * H)
+    if d.peephole:
+        for j in range(H):
+            dc[j] = dc[j] + dg[j] * peep[j] + dg[H + j] * peep[H + j]
+            dpeep[j] += dg[j] * c_prev[j]
+            dpeep[H + j] += dg[H + j] * c_prev[j]
+
+
+cdef inline void gru_n_row_back(Dims* d, const floating* g,
+                                const floating* h_prev, const floating* ln_w,
+                                const floating* xhat, const floating* rstd,
+                                floating* dh, floating* dg, floating* dln_w,
+                                floating* dln_b) noexcept nogil:
+    """Candidate and update gate: fills dg_n (w.r.t. the candidate's
+    pre-activation) and dg_z before its layer norm; dh becomes z * dh_t."""
+    cdef int j, H = d.hidden
+    cdef floating z_, n_
+    for j in range(H):
+        z_ = g[H + j]
+        n_ = g[2 * H + j]
+        dg[2 * H + j] = dh[j] * (1 - z_) * (1 - n_ * n_)
+        dg[H + j] = dh[j] * (h_prev[j] - n_) * z_ * (1 - z_)
+        dh[j] = dh[j] * z_
+    if d.layer_norm:
+        ln_backward(dg + 2 * H, H, ln_w + 2 * H, xhat + 2 * H, rstd[2],
+                    dln_w + 2 * H, dln_b + 2 * H)
+
+
+cdef inline void gru_rz_row_back(Dims* d, const floating* g,
+                                 const floating* aux, const floating* h_masked,
+                                 const floating* d_rh, const floating* ln_w,
+                                 const floating* xhat, const floating* rstd,
+                                 floating* dg, floating* dgh, floating* dln_w,
+                                 floating* dln_b) noexcept nogil:
+    """Reset gate, then both layer norms of r and z; fills the hidden-side
+    gradient ``dgh`` (equal to ``dg`` except for the reset-after candidate)."""
+    cdef int j, H = d.hidden
+    cdef floating r_
+    for j in range(H):
+        r_ = g[j]
+        if d.reset_after:
+            dg[j] = dg[2 * H + j] * aux[j] * r_ * (1 - r_)
+            dgh[2 * H + j] = dg[2 * H + j] * r_
+        else:
+            dg[j] = d_rh[j] * h_masked[j] * r_ * (1 - r_)
+    if d.layer_norm:
+        ln_backward(dg, H, ln_w, xhat, rstd[0], dln_w, dln_b)
+        ln_backward(dg + H, H, ln_w + H, xhat + H, rstd[1], dln_w + H,
+                    dln_b + H)
+    if d.reset_after:
+        for j in range(2 * H):
+            dgh[j] = dg[j]
+
+
+cdef void backward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
+                         const Py_ssize_t* off, int t_stop, const floating* G,
+                         const floating* W_hh, const floating* peep,
+                         const floating* ln_w, const floating* mask,
+                         const floating* h0, const floating* c0,
+                         const floating* H_out, const floating* C_out,
+                         const floating* Hprev, const floating* aux,
+                         const floating* xhat, const floating* rstd,
+                         const floating* dH, floating* dh, floating* dc,
+                         floating* dG, floating* dGh, floating* dpeep,
+                         floating* dln_w, floating* dln_b,
+                         floating* work) noexcept nogil:
+    cdef int H = d.hidden, GH = d.gates * d.hidden, G_ = d.gates
+    cdef int step, t, nb, i, j, ncols
+    cdef Py_ssize_t r0, r, b, prev_row
+    cdef const floating* h_prev
+    cdef const floating* c_prev
+    cdef bint two_phase = d.cell == GRU and not d.reset_after
+    for step in range(d.n_steps):
+        t = step if d.reverse else d.n_steps - 1 - step
+        if t < t_stop:
+            break
+        nb = <int> (min(<Py_ssize_t> hi, bs[t]) - lo)
+        if nb <= 0:
+            continue
+        r0 = off[t] + lo
+        for i in range(nb):
+            r = r0 + i
+            b = lo + i
+            # un-masked previous state of this sequence
+            if not d.reverse and t > 0:
+                prev_row = off[t - 1] + b
+            elif d.reverse and t + 1 < d.n_steps and b < bs[t + 1]:
+                prev_row = off[t + 1] + b
+            else:
+                prev_row = -1
+            if prev_row >= 0:
+                h_prev = H_out + prev_row * H
+                c_prev = C_out + prev_row * H if d.cell == LSTM else NULL
+            else:
+                h_prev = h0 + b * H
+                c_prev = c0 + b * H if d.cell == LSTM else NULL
+            for j in range(H):
+                dh[b * H + j] += dH[r * H + j]
+            if d.cell == RNN:
+                rnn_row_back(d, H_out + r * H, ln_w, xhat + r * GH,
+                             rstd[r * G_] if d.layer_norm else 0, dh + b * H,
+                             dG + r * GH, dln_w, dln_b)
+            elif d.cell == LSTM:
+                lstm_row_back(d, G + r * GH, C_out + r * H, c_prev, peep,
+                              ln_w, xhat + r * GH, rstd + r * G_, dh + b * H,
+                              dc + b * H, dG + r * GH, dpeep, dln_w, dln_b)
+            else:
+                gru_n_row_back(d, G + r * GH, h_prev, ln_w, xhat + r * GH,
+                               rstd + r * G_, dh + b * H, dG + r * GH, dln_w,
+                               dln_b)
+                if not two_phase:
+                    gru_rz_row_back(d, G + r * GH, aux + r * H, Hprev + r * H,
+                                    NULL, ln_w, xhat + r * GH, rstd + r * G_,
+                                    dG + r * GH, dGh + r * GH, dln_w, dln_b)
+        ncols = GH
+        if two_phase:
+            # d(r * m * h) = dg_n @ W_hn, needed by the reset gate
+            gemm(False, False, nb, H, H, <floating> 1, dG + r0 * GH + 2 * H,
+                 GH, W_hh + 2 * H * H, H, <floating> 0, work, H)
+            for i in range(nb):
+                r = r0 + i
+                gru_rz_row_back(d, G + r * GH, aux + r * H, Hprev + r * H,
+                                work + i * H, ln_w, xhat + r * GH,
+                                rstd + r * G_, dG + r * GH, dGh + r * GH,
+                                dln_w, dln_b)
+                for j in range(H):
+                    work[i * H + j] = work[i * H + j] * G[r * GH + j]
+            ncols = 2 * H
+        # gradient w.r.t. the masked previous state
+        gemm(False, False, nb, H, ncols, <floating> 1, dGh + r0 * GH, GH,
+             W_hh, H, <floating> (1 if two_phase else 0), work, H)
+        for i in range(nb):
+            b = lo + i
+            for j in range(H):
+                if d.has_mask:
+                    dh[b * H + j] += work[i * H + j] * mask[b * H + j]
+                else:
+                    dh[b * H + j] += work[i * H + j]
+
+
+# --------------------------------------------------------------------------
+# Python entry points. Shapes are checked by the caller (pyx_rnn.layers);
+# these only read the sizes they need from the arrays.
+# --------------------------------------------------------------------------
+
+cdef inline floating* ptr1(floating[::1] a) noexcept nogil:
+    return &a[0] if a.shape[0] > 0 else NULL
+
+
+cdef inline floating* ptr2(floating[:, ::1] a) noexcept nogil:
+    return &a[0, 0] if a.shape[0] > 0 and a.shape[1] > 0 else NULL
+
+
+cdef Dims make_dims(int cell, int activation, bint reverse, bint reset_after,
+                    bint layer_norm, bint peephole, bint has_mask, int n_steps,
+                    int hidden) noexcept:
+    cdef Dims d
+    d.cell = cell
+    d.activation = activation
+    d.reverse = reverse
+    d.reset_after = reset_after
+    d.layer_norm = layer_norm
+    d.peephole = peephole
+    d.has_mask = has_mask
+    d.n_steps = n_steps
+    d.hidden = hidden
+    d.gates = 1 if cell == RNN else (4 if cell == LSTM else 3)
+    return d
+
+
+def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
+                      bint layer_norm, bint peephole,
+                      const Py_ssize_t[::1] batch_sizes,
+                      const Py_ssize_t[::1] offsets,
+                      floating[:, ::1] G, floating[:, ::1] W_hh,
+                      floating[::1] b_hh, floating[::1] peep,
+                      floating[::1] ln_w, floating[::1] ln_b,
+                      floating[:, ::1] mask, floating[:, ::1] h,
+                      floating[:, ::1] c, floating[:, ::1] H_out,
+                      floating[:, ::1] C_out, floating[:, ::1] Hprev,
+                      floating[:, ::1] aux, floating[:, ::1] xhat,
+                      floating[:, ::1] rstd, floating[:, ::1] work,
+                      int block_rows, int n_threads):
+    """Run one layer in one direction over a packed batch.
+
+    ``G`` holds the input projection ``W_ih x + b_ih`` of every row on entry
+    and the gate activations on exit. ``h`` (and ``c``) hold the initial state
+    on entry and the final state of every sequence on exit. ``H_out``,
+    ``C_out``, ``Hprev``, ``aux``, ``xhat`` and ``rstd`` are filled for the
+    backward pass. ``work`` has shape ``(n_blocks, block_rows * gates * hidden)``.
+    Arrays a cell does not use may have size zero.
+    """
+    cdef int n_steps = batch_sizes.shape[0]
+    cdef int B = <int> batch_sizes[0] if n_steps > 0 else 0
+    cdef Dims d = make_dims(cell, activation, reverse, reset_after, layer_norm,
+                            peephole, mask.shape[0] > 0, n_steps,
+                            W_hh.shape[1])
+    cdef int n_blocks = (B + block_rows - 1) // block_rows
+    cdef int k, lo, hi
+    cdef const Py_ssize_t* pbs = &batch_sizes[0] if n_steps > 0 else NULL
+    cdef const Py_ssize_t* poff = &offsets[0]
+    cdef floating* pG = ptr2(G)
+    cdef floating* pW = ptr2(W_hh)
+    cdef floating* pb = ptr1(b_hh)
+    cdef floating* ppeep = ptr1(peep)
+    cdef floating* plnw = ptr1(ln_w)
+    cdef floating* plnb = ptr1(ln_b)
+    cdef floating* pmask = ptr2(mask)
+    cdef floating* ph = ptr2(h)
+    cdef floating* pc = ptr2(c)
+    cdef floating* pH = ptr2(H_out)
+    cdef floating* pC = ptr2(C_out)
+    cdef floating* pHp = ptr2(Hprev)
+    cdef floating* paux = ptr2(aux)
+    cdef floating* pxh = ptr2(xhat)
+    cdef floating* prs = ptr2(rstd)
+    cdef floating* pwork = ptr2(work)
+    cdef Py_ssize_t wstride = work.shape[1]
+    for k in prange(n_blocks, nogil=True, schedule="dynamic",
+                    num_threads=n_threads):
+        lo = k * block_rows
+        hi = min(lo + block_rows, B)
+        forward_block(&d, lo, hi, pbs, poff, pG, pW, pb, ppeep, plnw, plnb,
+                      pmask, ph, pc, pH, pC, pHp, paux, pxh, prs,
+                      pwork + k * wstride)
+
+
+def recurrent_backward(int cell, int activation, bint reverse,
+                       bint reset_after, bint layer_norm, bint peephole,
+                       const Py_ssize_t[::1] batch_sizes,
+                       const Py_ssize_t[::1] offsets, int t_stop,
+                       floating[:, ::1] G, floating[:, ::1] W_hh,
+                       floating[::1] peep, floating[::1] ln_w,
+                       floating[:, ::1] mask, floating[:, ::1] h0,
+                       floating[:, ::1] c0, floating[:, ::1] H_out,
+                       floating[:, ::1] C_out, floating[:, ::1] Hprev,
+                       floating[:, ::1] aux, floating[:, ::1] xhat,
+                       floating[:, ::1] rstd, floating[:, ::1] dH,
+                       floating[:, ::1] dh, floating[:, ::1] dc,
+                       floating[:, ::1] dG, floating[:, ::1] dGh,
+                       floating[:, ::1] dpeep, floating[:, ::1] dln_w,
+                       floating[:, ::1] dln_b, floating[:, ::1] work,
+                       int block_rows, int n_threads):
+    """Back-propagate one layer in one direction through time.
+
+    ``dH`` is dL/dh at every row from above. ``dh`` (and ``dc``) hold the
+    gradient w.r.t. the final states on entry and w.r.t. the initial states on
+    exit. ``dG`` receives the gradient w.r.t. the gate pre-activations on the
+    input side, ``dGh`` on the recurrent side (pass the same array except for
+    the reset-after GRU). Only steps ``t >= t_stop`` are visited (truncation);
+    rows of earlier steps of ``dG`` and ``dGh`` are left untouched.
+    ``dpeep``, ``dln_w`` and ``dln_b`` have one row per block and receive
+    partial sums (they must be zero on entry), to be added in block order by
+    the caller so that the total does not depend on the thread count.
+    """
+    cdef int n_steps = batch_sizes.shape[0]
+    cdef int B = <int> batch_sizes[0] if n_steps > 0 else 0
+    cdef Dims d = make_dims(cell, activation, reverse, reset_after, layer_norm,
+                            peephole, mask.shape[0] > 0, n_steps,
+                            W_hh.shape[1])
+    cdef int n_blocks = (B + block_rows - 1) // block_rows
+    cdef int k, lo, hi
+    cdef const Py_ssize_t* pbs = &batch_sizes[0] if n_steps > 0 else NULL
+    cdef const Py_ssize_t* poff = &offsets[0]
+    cdef floating* pG = ptr2(G)
+    cdef floating* pW = ptr2(W_hh)
+    cdef floating* ppeep = ptr1(peep)
+    cdef floating* plnw = ptr1(ln_w)
+    cdef floating* pmask = ptr2(mask)
+    cdef floating* ph0 = ptr2(h0)
+    cdef floating* pc0 = ptr2(c0)
+    cdef floating* pH = ptr2(H_out)
+    cdef floating* pC = ptr2(C_out)
+    cdef floating* pHp = ptr2(Hprev)
+    cdef floating* paux = ptr2(aux)
+    cdef floating* pxh = ptr2(xhat)
+    cdef floating* prs = ptr2(rstd)
+    cdef floating* pdH = ptr2(dH)
+    cdef floating* pdh = ptr2(dh)
+    cdef floating* pdc = ptr2(dc)
+    cdef floating* pdG = ptr2(dG)
+    cdef floating* pdGh = ptr2(dGh)
+    cdef floating* pdpeep = ptr2(dpeep)
+    cdef floating* pdlnw = ptr2(dln_w)
+    cdef floating* pdlnb = ptr2(dln_b)
+    cdef floating* pwork = ptr2(work)
+    cdef Py_ssize_t wstride = work.shape[1]
+    cdef Py_ssize_t pstride = dpeep.shape[1]
+    cdef Py_ssize_t lstride = dln_w.shape[1]
+    for k in prange(n_blocks, nogil=True, schedule="dynamic",
+                    num_threads=n_threads):
+        lo = k * block_rows
+        hi = min(lo + block_rows, B)
+        backward_block(&d, lo, hi, pbs, poff, t_stop, pG, pW, ppeep, plnw,
+                       pmask, ph0, pc0, pH, pC, pHp, paux, pxh, prs, pdH, pdh,
+                       pdc, pdG, pdGh,
+                       pdpeep + k * pstride if pdpeep != NULL else NULL,
+                       pdlnw + k * lstride if pdlnw != NULL else NULL,
+                       pdlnb + k * lstride if pdlnb != NULL else NULL,
+                       pwork + k * wstride)

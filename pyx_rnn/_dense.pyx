@@ -1,0 +1,97 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False
+"""Dense products over all time steps at once, split over OpenMP threads.
+
+These are the big GEMMs of a layer: the input projection of every step, the
+gradient w.r.t. the layer input and the weight gradients accumulated over all
+steps. Each product is cut into a fixed number of row blocks that depends only
+on the shapes, and every block is one single-threaded BLAS call, so the result
+is bitwise the same whatever the thread count.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+
+from ._blas cimport gemm
+
+# Rows of the output computed by one BLAS call: large enough to keep BLAS
+# efficient, small enough to give both threads work.
+cdef int MIN_BLOCK = 64
+cdef int MAX_BLOCKS = 16
+
+
+cdef inline int block_size(Py_ssize_t n_rows) noexcept nogil:
+    cdef Py_ssize_t size = (n_rows + MAX_BLOCKS - 1) // MAX_BLOCKS
+    if size < MIN_BLOCK:
+        size = MIN_BLOCK
+    return <int> size
+
+
+def matmul(floating[:, ::1] A, floating[:, ::1] B, floating[:, ::1] C,
+           bint trans_b, floating beta, int n_threads):
+    """``C = A @ op(B) + beta * C`` with ``op(B) = B.T`` if ``trans_b``.
+
+    The rows of ``A`` and ``C`` are split into blocks.
+    """
+    cdef Py_ssize_t M = C.shape[0]
+    cdef int N = <int> C.shape[1]
+    cdef int K = <int> A.shape[1]
+    cdef int size = block_size(M)
+    cdef int n_blocks = <int> ((M + size - 1) // size)
+    cdef int k, lo, m
+    if M == 0 or N == 0:
+        return
+    cdef floating* pA = &A[0, 0] if K > 0 else NULL
+    cdef floating* pB = &B[0, 0] if K > 0 else NULL
+    cdef floating* pC = &C[0, 0]
+    cdef int ldb = <int> B.shape[1]
+    for k in prange(n_blocks, nogil=True, schedule="static",
+                    num_threads=n_threads):
+        lo = k * size
+        m = <int> min(<Py_ssize_t> size, M - lo)
+        gemm(False, trans_b, m, N, K, <floating> 1, pA + lo * K, K, pB, ldb,
+             beta, pC + lo * N, N)
+
+
+def accumulate_outer(floating[:, :] A, floating[:, ::1] B,
+                     floating[:, :] C, int n_threads):
+    """``C += A.T @ B``, summing over the rows of ``A`` and ``B``.
+
+    This accumulates a weight gradient over every step of a batch. The rows of
+    ``C`` (the columns of ``A``) are split into blocks; each entry of ``C`` is
+    one sum over all rows, in one BLAS call. ``A`` and ``C`` may be column
+    slices of C-contiguous arrays (rows contiguous, any row stride).
+    """
+    if A.shape[0] > 0 and A.shape[1] > 1 and A.strides[1] != sizeof(floating):
+        raise ValueError("A must have contiguous rows")
+    if C.shape[1] > 1 and C.strides[1] != sizeof(floating):
+        raise ValueError("C must have contiguous rows")
+    cdef Py_ssize_t R = A.shape[0]
+    cdef int M = <int> C.shape[0]
+    cdef int N = <int> C.shape[1]
+    cdef int size = block_size(M)
+    cdef int n_blocks = (M + size - 1) // size
+    cdef int k, lo, m
+    if R == 0 or M == 0 or N == 0:
+        return
+    cdef floating* pA = &A[0, 0]
+    cdef floating* pB = &B[0, 0]
+    cdef floating* pC = &C[0, 0]
+    cdef int lda = <int> (A.strides[0] // sizeof(floating))
+    cdef int ldb = <int> B.shape[1]
+    cdef int ldc = <int> (C.strides[0] // sizeof(floating))
+    for k in prange(n_blocks, nogil=True, schedule="static",
+                    num_threads=n_threads):
+        lo = k * size
+        m = min(size, M - lo)
+        gemm(True, False, m, N, <int> R, <floating> 1, pA + lo, lda, pB, ldb,
+             <floating> 1, pC + lo * ldc, ldc)
+
+
+def accumulate_column_sums(floating[:, :] A, floating[::1] out):
+    """``out += A.sum(axis=0)``, adding rows in order (a bias gradient)."""
+    cdef Py_ssize_t R = A.shape[0], i
+    cdef Py_ssize_t M = A.shape[1], j
+    with nogil:
+        for i in range(R):
+            for j in range(M):
+                out[j] += A[i, j]

@@ -1,0 +1,40 @@
+# Scalar functions shared by every kernel, written once for float and double.
+from cython cimport floating
+from libc.math cimport exp, expf, tanh, tanhf, sqrt, sqrtf
+
+
+cdef inline floating sigmoid(floating x) noexcept nogil:
+    # Two branches so that exp never overflows: stable for any finite x.
+    cdef floating e
+    if x >= 0:
+        if floating is float:
+            e = expf(-x)
+        else:
+            e = exp(-x)
+        return 1 / (1 + e)
+    if floating is float:
+        e = expf(x)
+    else:
+        e = exp(x)
+    return e / (1 + e)
+
+
+cdef inline floating tanh_(floating x) noexcept nogil:
+    if floating is float:
+        return tanhf(x)
+    else:
+        return tanh(x)
+
+
+cdef inline floating exp_(floating x) noexcept nogil:
+    if floating is float:
+        return expf(x)
+    else:
+        return exp(x)
+
+
+cdef inline floating sqrt_(floating x) noexcept nogil:
+    if floating is float:
+        return sqrtf(x)
+    else:
+        return sqrt(x)

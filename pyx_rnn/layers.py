@@ -1,0 +1,236 @@
+"""One recurrent layer in one direction: allocation around the compiled kernels.
+
+``layer_forward`` and ``layer_backward`` take NumPy arrays, allocate the
+buffers the kernels fill, and return arrays. They do no validation beyond
+what the kernels need: callers (``pyx_rnn.network``) hand them consistent,
+C-contiguous arrays of one dtype.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _cells, _dense
+
+CELLS = {"rnn": _cells.CELL_RNN, "lstm": _cells.CELL_LSTM, "gru": _cells.CELL_GRU}
+GATES = {"rnn": 1, "lstm": 4, "gru": 3, "jordan": 1}
+ACTIVATIONS = {"tanh": _cells.ACT_TANH, "relu": _cells.ACT_RELU}
+
+
+def default_block_rows(n_sequences):
+    """Sequences per parallel block: a function of the batch size only, so
+    that results do not depend on the thread count."""
+    return max(16, -(-n_sequences // 8))
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Static description of one layer in one direction."""
+
+    cell: str
+    n_input: int
+    hidden: int
+    activation: str = "tanh"
+    reverse: bool = False
+    reset_after: bool = True
+    peephole: bool = False
+    layer_norm: bool = False
+
+    @property
+    def gates(self):
+        return GATES[self.cell]
+
+    def shapes(self):
+        """Parameter names (PyTorch's, without the layer suffix) and shapes."""
+        gh = self.gates * self.hidden
+        shapes = {
+            "weight_ih": (gh, self.n_input),
+            "weight_hh": (gh, self.hidden),
+            "bias_ih": (gh,),
+            "bias_hh": (gh,),
+        }
+        if self.peephole:
+            shapes["peephole"] = (3 * self.hidden,)
+        if self.layer_norm:
+            shapes["ln_weight"] = (gh,)
+            shapes["ln_bias"] = (gh,)
+        return shapes
+
+
+@dataclass
+class LayerCache:
+    """What the forward pass keeps for the backward pass."""
+
+    X: np.ndarray
+    G: np.ndarray
+    H: np.ndarray
+    C: np.ndarray
+    Hprev: np.ndarray
+    aux: np.ndarray
+    xhat: np.ndarray
+    rstd: np.ndarray
+    h0: np.ndarray
+    c0: np.ndarray
+    mask: np.ndarray
+    batch_sizes: np.ndarray
+    offsets: np.ndarray
+    block_rows: int
+
+
+def _empty(dtype, ndim=2):
+    return np.empty((0,) * ndim, dtype=dtype)
+
+
+def _param(w, name, dtype, ndim=1):
+    return w[name] if name in w else _empty(dtype, ndim)
+
+
+def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
+                  mask=None, *, n_threads=1, block_rows=None):
+    """Forward pass of one layer over a packed batch.
+
+    Parameters
+    ----------
+    spec : LayerSpec
+    w : dict of ndarray
+        Parameters by the names of ``spec.shapes()``.
+    X : ndarray of shape (n_rows, n_input)
+        Packed input.
+    batch_sizes, offsets : ndarray of intp
+        The packing (see ``pyx_rnn.packing.Packing``).
+    h0, c0 : ndarray of shape (n_sequences, hidden), optional
+        Initial states (zeros by default); ``c0`` is for the LSTM only.
+    mask : ndarray of shape (n_sequences, hidden), optional
+        Recurrent-dropout mask.
+
+    Returns
+    -------
+    H : ndarray of shape (n_rows, hidden)
+        Hidden state at every row.
+    h_n, c_n : ndarray of shape (n_sequences, hidden)
+        State after the last step of every sequence (``c_n`` is empty except
+        for the LSTM).
+    cache : LayerCache
+    """
+    dtype = X.dtype
+    n_rows = X.shape[0]
+    B = int(batch_sizes[0])
+    H_, gh = spec.hidden, spec.gates * spec.hidden
+    if block_rows is None:
+        block_rows = default_block_rows(B)
+    n_blocks = -(-B // block_rows)
+    lstm, gru = spec.cell == "lstm", spec.cell == "gru"
+
+    G = np.empty((n_rows, gh), dtype=dtype)
+    _dense.matmul(X, w["weight_ih"], G, True, 0.0, n_threads)
+    G += w["bias_ih"]
+    h = np.zeros((B, H_), dtype) if h0 is None else np.array(h0, dtype, order="C")
+    h0 = h.copy()
+    if lstm:
+        c = np.zeros((B, H_), dtype) if c0 is None else np.array(c0, dtype, order="C")
+        c0 = c.copy()
+        C = np.empty((n_rows, H_), dtype)
+    else:
+        c = c0 = C = _empty(dtype)
+    H = np.empty((n_rows, H_), dtype)
+    Hprev = np.empty((n_rows, H_), dtype)
+    aux = np.empty((n_rows, H_), dtype) if gru else _empty(dtype)
+    if spec.layer_norm:
+        xhat = np.empty((n_rows, gh), dtype)
+        rstd = np.empty((n_rows, spec.gates), dtype)
+    else:
+        xhat = rstd = _empty(dtype)
+    mask = _empty(dtype) if mask is None else np.ascontiguousarray(mask, dtype)
+    work = np.empty((n_blocks, block_rows * gh), dtype)
+    _cells.recurrent_forward(
+        CELLS[spec.cell], ACTIVATIONS[spec.activation], spec.reverse,
+        spec.reset_after, spec.layer_norm, spec.peephole, batch_sizes, offsets,
+        G, w["weight_hh"], w["bias_hh"], _param(w, "peephole", dtype),
+        _param(w, "ln_weight", dtype), _param(w, "ln_bias", dtype), mask, h, c,
+        H, C, Hprev, aux, xhat, rstd, work, block_rows, n_threads,
+    )
+    cache = LayerCache(X, G, H, C, Hprev, aux, xhat, rstd, h0, c0, mask,
+                       batch_sizes, offsets, block_rows)
+    return H, h, c, cache
+
+
+def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
+                   t_stop=0, need_dx=True, n_threads=1):
+    """Backward pass of one layer; accumulates into ``grads``.
+
+    Parameters
+    ----------
+    spec, w : as for ``layer_forward``.
+    grads : dict of ndarray
+        Gradient buffers, same names and shapes as ``w``; added to.
+    cache : LayerCache
+        From ``layer_forward``.
+    dH : ndarray of shape (n_rows, hidden)
+        dL/dH from above at every row.
+    dh_n, dc_n : ndarray of shape (n_sequences, hidden), optional
+        dL/d(final states).
+    t_stop : int
+        Steps before ``t_stop`` are not visited (truncated BPTT).
+    need_dx : bool
+        Whether to compute dL/dX (not needed for the first layer).
+
+    Returns
+    -------
+    dX : ndarray of shape (n_rows, n_input) or None
+    dh0, dc0 : ndarray of shape (n_sequences, hidden)
+        dL/d(initial states); ``dc0`` is empty except for the LSTM.
+    """
+    dtype = cache.X.dtype
+    n_rows = cache.X.shape[0]
+    B = cache.h0.shape[0]
+    H_, gh = spec.hidden, spec.gates * spec.hidden
+    block_rows = cache.block_rows
+    n_blocks = -(-B // block_rows)
+    lstm = spec.cell == "lstm"
+    separate_dgh = spec.cell == "gru" and spec.reset_after
+
+    dG = np.zeros((n_rows, gh), dtype) if t_stop > 0 else np.empty((n_rows, gh), dtype)
+    dGh = np.empty_like(dG) if separate_dgh else dG
+    dh = np.zeros((B, H_), dtype) if dh_n is None else np.array(dh_n, dtype, order="C")
+    if lstm:
+        dc = np.zeros((B, H_), dtype) if dc_n is None else np.array(dc_n, dtype, order="C")
+    else:
+        dc = _empty(dtype)
+    dpeep = np.zeros((n_blocks, 3 * H_ if spec.peephole else 0), dtype)
+    n_ln = gh if spec.layer_norm else 0
+    dln_w = np.zeros((n_blocks, n_ln), dtype)
+    dln_b = np.zeros((n_blocks, n_ln), dtype)
+    work = np.empty((n_blocks, block_rows * gh), dtype)
+    _cells.recurrent_backward(
+        CELLS[spec.cell], ACTIVATIONS[spec.activation], spec.reverse,
+        spec.reset_after, spec.layer_norm, spec.peephole, cache.batch_sizes,
+        cache.offsets, t_stop, cache.G, w["weight_hh"],
+        _param(w, "peephole", dtype), _param(w, "ln_weight", dtype), cache.mask,
+        cache.h0, cache.c0, cache.H, cache.C, cache.Hprev, cache.aux, cache.xhat,
+        cache.rstd, np.ascontiguousarray(dH, dtype), dh, dc, dG, dGh, dpeep,
+        dln_w, dln_b, work, block_rows, n_threads,
+    )
+    first = int(cache.offsets[t_stop]) if t_stop > 0 else 0
+    dG_, dGh_ = dG[first:], dGh[first:]
+    _dense.accumulate_outer(dG_, cache.X[first:], grads["weight_ih"], n_threads)
+    _dense.accumulate_column_sums(dG_, grads["bias_ih"])
+    if spec.cell == "gru" and not spec.reset_after:
+        # the candidate's recurrent product reads r * m * h, kept in aux
+        _dense.accumulate_outer(dGh_[:, : 2 * H_], cache.Hprev[first:],
+                                grads["weight_hh"][: 2 * H_], n_threads)
+        _dense.accumulate_outer(dGh_[:, 2 * H_:], cache.aux[first:],
+                                grads["weight_hh"][2 * H_:], n_threads)
+    else:
+        _dense.accumulate_outer(dGh_, cache.Hprev[first:], grads["weight_hh"],
+                                n_threads)
+    _dense.accumulate_column_sums(dGh_, grads["bias_hh"])
+    if spec.peephole:
+        grads["peephole"] += dpeep.sum(axis=0)
+    if spec.layer_norm:
+        grads["ln_weight"] += dln_w.sum(axis=0)
+        grads["ln_bias"] += dln_b.sum(axis=0)
+    dX = None
+    if need_dx:
+        dX = np.empty((n_rows, spec.n_input), dtype)
+        _dense.matmul(dG, w["weight_ih"], dX, False, 0.0, n_threads)
+    return dX, dh, dc
