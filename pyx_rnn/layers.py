@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _cells, _dense
+from . import _cells, _dense, _jordan
 
 CELLS = {"rnn": _cells.CELL_RNN, "lstm": _cells.CELL_LSTM, "gru": _cells.CELL_GRU}
 GATES = {"rnn": 1, "lstm": 4, "gru": 3, "jordan": 1}
@@ -234,3 +234,204 @@ def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
         dX = np.empty((n_rows, spec.n_input), dtype)
         _dense.matmul(dG, w["weight_ih"], dX, False, 0.0, n_threads)
     return dX, dh, dc
+
+
+# --------------------------------------------------------------------------
+# Jordan networks: the whole stack and its output layer in one recurrence
+# --------------------------------------------------------------------------
+
+OUTPUT_ACTIVATIONS = {"identity": 0, "tanh": 1, "sigmoid": 2, "softmax": 3}
+
+
+@dataclass(frozen=True)
+class JordanSpec:
+    """Static description of a Jordan stack with its output layer."""
+
+    n_input: int
+    hidden: tuple
+    n_output: int
+    activation: str = "tanh"
+    output_activation: str = "identity"
+    layer_norm: bool = False
+
+    @property
+    def fed(self):
+        """Size of the vector fed back into each layer."""
+        return tuple(self.hidden[1:]) + (self.n_output,)
+
+    def layer_shapes(self, k):
+        n_in = self.n_input if k == 0 else self.hidden[k - 1]
+        h = self.hidden[k]
+        shapes = {
+            "weight_ih": (h, n_in),
+            "weight_hh": (h, self.fed[k]),
+            "bias_ih": (h,),
+            "bias_hh": (h,),
+        }
+        if self.layer_norm:
+            shapes["ln_weight"] = (h,)
+            shapes["ln_bias"] = (h,)
+        return shapes
+
+
+@dataclass
+class JordanCache:
+    X: np.ndarray
+    Hs: list
+    Xin: list
+    Fprev: list
+    xhat: list
+    rstd: list
+    Y: np.ndarray
+    drop: list
+    rmask: list
+    batch_sizes: np.ndarray
+    offsets: np.ndarray
+    block_rows: int
+
+
+def _addresses(arrays):
+    """Addresses of the arrays' data (0 for None), for the Jordan kernels."""
+    return np.array([0 if a is None else a.ctypes.data for a in arrays],
+                    dtype=np.intp)
+
+
+def jordan_forward(spec, ws, w_out, b_out, X, batch_sizes, offsets, f0=None,
+                   drop=None, rmask=None, *, n_threads=1, block_rows=None):
+    """Forward pass of a Jordan stack and its output layer.
+
+    Parameters
+    ----------
+    spec : JordanSpec
+    ws : list of dict of ndarray
+        Parameters of each layer (``spec.layer_shapes(k)``).
+    w_out, b_out : ndarray
+        Output layer, shapes ``(n_output, hidden[-1])`` and ``(n_output,)``.
+    X : ndarray of shape (n_rows, n_input)
+    f0 : list of ndarray of shape (n_sequences, fed[l]), optional
+        Vectors fed back at ``t = -1`` (zeros by default).
+    drop : list of ndarray of shape (n_rows, hidden[l-1]) or None, optional
+        Dropout masks on the input of layers 1.. (entry 0 is ignored).
+    rmask : list of ndarray of shape (n_sequences, fed[l]) or None, optional
+        Recurrent-dropout masks.
+
+    Returns
+    -------
+    Y : ndarray of shape (n_rows, n_output)
+        Output (after the output activation) at every row.
+    f_n : list of ndarray
+        Fed-back vectors after the last step of every sequence.
+    cache : JordanCache
+    """
+    dtype = X.dtype
+    L = len(spec.hidden)
+    n_rows = X.shape[0]
+    B = int(batch_sizes[0])
+    if block_rows is None:
+        block_rows = default_block_rows(B)
+    drop = [None] * L if drop is None else [None] + list(drop[1:])
+    rmask = [None] * L if rmask is None else list(rmask)
+    drop = [None if m is None else np.ascontiguousarray(m, dtype) for m in drop]
+    rmask = [None if m is None else np.ascontiguousarray(m, dtype) for m in rmask]
+    # state buffers: S[l] for layer l, y_state for the output
+    S = [np.zeros((B, h), dtype) for h in spec.hidden]
+    y_state = np.zeros((B, spec.n_output), dtype)
+    if f0 is not None:
+        for k in range(L - 1):
+            S[k + 1][...] = f0[k]
+        y_state[...] = f0[L - 1]
+    G = [np.empty((n_rows, h), dtype) for h in spec.hidden]
+    _dense.matmul(X, ws[0]["weight_ih"], G[0], True, 0.0, n_threads)
+    Hs = [np.empty((n_rows, h), dtype) for h in spec.hidden]
+    Xin = [X] + [Hs[k - 1] if drop[k] is None else np.empty_like(Hs[k - 1])
+                 for k in range(1, L)]
+    Fprev = [np.empty((n_rows, f), dtype) for f in spec.fed]
+    if spec.layer_norm:
+        xhat = [np.empty((n_rows, h), dtype) for h in spec.hidden]
+        rstd = [np.empty(n_rows, dtype) for _ in spec.hidden]
+    else:
+        xhat = rstd = [None] * L
+    Y = np.empty((n_rows, spec.n_output), dtype)
+    get = lambda name: _addresses([w.get(name) for w in ws])  # noqa: E731
+    _jordan.jordan_forward(
+        ACTIVATIONS[spec.activation], OUTPUT_ACTIVATIONS[spec.output_activation],
+        spec.layer_norm, batch_sizes, offsets, np.array(spec.hidden, np.intp),
+        np.array(spec.fed, np.intp), get("weight_ih"), get("weight_hh"),
+        get("bias_ih"), get("bias_hh"), get("ln_weight"), get("ln_bias"),
+        _addresses(drop), _addresses(rmask), _addresses(S), _addresses(G),
+        _addresses(Hs), _addresses([None] + [Xin[k] if drop[k] is not None else None
+                                             for k in range(1, L)]),
+        _addresses(Fprev), _addresses(xhat), _addresses(rstd), w_out, b_out,
+        y_state, Y, block_rows, n_threads,
+    )
+    f_n = S[1:] + [y_state]
+    cache = JordanCache(X, Hs, Xin, Fprev, xhat, rstd, Y, drop, rmask,
+                        batch_sizes, offsets, block_rows)
+    return Y, f_n, cache
+
+
+def jordan_backward(spec, ws, w_out, grads, g_out, cache, dZ_in, df_n=None, *,
+                    t_stop=0, need_dx=True, n_threads=1):
+    """Backward pass of a Jordan stack; accumulates into ``grads``/``g_out``.
+
+    ``dZ_in`` (n_rows, n_output) is dL/d(output pre-activation) from the loss.
+    ``df_n`` are dL/d(final fed-back vectors), zeros by default. Returns
+    ``dX`` (or None) and dL/d(initial fed-back vectors).
+    """
+    dtype = cache.X.dtype
+    L = len(spec.hidden)
+    n_rows = cache.X.shape[0]
+    B = int(cache.batch_sizes[0])
+    block_rows = cache.block_rows
+    n_blocks = -(-B // block_rows)
+    dF = [np.zeros((B, f), dtype) for f in spec.fed]
+    if df_n is not None:
+        for k in range(L):
+            dF[k][...] = df_n[k]
+    make = np.zeros if t_stop > 0 else np.empty
+    dG = [make((n_rows, h), dtype) for h in spec.hidden]
+    dZ = make((n_rows, spec.n_output), dtype)
+    n_ln = spec.hidden if spec.layer_norm else (0,) * L
+    dln_w = [np.zeros((n_blocks, n), dtype) for n in n_ln]
+    dln_b = [np.zeros((n_blocks, n), dtype) for n in n_ln]
+
+    def block_addresses(parts):
+        if not spec.layer_norm:
+            return np.zeros((n_blocks, L), np.intp)
+        return np.stack([p.ctypes.data + np.arange(n_blocks) * p.strides[0]
+                         for p in parts], axis=1).astype(np.intp)
+
+    size = max(max(spec.hidden), spec.n_output)
+    work = np.empty((n_blocks, 2 * block_rows * size), dtype)
+    get = lambda name: _addresses([w.get(name) for w in ws])  # noqa: E731
+    _jordan.jordan_backward(
+        ACTIVATIONS[spec.activation], OUTPUT_ACTIVATIONS[spec.output_activation],
+        spec.layer_norm, cache.batch_sizes, cache.offsets, t_stop,
+        np.array(spec.hidden, np.intp), np.array(spec.fed, np.intp),
+        get("weight_ih"), get("weight_hh"), get("ln_weight"),
+        _addresses(cache.drop), _addresses(cache.rmask), _addresses(cache.Hs),
+        _addresses(cache.xhat), _addresses(cache.rstd), _addresses(dF),
+        _addresses(dG), block_addresses(dln_w), block_addresses(dln_b), w_out,
+        cache.Y, np.ascontiguousarray(dZ_in, dtype), dZ, work, block_rows,
+        n_threads,
+    )
+    first = int(cache.offsets[t_stop]) if t_stop > 0 else 0
+    _dense.accumulate_outer(dZ[first:], cache.Hs[L - 1][first:], g_out["weight"],
+                            n_threads)
+    _dense.accumulate_column_sums(dZ[first:], g_out["bias"])
+    for k in range(L):
+        g = grads[k]
+        _dense.accumulate_outer(dG[k][first:], cache.Xin[k][first:],
+                                g["weight_ih"], n_threads)
+        _dense.accumulate_outer(dG[k][first:], cache.Fprev[k][first:],
+                                g["weight_hh"], n_threads)
+        _dense.accumulate_column_sums(dG[k][first:], g["bias_ih"])
+        _dense.accumulate_column_sums(dG[k][first:], g["bias_hh"])
+        if spec.layer_norm:
+            g["ln_weight"] += dln_w[k].sum(axis=0)
+            g["ln_bias"] += dln_b[k].sum(axis=0)
+    dX = None
+    if need_dx:
+        dX = np.empty((n_rows, spec.n_input), dtype)
+        _dense.matmul(dG[0], ws[0]["weight_ih"], dX, False, 0.0, n_threads)
+    return dX, dF

@@ -1,0 +1,373 @@
+# Gate math of the cells, one row (one sequence at one step) at a time.
+#
+# Every equation of docs/engine.md is written here once, for float and double,
+# and shared by the kernels of _cells.pyx (rnn, lstm, gru) and _jordan.pyx.
+from cython cimport floating
+
+from ._math cimport sigmoid, tanh_, sqrt_, exp_
+
+cdef enum:
+    RNN = 0
+    LSTM = 1
+    GRU = 2
+    TANH = 0
+    RELU = 1
+
+
+cdef struct Dims:
+    int cell
+    int activation
+    bint reverse
+    bint reset_after
+    bint layer_norm
+    bint peephole
+    bint has_mask
+    int n_steps
+    int hidden
+    int gates
+
+
+cdef inline floating* ptr1(floating[::1] a) noexcept nogil:
+    return &a[0] if a.shape[0] > 0 else NULL
+
+
+cdef inline floating* ptr2(floating[:, ::1] a) noexcept nogil:
+    return &a[0, 0] if a.shape[0] > 0 and a.shape[1] > 0 else NULL
+
+
+cdef inline Dims make_dims(int cell, int activation, bint reverse, bint reset_after,
+                    bint layer_norm, bint peephole, bint has_mask, int n_steps,
+                    int hidden) noexcept:
+    cdef Dims d
+    d.cell = cell
+    d.activation = activation
+    d.reverse = reverse
+    d.reset_after = reset_after
+    d.layer_norm = layer_norm
+    d.peephole = peephole
+    d.has_mask = has_mask
+    d.n_steps = n_steps
+    d.hidden = hidden
+    d.gates = 1 if cell == RNN else (4 if cell == LSTM else 3)
+    return d
+
+
+# --------------------------------------------------------------------------
+# Layer normalisation of one gate block (n entries)
+# --------------------------------------------------------------------------
+
+cdef inline void ln_forward(floating* s, int n, const floating* w,
+                            const floating* b, floating* xhat,
+                            floating* rstd) noexcept nogil:
+    """Normalise ``s`` in place: ``s = w * (s - mean) / std + b``."""
+    cdef int j
+    cdef floating mean = 0, var = 0, dev, r
+    for j in range(n):
+        mean = mean + s[j]
+    mean = mean / n
+    for j in range(n):
+        dev = s[j] - mean
+        var = var + dev * dev
+    var = var / n
+    r = 1 / sqrt_(var + <floating> 1e-5)
+    rstd[0] = r
+    for j in range(n):
+        xhat[j] = (s[j] - mean) * r
+        s[j] = w[j] * xhat[j] + b[j]
+
+
+cdef inline void ln_backward(floating* ds, int n, const floating* w,
+                             const floating* xhat, floating rstd,
+                             floating* dw, floating* db) noexcept nogil:
+    """Turn the gradient w.r.t. the normalised output into the gradient w.r.t.
+    the input, in place, and accumulate the gain and shift gradients."""
+    cdef int j
+    cdef floating m1 = 0, m2 = 0, dx
+    for j in range(n):
+        dw[j] += ds[j] * xhat[j]
+        db[j] += ds[j]
+        dx = ds[j] * w[j]
+        m1 = m1 + dx
+        m2 = m2 + dx * xhat[j]
+    m1 = m1 / n
+    m2 = m2 / n
+    for j in range(n):
+        ds[j] = rstd * (ds[j] * w[j] - m1 - xhat[j] * m2)
+
+
+# --------------------------------------------------------------------------
+# Gate math of one row (one sequence at one step)
+# --------------------------------------------------------------------------
+
+cdef inline void rnn_row(Dims* d, floating* g, const floating* hh,
+                         const floating* b_hh, const floating* ln_w,
+                         const floating* ln_b, floating* xhat, floating* rstd,
+                         floating* h_out, floating* h) noexcept nogil:
+    cdef int j, H = d.hidden
+    cdef floating v
+    for j in range(H):
+        g[j] = g[j] + hh[j] + b_hh[j]
+    if d.layer_norm:
+        ln_forward(g, H, ln_w, ln_b, xhat, rstd)
+    for j in range(H):
+        if d.activation == RELU:
+            v = g[j] if g[j] > 0 else 0
+        else:
+            v = tanh_(g[j])
+        g[j] = v
+        h_out[j] = v
+        h[j] = v
+
+
+cdef inline void lstm_row(Dims* d, floating* g, const floating* hh,
+                          const floating* b_hh, const floating* peep,
+                          const floating* ln_w, const floating* ln_b,
+                          floating* xhat, floating* rstd, floating* h_out,
+                          floating* c_out, floating* h, floating* c) noexcept nogil:
+    cdef int j, k, H = d.hidden
+    cdef floating i_, f_, g_, o_
+    for j in range(4 * H):
+        g[j] = g[j] + hh[j] + b_hh[j]
+    if d.peephole:
+        for j in range(H):
+            g[j] = g[j] + peep[j] * c[j]
+            g[H + j] = g[H + j] + peep[H + j] * c[j]
+    if d.layer_norm:
+        for k in range(3):
+            ln_forward(g + k * H, H, ln_w + k * H, ln_b + k * H, xhat + k * H,
+                       rstd + k)
+    for j in range(H):
+        i_ = sigmoid(g[j])
+        f_ = sigmoid(g[H + j])
+        g_ = tanh_(g[2 * H + j])
+        g[j] = i_
+        g[H + j] = f_
+        g[2 * H + j] = g_
+        c[j] = f_ * c[j] + i_ * g_
+        c_out[j] = c[j]
+    if d.peephole:
+        for j in range(H):
+            g[3 * H + j] = g[3 * H + j] + peep[2 * H + j] * c[j]
+    if d.layer_norm:
+        ln_forward(g + 3 * H, H, ln_w + 3 * H, ln_b + 3 * H, xhat + 3 * H,
+                   rstd + 3)
+    for j in range(H):
+        o_ = sigmoid(g[3 * H + j])
+        g[3 * H + j] = o_
+        h[j] = o_ * tanh_(c[j])
+        h_out[j] = h[j]
+
+
+cdef inline void gru_rz_row(Dims* d, floating* g, const floating* hh,
+                            const floating* b_hh, const floating* ln_w,
+                            const floating* ln_b, floating* xhat,
+                            floating* rstd, const floating* h_masked,
+                            floating* aux) noexcept nogil:
+    """Reset and update gates; prepares the candidate's pre-activation.
+
+    reset after: ``aux = a_n`` and ``g_n += r * a_n``.
+    reset before: ``aux = r * m * h``, to be multiplied by ``W_hn`` next.
+    """
+    cdef int j, H = d.hidden
+    cdef floating r_, a_n
+    for j in range(2 * H):
+        g[j] = g[j] + hh[j] + b_hh[j]
+    if d.layer_norm:
+        ln_forward(g, H, ln_w, ln_b, xhat, rstd)
+        ln_forward(g + H, H, ln_w + H, ln_b + H, xhat + H, rstd + 1)
+    for j in range(H):
+        r_ = sigmoid(g[j])
+        g[j] = r_
+        g[H + j] = sigmoid(g[H + j])
+        if d.reset_after:
+            a_n = hh[2 * H + j] + b_hh[2 * H + j]
+            aux[j] = a_n
+            g[2 * H + j] = g[2 * H + j] + r_ * a_n
+        else:
+            aux[j] = r_ * h_masked[j]
+
+
+cdef inline void gru_n_row(Dims* d, floating* g, const floating* hh,
+                           const floating* b_hh, const floating* ln_w,
+                           const floating* ln_b, floating* xhat, floating* rstd,
+                           floating* h_out, floating* h) noexcept nogil:
+    cdef int j, H = d.hidden
+    cdef floating n_, z_
+    if not d.reset_after:
+        for j in range(H):
+            g[2 * H + j] = g[2 * H + j] + hh[2 * H + j] + b_hh[2 * H + j]
+    if d.layer_norm:
+        ln_forward(g + 2 * H, H, ln_w + 2 * H, ln_b + 2 * H, xhat + 2 * H,
+                   rstd + 2)
+    for j in range(H):
+        n_ = tanh_(g[2 * H + j])
+        z_ = g[H + j]
+        g[2 * H + j] = n_
+        h[j] = (1 - z_) * n_ + z_ * h[j]
+        h_out[j] = h[j]
+
+
+# --------------------------------------------------------------------------
+# Backward pass of one row. On entry dh holds dL/dh_t (from above and from
+# step t+1); on exit it holds the part of dL/dh_{t-1} that bypasses the
+# recurrent matrix product (GRU's z * dh_t; zero otherwise).
+# --------------------------------------------------------------------------
+
+cdef inline void rnn_row_back(Dims* d, const floating* h_out,
+                              const floating* ln_w, const floating* xhat,
+                              floating rstd, floating* dh, floating* dg,
+                              floating* dln_w, floating* dln_b) noexcept nogil:
+    cdef int j, H = d.hidden
+    cdef floating v
+    for j in range(H):
+        v = h_out[j]
+        if d.activation == RELU:
+            dg[j] = dh[j] if v > 0 else 0
+        else:
+            dg[j] = dh[j] * (1 - v * v)
+        dh[j] = 0
+    if d.layer_norm:
+        ln_backward(dg, H, ln_w, xhat, rstd, dln_w, dln_b)
+
+
+cdef inline void lstm_row_back(Dims* d, const floating* g, const floating* c,
+                               const floating* c_prev, const floating* peep,
+                               const floating* ln_w, const floating* xhat,
+                               const floating* rstd, floating* dh,
+                               floating* dc, floating* dg, floating* dpeep,
+                               floating* dln_w, floating* dln_b) noexcept nogil:
+    cdef int j, k, H = d.hidden
+    cdef floating i_, f_, g_, o_, tc, dct
+    for j in range(H):
+        o_ = g[3 * H + j]
+        dg[3 * H + j] = dh[j] * tanh_(c[j]) * o_ * (1 - o_)
+    if d.layer_norm:
+        ln_backward(dg + 3 * H, H, ln_w + 3 * H, xhat + 3 * H, rstd[3],
+                    dln_w + 3 * H, dln_b + 3 * H)
+    for j in range(H):
+        i_ = g[j]
+        f_ = g[H + j]
+        g_ = g[2 * H + j]
+        o_ = g[3 * H + j]
+        tc = tanh_(c[j])
+        dct = dc[j] + dh[j] * o_ * (1 - tc * tc)
+        if d.peephole:
+            dct = dct + dg[3 * H + j] * peep[2 * H + j]
+            dpeep[2 * H + j] += dg[3 * H + j] * c[j]
+        dg[j] = dct * g_ * i_ * (1 - i_)
+        dg[H + j] = dct * c_prev[j] * f_ * (1 - f_)
+        dg[2 * H + j] = dct * i_ * (1 - g_ * g_)
+        dc[j] = dct * f_
+        dh[j] = 0
+    if d.layer_norm:
+        for k in range(3):
+            ln_backward(dg + k * H, H, ln_w + k * H, xhat + k * H, rstd[k],
+                        dln_w + k * H, dln_b + k * H)
+    if d.peephole:
+        for j in range(H):
+            dc[j] = dc[j] + dg[j] * peep[j] + dg[H + j] * peep[H + j]
+            dpeep[j] += dg[j] * c_prev[j]
+            dpeep[H + j] += dg[H + j] * c_prev[j]
+
+
+cdef inline void gru_n_row_back(Dims* d, const floating* g,
+                                const floating* h_prev, const floating* ln_w,
+                                const floating* xhat, const floating* rstd,
+                                floating* dh, floating* dg, floating* dln_w,
+                                floating* dln_b) noexcept nogil:
+    """Candidate and update gate: fills dg_n (w.r.t. the candidate's
+    pre-activation) and dg_z before its layer norm; dh becomes z * dh_t."""
+    cdef int j, H = d.hidden
+    cdef floating z_, n_
+    for j in range(H):
+        z_ = g[H + j]
+        n_ = g[2 * H + j]
+        dg[2 * H + j] = dh[j] * (1 - z_) * (1 - n_ * n_)
+        dg[H + j] = dh[j] * (h_prev[j] - n_) * z_ * (1 - z_)
+        dh[j] = dh[j] * z_
+    if d.layer_norm:
+        ln_backward(dg + 2 * H, H, ln_w + 2 * H, xhat + 2 * H, rstd[2],
+                    dln_w + 2 * H, dln_b + 2 * H)
+
+
+cdef inline void gru_rz_row_back(Dims* d, const floating* g,
+                                 const floating* aux, const floating* h_masked,
+                                 const floating* d_rh, const floating* ln_w,
+                                 const floating* xhat, const floating* rstd,
+                                 floating* dg, floating* dgh, floating* dln_w,
+                                 floating* dln_b) noexcept nogil:
+    """Reset gate, then both layer norms of r and z; fills the hidden-side
+    gradient ``dgh`` (equal to ``dg`` except for the reset-after candidate)."""
+    cdef int j, H = d.hidden
+    cdef floating r_
+    for j in range(H):
+        r_ = g[j]
+        if d.reset_after:
+            dg[j] = dg[2 * H + j] * aux[j] * r_ * (1 - r_)
+            dgh[2 * H + j] = dg[2 * H + j] * r_
+        else:
+            dg[j] = d_rh[j] * h_masked[j] * r_ * (1 - r_)
+    if d.layer_norm:
+        ln_backward(dg, H, ln_w, xhat, rstd[0], dln_w, dln_b)
+        ln_backward(dg + H, H, ln_w + H, xhat + H, rstd[1], dln_w + H,
+                    dln_b + H)
+    if d.reset_after:
+        for j in range(2 * H):
+            dgh[j] = dg[j]
+
+
+# --------------------------------------------------------------------------
+# Output layer of a Jordan network: y = out_act(z), and its backward pass
+# --------------------------------------------------------------------------
+
+cdef enum:
+    OUT_IDENTITY = 0
+    OUT_TANH = 1
+    OUT_SIGMOID = 2
+    OUT_SOFTMAX = 3
+
+
+cdef inline void output_row(int kind, floating* z, int n) noexcept nogil:
+    """Apply the output activation to ``z`` in place."""
+    cdef int j
+    cdef floating top, total
+    if kind == OUT_TANH:
+        for j in range(n):
+            z[j] = tanh_(z[j])
+    elif kind == OUT_SIGMOID:
+        for j in range(n):
+            z[j] = sigmoid(z[j])
+    elif kind == OUT_SOFTMAX:
+        top = z[0]
+        for j in range(1, n):
+            if z[j] > top:
+                top = z[j]
+        total = 0
+        for j in range(n):
+            z[j] = exp_(z[j] - top)
+            total = total + z[j]
+        for j in range(n):
+            z[j] = z[j] / total
+
+
+cdef inline void output_row_back(int kind, const floating* y,
+                                 const floating* dy, floating* dz,
+                                 int n) noexcept nogil:
+    """``dz += J(y)^T dy``: the gradient w.r.t. the pre-activation."""
+    cdef int j
+    cdef floating dot
+    if kind == OUT_IDENTITY:
+        for j in range(n):
+            dz[j] += dy[j]
+    elif kind == OUT_TANH:
+        for j in range(n):
+            dz[j] += dy[j] * (1 - y[j] * y[j])
+    elif kind == OUT_SIGMOID:
+        for j in range(n):
+            dz[j] += dy[j] * y[j] * (1 - y[j])
+    else:
+        dot = 0
+        for j in range(n):
+            dot = dot + dy[j] * y[j]
+        for j in range(n):
+            dz[j] += y[j] * (dy[j] - dot)
