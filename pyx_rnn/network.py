@@ -1,0 +1,624 @@
+"""The engine driver: a stack of recurrent layers with a dense output layer.
+
+``Network`` owns one flat parameter vector (and one flat gradient vector of
+the same layout), with views named as PyTorch names them. It runs the stack
+over packed batches (``pyx_rnn.packing``), computes losses and gradients with
+full or truncated BPTT, and clips gradients. Optimisers live in
+``pyx_rnn.optim``; validation of user input lives in ``sklearn_rnn``.
+"""
+
+import math
+from collections import deque
+
+import numpy as np
+
+from .layers import (
+    OUTPUT_ACTIVATIONS,
+    JordanSpec,
+    LayerSpec,
+    jordan_backward,
+    jordan_forward,
+    layer_backward,
+    layer_forward,
+)
+
+CELL_NAMES = ("rnn", "jordan", "lstm", "gru")
+LOSSES = ("squared_error", "log_loss", "binary_log_loss")
+
+
+class Network:
+    """Stacked (optionally bidirectional) recurrent layers and an output layer.
+
+    Parameters
+    ----------
+    cell : {'rnn', 'jordan', 'lstm', 'gru'}
+    n_input : int
+        Features per step.
+    hidden_sizes : tuple of int
+        Hidden units of each stacked layer.
+    n_output : int
+        Units of the output layer.
+    bidirectional : bool, default=False
+        Not available for 'jordan'.
+    activation : {'tanh', 'relu'}, default='tanh'
+        Hidden activation of 'rnn' and 'jordan' cells.
+    output_activation : {'identity', 'tanh', 'sigmoid', 'softmax'}
+        Applied to the output layer.
+    peephole : bool, default=False
+        LSTM peephole connections.
+    reset_after : bool, default=True
+        GRU form: reset gate after (PyTorch, cuDNN) or before the recurrent
+        product.
+    layer_norm : bool, default=False
+        Layer normalisation of every gate's pre-activation.
+    dtype : {numpy.float32, numpy.float64}
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pyx_rnn.network import Network
+    >>> from pyx_rnn.packing import pack
+    >>> net = Network("lstm", n_input=2, hidden_sizes=(8,), n_output=1)
+    >>> net.init_weights(np.random.default_rng(0))
+    >>> data, packing = pack([np.ones((5, 2)), np.ones((3, 2))], np.float32)
+    >>> Z, Y, cache = net.forward(data, packing)
+    >>> Y.shape
+    (2, 1)
+    """
+
+    def __init__(self, cell, n_input, hidden_sizes, n_output, *,
+                 bidirectional=False, activation="tanh",
+                 output_activation="identity", peephole=False,
+                 reset_after=True, layer_norm=False, dtype=np.float32):
+        if cell not in CELL_NAMES:
+            raise ValueError(f"cell must be one of {CELL_NAMES}, got {cell!r}")
+        if activation not in ("tanh", "relu"):
+            raise ValueError(f"activation must be 'tanh' or 'relu', got {activation!r}")
+        if output_activation not in OUTPUT_ACTIVATIONS:
+            raise ValueError(
+                f"output_activation must be one of {tuple(OUTPUT_ACTIVATIONS)}, "
+                f"got {output_activation!r}")
+        hidden_sizes = tuple(int(h) for h in hidden_sizes)
+        if not hidden_sizes or min(hidden_sizes) < 1:
+            raise ValueError("hidden_sizes must be a non-empty tuple of positive ints")
+        if cell == "jordan" and bidirectional:
+            raise ValueError(
+                "a Jordan network feeds its output back into its layers, so it "
+                "cannot run backwards in time; use bidirectional=False or "
+                "another cell")
+        if peephole and cell != "lstm":
+            raise ValueError("peephole connections exist only for cell='lstm'")
+        self.cell = cell
+        self.n_input = int(n_input)
+        self.hidden_sizes = hidden_sizes
+        self.n_output = int(n_output)
+        self.bidirectional = bool(bidirectional)
+        self.activation = activation
+        self.output_activation = output_activation
+        self.peephole = bool(peephole)
+        self.reset_after = bool(reset_after)
+        self.layer_norm = bool(layer_norm)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+
+        shapes = {}
+        if cell == "jordan":
+            self.jordan = JordanSpec(self.n_input, hidden_sizes, self.n_output,
+                                     activation, output_activation, self.layer_norm)
+            self.specs = []
+            for k in range(len(hidden_sizes)):
+                for name, shape in self.jordan.layer_shapes(k).items():
+                    shapes[f"{name}_l{k}"] = shape
+        else:
+            self.jordan = None
+            self.specs = []  # one list of directions per layer
+            n_dirs = 2 if self.bidirectional else 1
+            n_in = self.n_input
+            for k, h in enumerate(hidden_sizes):
+                layer = []
+                for reverse in range(n_dirs):
+                    spec = LayerSpec(cell, n_in, h, activation, bool(reverse),
+                                     self.reset_after, self.peephole,
+                                     self.layer_norm)
+                    sfx = f"_l{k}" + ("_reverse" if reverse else "")
+                    for name, shape in spec.shapes().items():
+                        shapes[name + sfx] = shape
+                    layer.append((spec, sfx))
+                self.specs.append(layer)
+                n_in = h * n_dirs
+        self.n_top = hidden_sizes[-1] * (2 if self.bidirectional else 1)
+        shapes["output.weight"] = (self.n_output, self.n_top)
+        shapes["output.bias"] = (self.n_output,)
+        self.shapes = shapes
+        total = sum(math.prod(s) for s in shapes.values())
+        self.params = np.zeros(total, dtype=self.dtype)
+        self.grads = np.zeros(total, dtype=self.dtype)
+        self.weights = self._views(self.params)
+        self.grad_views = self._views(self.grads)
+        if cell == "jordan":
+            self._layer_names = {
+                f"_l{k}": list(self.jordan.layer_shapes(k))
+                for k in range(len(hidden_sizes))}
+        else:
+            self._layer_names = {sfx: list(spec.shapes())
+                                 for layer in self.specs for spec, sfx in layer}
+
+    def _views(self, flat):
+        views, start = {}, 0
+        for name, shape in self.shapes.items():
+            size = math.prod(shape)
+            views[name] = flat[start:start + size].reshape(shape)
+            start += size
+        return views
+
+    def _layer(self, views, sfx):
+        """Parameters (or gradients) of one layer, by their unsuffixed names."""
+        return {base: views[base + sfx] for base in self._layer_names[sfx]}
+
+    # ------------------------------------------------------------------
+    # initialisation
+    # ------------------------------------------------------------------
+
+    def init_weights(self, rng):
+        """Glorot-uniform input weights, orthogonal recurrent weights, zero
+        biases except the LSTM forget gate (1), unit layer-norm gains."""
+        w = self.weights
+        self.params[:] = 0
+        for name, shape in self.shapes.items():
+            if name.startswith("weight_ih") or name == "output.weight":
+                w[name][...] = _glorot(rng, shape)
+            elif name.startswith("weight_hh"):
+                # one orthogonal block per gate (Jordan: one rectangular block)
+                step = shape[0] if self.cell == "jordan" else shape[1]
+                for start in range(0, shape[0], step):
+                    block = w[name][start:start + step]
+                    block[...] = _orthogonal(rng, block.shape)
+            elif name.startswith("ln_weight"):
+                w[name][...] = 1
+            elif name.startswith("bias_ih") and self.cell == "lstm":
+                h = shape[0] // 4
+                w[name][h:2 * h] = 1
+
+    # ------------------------------------------------------------------
+    # forward and backward over a window of steps
+    # ------------------------------------------------------------------
+
+    def _draw_masks(self, packing, rng, dropout, recurrent_dropout):
+        """Recurrent-dropout masks, one per layer and direction, fixed over time."""
+        if not recurrent_dropout:
+            return None
+        B = packing.n_sequences
+        keep = 1.0 - recurrent_dropout
+        masks = []
+        if self.jordan is not None:
+            for f in self.jordan.fed:
+                masks.append((rng.random((B, f)) < keep).astype(self.dtype) / keep)
+            return masks
+        for layer in self.specs:
+            masks.append([(rng.random((B, spec.hidden)) < keep).astype(self.dtype) / keep
+                          for spec, _ in layer])
+        return masks
+
+    def _stack_forward(self, X, packing, states, rmasks, dropout, rng, n_threads,
+                       block_rows):
+        """Run the stack over packed rows ``X``; returns the top output (the
+        hidden states of the top layer, or the output ``Y`` for Jordan), the
+        final states and a cache."""
+        bs, off = packing.batch_sizes, packing.offsets
+        keep = 1.0 - dropout
+        if self.jordan is not None:
+            drop = None
+            if dropout and rng is not None:
+                drop = [None] + [
+                    (rng.random((X.shape[0], h)) < keep).astype(self.dtype) / keep
+                    for h in self.hidden_sizes[:-1]]
+            ws = [self._layer(self.weights, f"_l{k}") for k in range(len(self.hidden_sizes))]
+            Y, f_n, cache = jordan_forward(
+                self.jordan, ws, self.weights["output.weight"],
+                self.weights["output.bias"], X, bs, off, states, drop, rmasks,
+                n_threads=n_threads, block_rows=block_rows)
+            return Y, f_n, cache
+        caches, new_states = [], []
+        inp = X
+        for k, layer in enumerate(self.specs):
+            drop = None
+            if k > 0 and dropout and rng is not None:
+                drop = (rng.random(inp.shape) < keep).astype(self.dtype) / keep
+                inp = inp * drop
+            outs, layer_states, layer_caches = [], [], []
+            for d, (spec, sfx) in enumerate(layer):
+                h0, c0 = (None, None) if states is None else states[k][d]
+                mask = None if rmasks is None else rmasks[k][d]
+                H, h_n, c_n, cache = layer_forward(
+                    spec, self._layer(self.weights, sfx), inp, bs, off, h0, c0,
+                    mask, n_threads=n_threads, block_rows=block_rows)
+                outs.append(H)
+                layer_states.append((h_n, c_n))
+                layer_caches.append(cache)
+            inp = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
+            caches.append((layer_caches, drop))
+            new_states.append(layer_states)
+        return inp, new_states, caches
+
+    def _stack_backward(self, caches, d_top, d_states, t_stop, n_threads):
+        """Back-propagate ``d_top`` (dL/d top hidden states, or dL/dz of the
+        output for Jordan) through the stack, adding to ``self.grad_views``.
+        ``d_states`` are dL/d(final states) (None: zeros). Returns dL/d(initial
+        states), in the layout of the states."""
+        g = self.grad_views
+        if self.jordan is not None:
+            L = len(self.hidden_sizes)
+            ws = [self._layer(self.weights, f"_l{k}") for k in range(L)]
+            gs = [self._layer(g, f"_l{k}") for k in range(L)]
+            _, dF = jordan_backward(
+                self.jordan, ws, self.weights["output.weight"], gs,
+                {"weight": g["output.weight"], "bias": g["output.bias"]},
+                caches, d_top, d_states, t_stop=t_stop, need_dx=False,
+                n_threads=n_threads)
+            return dF
+        d_init = [None] * len(self.specs)
+        dH = d_top
+        for k in range(len(self.specs) - 1, -1, -1):
+            layer = self.specs[k]
+            layer_caches, drop = caches[k]
+            dX = None
+            layer_d = []
+            for d, (spec, sfx) in enumerate(layer):
+                h = spec.hidden
+                dH_d = dH[:, d * h:(d + 1) * h] if len(layer) > 1 else dH
+                dh_n, dc_n = (None, None) if d_states is None else d_states[k][d]
+                dX_d, dh0, dc0 = layer_backward(
+                    spec, self._layer(self.weights, sfx), self._layer(g, sfx),
+                    layer_caches[d], dH_d, dh_n, dc_n, t_stop=t_stop,
+                    need_dx=k > 0, n_threads=n_threads)
+                layer_d.append((dh0, dc0))
+                if k > 0:
+                    dX = dX_d if dX is None else dX + dX_d
+            d_init[k] = layer_d
+            if k > 0:
+                dH = dX * drop if drop is not None else dX
+        return d_init
+
+    def _head(self, top, rows):
+        """Output layer on the given rows of the top output: (Z, Y)."""
+        if self.jordan is not None:
+            return None, top[rows]
+        Z = top[rows] @ self.weights["output.weight"].T + self.weights["output.bias"]
+        return Z, _activate(Z, self.output_activation)
+
+    def _head_backward(self, top, rows, dZ, n_top_rows):
+        """Gradient of the output layer; returns dL/d(top output) at every row."""
+        if self.jordan is not None:
+            d_top = np.zeros((n_top_rows, self.n_output), self.dtype)
+            d_top[rows] = dZ
+            return d_top
+        g = self.grad_views
+        g["output.weight"] += dZ.T @ top[rows]
+        g["output.bias"] += dZ.sum(axis=0)
+        d_top = np.zeros((n_top_rows, self.n_top), self.dtype)
+        d_top[rows] = dZ @ self.weights["output.weight"]
+        return d_top
+
+    def _top_rows(self, packing, return_sequences):
+        """Rows of the top output read by the output layer, and for a
+        bidirectional sequence-to-one network the rows of the backward half."""
+        if return_sequences:
+            return np.arange(packing.n_rows), None
+        last = packing.last_rows()
+        if self.bidirectional:
+            return last, np.arange(packing.n_sequences)
+        return last, None
+
+    def _gather_top(self, top, packing, return_sequences):
+        rows, first = self._top_rows(packing, return_sequences)
+        if first is None:
+            return top, rows
+        # forward half at the last step, backward half at the first step
+        h = self.hidden_sizes[-1]
+        feats = np.concatenate([top[rows, :h], top[first, h:]], axis=1)
+        return feats, np.arange(len(rows))
+
+    # ------------------------------------------------------------------
+    # public API
+    # ------------------------------------------------------------------
+
+    def forward(self, X, packing, *, return_sequences=False, initial_state=None,
+                n_threads=1, block_rows=None):
+        """Predict: outputs for a packed batch (no dropout).
+
+        Returns
+        -------
+        Z : ndarray or None
+            Output pre-activation (None for Jordan networks).
+        Y : ndarray
+            Output, shape (n_rows, n_output) in packed order with
+            ``return_sequences``, else (n_sequences, n_output) in packed order.
+        states : list
+            Final states, to continue the sequences later.
+        """
+        top, states, _ = self._stack_forward(
+            X, packing, initial_state, None, 0.0, None, n_threads, block_rows)
+        feats, rows = self._gather_top(top, packing, return_sequences)
+        Z, Y = self._head(feats, rows)
+        return Z, Y, states
+
+    def loss_gradient(self, X, packing, targets, loss, *, sample_weight=None,
+                      return_sequences=False, alpha=0.0, dropout=0.0,
+                      recurrent_dropout=0.0, rng=None, tbptt=None,
+                      initial_state=None, n_threads=1, block_rows=None):
+        """Loss of a packed batch and its gradient, left in ``self.grads``.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_rows, n_input)
+            Packed inputs.
+        packing : Packing
+        targets : ndarray
+            Per row (n_rows, n_output) in packed order with
+            ``return_sequences``, else per sequence (n_sequences, n_output) in
+            packed order. One-hot (or multilabel 0/1) for the log losses.
+        loss : {'squared_error', 'log_loss', 'binary_log_loss'}
+        sample_weight : ndarray of shape (n_sequences,), optional
+            Per sequence, in packed order.
+        alpha : float
+            L2 penalty ``alpha / 2 * ||W||^2`` on the weight matrices,
+            divided by the batch's total sample weight, as sklearn's MLP does.
+        dropout, recurrent_dropout : float
+            Dropout between layers, and on the recurrent state (same mask at
+            every step), with masks drawn from ``rng``.
+        tbptt : (k1, k2) or None
+            Truncated BPTT (docs/engine.md). None is full BPTT.
+        initial_state : list, optional
+            States to start from (e.g. carried from the previous window of a
+            stateful model); zeros by default.
+
+        Returns
+        -------
+        loss : float
+        final_state : list
+            The states after the last step (to carry forward).
+        """
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        self.grads[:] = 0
+        rmasks = self._draw_masks(packing, rng, dropout, recurrent_dropout)
+        n_steps = packing.n_steps
+        if sample_weight is None:
+            sample_weight = np.ones(packing.n_sequences, self.dtype)
+        if return_sequences:
+            row_weight = np.concatenate(
+                [sample_weight[: packing.batch_sizes[t]] for t in range(n_steps)])
+        else:
+            row_weight = sample_weight
+        total_weight = float(row_weight.sum())
+        if tbptt is None or (tbptt[0] >= n_steps and tbptt[1] >= n_steps):
+            windows = [(0, n_steps)]
+            k2 = n_steps
+        else:
+            k1, k2 = tbptt
+            if self.bidirectional:
+                raise ValueError(
+                    "truncated BPTT runs forward in time window by window; it "
+                    "cannot be combined with bidirectional layers")
+            windows = [(s, min(s + k1, n_steps)) for s in range(0, n_steps, k1)]
+
+        value = 0.0
+        state = initial_state
+        final_state = None
+        kept = deque()   # (start, stop, packing_w, cache, top, initial state)
+        loss_rows, _ = self._top_rows(packing, return_sequences)
+        for start, stop in windows:
+            pw, first = packing.window(start, stop) if len(windows) > 1 else (packing, 0)
+            Xw = X[first:first + pw.n_rows]
+            top, new_state, cache = self._stack_forward(
+                Xw, pw, state, _slice_masks(rmasks, pw.n_sequences), dropout,
+                rng, n_threads, block_rows)
+            kept.append((start, stop, pw, first, cache, top))
+            while kept[0][1] <= stop - k2:
+                kept.popleft()
+            # the loss terms of this window: rows of the window that the
+            # output layer reads
+            in_window = (loss_rows >= first) & (loss_rows < first + pw.n_rows)
+            idx = np.flatnonzero(in_window)
+            if idx.size:
+                rows_w = loss_rows[idx] - first
+                if self.bidirectional and not return_sequences:
+                    feats, frows = self._gather_top(top, pw, False)
+                    feats, rows_w = feats[idx], np.arange(idx.size)
+                else:
+                    feats = top
+                Z, Y = self._head(feats, rows_w)
+                v, dZ = loss_and_gradient(
+                    loss, self.output_activation, Z, Y, targets[idx],
+                    row_weight[idx], total_weight)
+                value += v
+                d_top = self._head_backward(feats, rows_w, dZ, feats.shape[0])
+                if self.bidirectional and not return_sequences:
+                    d_top = _scatter_bidirectional(d_top, pw, self.hidden_sizes[-1])
+                self._backward_span(kept, d_top, stop - k2, n_threads)
+            final_state = _update_final(final_state, new_state, self)
+            state = _carry(new_state, stop, packing, self)
+        value += self._penalty(alpha, total_weight)
+        return value, final_state
+
+    def _backward_span(self, kept, d_top, stop_step, n_threads):
+        """Back-propagate the newest window's ``d_top`` through the kept
+        windows, newest first, down to step ``stop_step``."""
+        d_states = None
+        for i in range(len(kept) - 1, -1, -1):
+            start, stop, pw, first, cache, top = kept[i]
+            if i < len(kept) - 1:
+                d_top = np.zeros_like(top)
+            t_stop = max(0, stop_step - start)
+            d_init = self._stack_backward(cache, d_top, d_states, t_stop, n_threads)
+            if i == 0 or t_stop > 0:
+                break
+            # states at this window's start are the previous window's final
+            # states: pad for the sequences that ended in the previous window
+            prev_n = kept[i - 1][2].n_sequences
+            d_states = _pad_states(d_init, prev_n, self)
+
+    def _penalty(self, alpha, total_weight):
+        """Add the L2 penalty's gradient and return its value."""
+        if not alpha:
+            return 0.0
+        value = 0.0
+        for name, w in self.weights.items():
+            if name.startswith("weight_") or name == "output.weight":
+                self.grad_views[name] += (alpha / total_weight) * w
+                value += 0.5 * alpha / total_weight * float(np.sum(w * w))
+        return value
+
+    def clip_gradients(self, clip_norm=None, clip_value=None):
+        """Clip ``self.grads`` in place, by value then by global norm.
+
+        Returns the global norm before clipping by norm.
+        """
+        g = self.grads
+        if clip_value is not None:
+            np.clip(g, -clip_value, clip_value, out=g)
+        norm = math.sqrt(float(np.sum(g.astype(np.float64) ** 2)))
+        if clip_norm is not None and norm > clip_norm:
+            g *= clip_norm / norm
+        return norm
+
+
+# ----------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------
+
+def _glorot(rng, shape):
+    fan_out, fan_in = shape
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, size=shape)
+
+
+def _orthogonal(rng, shape):
+    a = rng.standard_normal((max(shape), min(shape)))
+    q, r = np.linalg.qr(a)
+    q *= np.sign(np.diag(r))
+    return q if shape[0] >= shape[1] else q.T
+
+
+def _activate(Z, kind):
+    if kind == "identity":
+        return Z
+    if kind == "tanh":
+        return np.tanh(Z)
+    if kind == "sigmoid":
+        return _sigmoid(Z)
+    e = np.exp(Z - Z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _sigmoid(Z):
+    # never overflows: exp of a non-positive number only
+    e = np.exp(-np.abs(Z))
+    return np.where(Z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def loss_and_gradient(loss, output_activation, Z, Y, T, weight, total_weight):
+    """Weighted loss of some rows and its gradient w.r.t. the pre-activation.
+
+    The loss is ``sum(weight * per_row_loss) / total_weight``; for squared
+    error the per-row loss is ``0.5 * sum((y - t)**2)`` (sklearn's MLP). Log
+    losses are computed from the pre-activation ``Z`` when it is known, which
+    is exact for any input; Jordan networks only expose ``Y``, which is then
+    clipped away from 0 and 1.
+    """
+    w = (weight / total_weight).astype(Y.dtype)[:, None]
+    if loss == "squared_error":
+        diff = Y - T
+        value = 0.5 * float(np.sum(w * diff * diff))
+        dY = w * diff
+        if output_activation == "identity":
+            dZ = dY
+        elif output_activation == "tanh":
+            dZ = dY * (1 - Y * Y)
+        elif output_activation == "sigmoid":
+            dZ = dY * Y * (1 - Y)
+        else:
+            dZ = Y * (dY - np.sum(dY * Y, axis=1, keepdims=True))
+        return value, dZ
+    if loss == "log_loss":
+        if output_activation != "softmax":
+            raise ValueError("log_loss needs output_activation='softmax'")
+        if Z is not None:
+            zmax = Z.max(axis=1, keepdims=True)
+            log_p = Z - zmax - np.log(np.sum(np.exp(Z - zmax), axis=1, keepdims=True))
+        else:
+            log_p = np.log(np.clip(Y, np.finfo(Y.dtype).tiny, 1))
+        value = -float(np.sum(w * T * log_p))
+        return value, w * (Y - T)
+    if output_activation != "sigmoid":
+        raise ValueError("binary_log_loss needs output_activation='sigmoid'")
+    if Z is not None:
+        # log(1 + exp(z)) - t z, stable for any z
+        per = np.logaddexp(0, Z) - T * Z
+    else:
+        tiny = np.finfo(Y.dtype).tiny
+        Yc = np.clip(Y, tiny, 1 - np.finfo(Y.dtype).eps)
+        per = -(T * np.log(Yc) + (1 - T) * np.log1p(-Yc))
+    value = float(np.sum(w * per))
+    return value, w * (Y - T)
+
+
+def _slice_masks(masks, n):
+    """Recurrent masks of the first ``n`` sequences (those still running)."""
+    if masks is None:
+        return None
+    if masks and isinstance(masks[0], list):
+        return [[m[:n] for m in layer] for layer in masks]
+    return [m[:n] for m in masks]
+
+
+def _carry(states, stop, packing, net):
+    """States to start the window at ``stop`` with: those of the sequences
+    still running (the first ``batch_sizes[stop]``)."""
+    if stop >= packing.n_steps:
+        return states
+    n = int(packing.batch_sizes[stop])
+    if net.jordan is not None:
+        return [s[:n] for s in states]
+    return [[(h[:n], c[:n] if c.size else c) for h, c in layer] for layer in states]
+
+
+def _update_final(final, new, net):
+    """Overwrite the final states of the sequences that ran in a window."""
+    if final is None:
+        return new
+    def put(dst, src):
+        if src is not None and src.size:
+            dst[: src.shape[0]] = src
+    if net.jordan is not None:
+        for dst, src in zip(final, new):
+            put(dst, src)
+        return final
+    for layer_f, layer_n in zip(final, new):
+        for (hf, cf), (hn, cn) in zip(layer_f, layer_n):
+            put(hf, hn)
+            put(cf, cn)
+    return final
+
+
+def _pad_states(d_init, n, net):
+    """Pad gradients w.r.t. a window's initial states to ``n`` sequences."""
+    def pad(a):
+        if a is None or a.size == 0:
+            return a
+        out = np.zeros((n,) + a.shape[1:], a.dtype)
+        out[: a.shape[0]] = a
+        return out
+    if net.jordan is not None:
+        return [pad(a) for a in d_init]
+    return [[(pad(dh), pad(dc)) for dh, dc in layer] for layer in d_init]
+
+
+def _scatter_bidirectional(d_feats, packing, h):
+    """Gradient w.r.t. [h_fwd(last step), h_bwd(first step)] features, put
+    back at the rows of the top layer's packed output."""
+    d_top = np.zeros((packing.n_rows, 2 * h), d_feats.dtype)
+    d_top[packing.last_rows(), :h] = d_feats[:, :h]
+    d_top[np.arange(packing.n_sequences), h:] += d_feats[:, h:]
+    return d_top
