@@ -144,6 +144,20 @@ class Network:
             self._layer_names = {sfx: list(spec.shapes())
                                  for layer in self.specs for spec, sfx in layer}
 
+    def __getstate__(self):
+        # views and gradients are rebuilt on load: pickles stay small and the
+        # views keep pointing into the flat parameter vector
+        state = self.__dict__.copy()
+        for key in ("weights", "grad_views", "grads"):
+            state.pop(key)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.grads = np.zeros_like(self.params)
+        self.weights = self._views(self.params)
+        self.grad_views = self._views(self.grads)
+
     def _views(self, flat):
         views, start = {}, 0
         for name, shape in self.shapes.items():

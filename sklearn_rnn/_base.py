@@ -1,0 +1,530 @@
+"""Shared estimator logic: parameters, validation, the training loop, weights."""
+
+import time
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import threadpool_limits
+
+from pyx_rnn import __version__
+from pyx_rnn._openmp import effective_n_threads
+from pyx_rnn.network import Network
+from pyx_rnn.optim import Adam, SGD
+
+from ._sequences import Sequences, check_sequences
+
+# Sequences per forward pass at prediction: bounds the memory of the caches.
+PREDICT_CHUNK = 256
+
+
+class BaseRNN(BaseEstimator):
+    """Base class of RNNRegressor and RNNClassifier. Not for direct use."""
+
+    _parameter_constraints = {
+        "cell": [StrOptions({"rnn", "jordan", "lstm", "gru"})],
+        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "activation": [StrOptions({"tanh", "relu"})],
+        "bidirectional": ["boolean"],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "recurrent_dropout": [Interval(Real, 0, 1, closed="left")],
+        "layer_norm": ["boolean"],
+        "peephole": ["boolean"],
+        "reset_after": ["boolean"],
+        "return_sequences": ["boolean"],
+        "solver": [StrOptions({"adam", "sgd"})],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
+        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+        "power_t": [Interval(Real, 0, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "shuffle": ["boolean"],
+        "random_state": ["random_state"],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "verbose": ["verbose"],
+        "warm_start": ["boolean"],
+        "momentum": [Interval(Real, 0, 1, closed="both")],
+        "nesterovs_momentum": ["boolean"],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "beta_1": [Interval(Real, 0, 1, closed="left")],
+        "beta_2": [Interval(Real, 0, 1, closed="left")],
+        "epsilon": [Interval(Real, 0, None, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "clip_norm": [None, Interval(Real, 0, None, closed="neither")],
+        "clip_value": [None, Interval(Real, 0, None, closed="neither")],
+        "tbptt_k1": [None, Interval(Integral, 1, None, closed="left")],
+        "tbptt_k2": [None, Interval(Integral, 1, None, closed="left")],
+        "curriculum": [None, Interval(Integral, 1, None, closed="left")],
+        "dtype": [StrOptions({"float32", "float64"})],
+        "n_threads": [None, Integral],
+    }
+
+    def __init__(self, *, cell="lstm", hidden_layer_sizes=(32,), activation="tanh",
+                 bidirectional=False, dropout=0.0, recurrent_dropout=0.0,
+                 layer_norm=False, peephole=False, reset_after=True,
+                 return_sequences=False, solver="adam", alpha=0.0,
+                 batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False,
+                 momentum=0.9, nesterovs_momentum=True, early_stopping=False,
+                 validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                 n_iter_no_change=10, clip_norm=1.0, clip_value=None,
+                 tbptt_k1=None, tbptt_k2=None, curriculum=None, dtype="float32",
+                 n_threads=None):
+        self.cell = cell
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.bidirectional = bidirectional
+        self.dropout = dropout
+        self.recurrent_dropout = recurrent_dropout
+        self.layer_norm = layer_norm
+        self.peephole = peephole
+        self.reset_after = reset_after
+        self.return_sequences = return_sequences
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.clip_norm = clip_norm
+        self.clip_value = clip_value
+        self.tbptt_k1 = tbptt_k1
+        self.tbptt_k2 = tbptt_k2
+        self.curriculum = curriculum
+        self.dtype = dtype
+        self.n_threads = n_threads
+
+    # ------------------------------------------------------------------
+    # hooks for subclasses
+    # ------------------------------------------------------------------
+
+    _loss = None          # set by the subclass from the targets
+    _out_activation = None
+
+    def _validate_targets(self, y, seqs, first_call, classes=None):
+        """Return (targets, per_step) with targets an array of shape
+        (n_sequences or total_steps, n_outputs)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------
+    # validation
+    # ------------------------------------------------------------------
+
+    def _check_params(self):
+        sizes = self.hidden_layer_sizes
+        if isinstance(sizes, Integral):
+            sizes = (sizes,)
+        sizes = tuple(sizes)
+        if not sizes or any(not isinstance(h, Integral) or h < 1 for h in sizes):
+            raise ValueError(
+                f"hidden_layer_sizes must be a non-empty tuple of positive integers, "
+                f"got {self.hidden_layer_sizes!r}")
+        if self.cell == "jordan" and self.bidirectional:
+            raise ValueError("cell='jordan' feeds its output back and cannot be "
+                             "bidirectional; set bidirectional=False")
+        if self.peephole and self.cell != "lstm":
+            raise ValueError("peephole=True needs cell='lstm'")
+        if (self.tbptt_k1 is None) != (self.tbptt_k2 is None):
+            raise ValueError("set both tbptt_k1 and tbptt_k2 (or neither)")
+        if self.tbptt_k1 is not None:
+            if self.tbptt_k1 > self.tbptt_k2:
+                raise ValueError(
+                    f"tbptt_k1={self.tbptt_k1} must be <= tbptt_k2={self.tbptt_k2}: "
+                    "every k1 steps, gradients flow back k2 >= k1 steps")
+            if self.bidirectional:
+                raise ValueError("truncated BPTT (tbptt_k1/tbptt_k2) cannot be "
+                                 "combined with bidirectional=True")
+        if self.n_threads == 0:
+            raise ValueError("n_threads=0 is invalid; use None (all cores), a "
+                             "positive count, or a negative count as in joblib")
+        return sizes
+
+    def _validate_X(self, X, reset):
+        if reset:
+            seqs = check_sequences(X, dtype=self.dtype)
+            self.n_features_in_ = seqs.n_features
+        else:
+            seqs = check_sequences(X, dtype=self._dtype,
+                                   n_features=self.n_features_in_)
+        return seqs
+
+    # ------------------------------------------------------------------
+    # training
+    # ------------------------------------------------------------------
+
+    def _build(self, sizes, n_outputs, rng):
+        self._dtype = np.dtype(self.dtype)
+        self._network = Network(
+            self.cell, self.n_features_in_, sizes, n_outputs,
+            bidirectional=self.bidirectional, activation=self.activation,
+            output_activation=self._out_activation, peephole=self.peephole,
+            reset_after=self.reset_after, layer_norm=self.layer_norm,
+            dtype=self._dtype)
+        self._network.init_weights(rng)
+        self._optimizer = None
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.loss_curve_ = []
+        self.best_loss_ = np.inf
+        self._no_improvement_count = 0
+        self.validation_scores_ = [] if self.early_stopping else None
+        self.best_validation_score_ = -np.inf if self.early_stopping else None
+        self._best_params = None
+        self._lr = self.learning_rate_init
+        self._sklearn_rnn_version = __version__
+
+    def _make_optimizer(self):
+        params = self._network.params
+        if self.solver == "adam":
+            return Adam(params, self._lr, self.beta_1, self.beta_2, self.epsilon)
+        return SGD(params, self._lr, self.momentum, self.nesterovs_momentum)
+
+    def _fit(self, X, y, sample_weight=None, *, incremental=False, classes=None):
+        self._validate_params()
+        sizes = self._check_params()
+        first_call = not (incremental or self.warm_start) or not hasattr(self, "_network")
+        seqs = self._validate_X(X, reset=first_call)
+        targets = self._validate_targets(y, seqs, first_call, classes)
+        if sample_weight is not None:
+            sample_weight = np.asarray(sample_weight, dtype=np.float64)
+            if sample_weight.shape != (len(seqs),):
+                raise ValueError(
+                    f"sample_weight has shape {sample_weight.shape}; expected one "
+                    f"weight per sequence, shape ({len(seqs)},)")
+            if not np.all(np.isfinite(sample_weight)) or np.any(sample_weight < 0):
+                raise ValueError("sample_weight must be finite and non-negative")
+        rng = check_random_state(self.random_state)
+        if first_call:
+            self._build(sizes, targets.shape[1], rng)
+        elif self.warm_start and not incremental:
+            self._check_same_architecture(sizes)
+        self._rng = getattr(self, "_rng", None) if incremental else None
+        if self._rng is None:
+            # one stream for shuffling and dropout masks, derived from random_state
+            self._rng = np.random.default_rng(rng.randint(np.iinfo(np.int32).max))
+        n_threads = effective_n_threads(self.n_threads)
+        with threadpool_limits(limits=1, user_api="blas"):
+            self._train(seqs, targets, sample_weight, incremental, n_threads)
+        return self
+
+    def _check_same_architecture(self, sizes):
+        net = self._network
+        if (net.cell, net.hidden_sizes, net.bidirectional) != (
+                self.cell, sizes, bool(self.bidirectional)):
+            raise ValueError(
+                "warm_start=True continues from the fitted weights, so cell, "
+                "hidden_layer_sizes and bidirectional cannot change; set "
+                "warm_start=False to fit a new network")
+
+    def _batch_size(self, n):
+        if self.batch_size == "auto":
+            return min(32, n)
+        if self.batch_size > n:
+            warnings.warn(
+                f"batch_size={self.batch_size} is larger than the {n} training "
+                "sequences; using all of them in every batch", UserWarning)
+        return min(self.batch_size, n)
+
+    def _batches(self, seqs, idx, batch_size):
+        """Mini-batches of sequence indices. With variable lengths, sequences
+        of similar length go together (bucketing), so that every batch's
+        sequences finish at about the same step."""
+        idx = np.asarray(idx)
+        if self.shuffle:
+            idx = self._rng.permutation(idx)
+        if not seqs.fixed_length:
+            # sort by length, random order within equal lengths, then cut
+            idx = idx[np.argsort(-seqs.lengths[idx], kind="stable")]
+        batches = [idx[s:s + batch_size] for s in range(0, len(idx), batch_size)]
+        if self.shuffle and not seqs.fixed_length:
+            batches = [batches[i] for i in self._rng.permutation(len(batches))]
+        return batches
+
+    def _train(self, seqs, targets, sample_weight, incremental, n_threads):
+        net = self._network
+        n = len(seqs)
+        if self.early_stopping and not incremental:
+            stratify = self._stratify_labels(targets) if not self.return_sequences else None
+            train_idx, val_idx = train_test_split(
+                np.arange(n), test_size=self.validation_fraction,
+                random_state=self._rng.integers(np.iinfo(np.int32).max),
+                stratify=stratify)
+            if len(val_idx) == 0 or len(train_idx) == 0:
+                raise ValueError(
+                    f"early_stopping needs a validation set, but validation_fraction="
+                    f"{self.validation_fraction} of {n} sequences leaves none; raise "
+                    "validation_fraction or turn early_stopping off")
+        else:
+            train_idx, val_idx = np.arange(n), None
+        batch_size = self._batch_size(len(train_idx))
+        if self._optimizer is None:
+            self._optimizer = self._make_optimizer()
+        tbptt = None if self.tbptt_k1 is None else (self.tbptt_k1, self.tbptt_k2)
+        max_iter = 1 if incremental else self.max_iter
+        start = time.perf_counter()
+        try:
+            for epoch in range(max_iter):
+                limit = self._curriculum_length(seqs, epoch, max_iter, incremental)
+                total, weight = 0.0, 0.0
+                params_before = net.params.copy()
+                for b in self._batches(seqs, train_idx, batch_size):
+                    value, w = self._step(seqs, targets, sample_weight, b, tbptt,
+                                          n_threads, limit)
+                    if not np.isfinite(value):
+                        net.params[:] = params_before
+                        self._diverged()
+                        return
+                    total += value * w
+                    weight += w
+                    self.t_ += len(b)
+                    self._schedule()
+                epoch_loss = total / max(weight, 1e-300)
+                self.n_iter_ += 1
+                self.loss_curve_.append(epoch_loss)
+                val_score = None
+                if val_idx is not None:
+                    val_score = self._validation_score(seqs, targets, val_idx)
+                    self.validation_scores_.append(val_score)
+                stop = self._update_no_improvement(epoch_loss, val_score)
+                if self.verbose:
+                    elapsed = time.perf_counter() - start
+                    eta = elapsed / (epoch + 1) * (max_iter - epoch - 1)
+                    msg = f"Iteration {self.n_iter_}, loss = {epoch_loss:.8f}"
+                    if val_score is not None:
+                        msg += f", validation score = {val_score:.6f}"
+                    print(f"{msg}, elapsed {elapsed:.1f}s, ETA {eta:.1f}s", flush=True)
+                if stop:
+                    break
+            else:
+                if not incremental and self.max_iter > 1:
+                    warnings.warn(
+                        f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) "
+                        "reached and the optimization hasn't converged yet.",
+                        ConvergenceWarning)
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by the user; keeping the best "
+                          "weights found so far.", UserWarning)
+        if self.early_stopping and self._best_params is not None:
+            net.params[:] = self._best_params
+
+    def _curriculum_length(self, seqs, epoch, max_iter, incremental):
+        """With ``curriculum=k``, the first k epochs see only the last
+        ``T * (stage + 1) / (k + 1)`` steps of each sequence, growing to the
+        full length; None (or partial_fit) uses whole sequences."""
+        if self.curriculum is None or incremental or epoch >= self.curriculum:
+            return None
+        longest = int(seqs.lengths.max())
+        return max(1, int(np.ceil(longest * (epoch + 1) / (self.curriculum + 1))))
+
+    def _step(self, seqs, targets, sample_weight, b, tbptt, n_threads, limit):
+        net = self._network
+        X, packing, T, sw = self._batch_arrays(seqs, targets, sample_weight, b, limit)
+        value, _ = net.loss_gradient(
+            X, packing, T, self._loss, sample_weight=sw,
+            return_sequences=self.return_sequences, alpha=self.alpha,
+            dropout=self.dropout, recurrent_dropout=self.recurrent_dropout,
+            rng=self._rng, tbptt=tbptt, n_threads=n_threads)
+        if not np.isfinite(value):
+            return value, 0.0
+        net.clip_gradients(self.clip_norm, self.clip_value)
+        self._optimizer.step(net.grads)
+        return value, float(sw.sum())
+
+    def _batch_arrays(self, seqs, targets, sample_weight, b, limit=None):
+        """Packed inputs, targets and weights of the sequences ``b``; with a
+        curriculum ``limit``, only their last ``limit`` steps."""
+        b = np.asarray(b)
+        if limit is None:
+            X, packing = seqs.batch(b)
+            if self.return_sequences:
+                rows = seqs.step_rows(b, packing)
+        else:
+            part, source_rows = _suffixes(seqs, b, limit)
+            local = np.arange(len(b))
+            X, packing = part.batch(local)
+            if self.return_sequences:
+                rows = source_rows[part.step_rows(local, packing)]
+        chosen = b[packing.order]
+        T = targets[rows] if self.return_sequences else targets[chosen]
+        sw = (np.ones(len(b)) if sample_weight is None
+              else sample_weight[chosen]).astype(self._dtype)
+        return X, packing, np.ascontiguousarray(T, self._dtype), sw
+
+    def _schedule(self):
+        if self.learning_rate == "invscaling":
+            self._lr = self.learning_rate_init / (self.t_ + 1) ** self.power_t
+            self._optimizer.learning_rate = self._lr
+
+    def _update_no_improvement(self, loss, val_score):
+        """sklearn MLP's stopping rule. Returns True to stop."""
+        net = self._network
+        if val_score is not None:
+            if val_score < self.best_validation_score_ + self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if val_score > self.best_validation_score_:
+                self.best_validation_score_ = val_score
+                self._best_params = net.params.copy()
+        else:
+            if loss > self.best_loss_ - self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+        if loss < self.best_loss_:
+            self.best_loss_ = loss
+        if self._no_improvement_count <= self.n_iter_no_change:
+            return False
+        if self.learning_rate == "adaptive" and self._lr > 1e-6:
+            self._lr /= 5.0
+            self._optimizer.learning_rate = self._lr
+            self._no_improvement_count = 0
+            if self.verbose:
+                print(f"Setting learning rate to {self._lr:f}")
+            return False
+        if self.verbose:
+            what = "Validation score" if val_score is not None else "Training loss"
+            print(f"{what} did not improve more than tol={self.tol} for "
+                  f"{self.n_iter_no_change} consecutive epochs. Stopping.")
+        return True
+
+    def _diverged(self):
+        warnings.warn(
+            "The training loss became NaN or infinite; training stopped and the "
+            "weights of the last finite epoch were restored. Lower "
+            "learning_rate_init, or set clip_norm / clip_value.", ConvergenceWarning)
+
+    def _stratify_labels(self, targets):
+        return None
+
+    def _validation_score(self, seqs, targets, val_idx):
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------
+    # prediction
+    # ------------------------------------------------------------------
+
+    def _forward(self, X):
+        """Network output for X: (n_sequences, n_outputs), or a list of
+        (n_steps_i, n_outputs) arrays with return_sequences."""
+        check_is_fitted(self, "_network")
+        seqs = self._validate_X(X, reset=False)
+        return self._forward_sequences(seqs)
+
+    def _forward_sequences(self, seqs):
+        net = self._network
+        n_threads = effective_n_threads(self.n_threads)
+        n = len(seqs)
+        # longest first, so that each chunk holds sequences of similar length
+        order = np.argsort(-seqs.lengths, kind="stable")
+        out = [None] * n if self.return_sequences else np.empty((n, net.n_output),
+                                                                 net.dtype)
+        with threadpool_limits(limits=1, user_api="blas"):
+            for s in range(0, n, PREDICT_CHUNK):
+                idx = order[s:s + PREDICT_CHUNK]
+                X, packing = seqs.batch(idx)
+                _, Y, _ = net.forward(X, packing,
+                                      return_sequences=self.return_sequences,
+                                      n_threads=n_threads)
+                chosen = idx[packing.order]
+                if self.return_sequences:
+                    for b in range(packing.n_sequences):
+                        out[chosen[b]] = Y[packing.rows_of(b)]
+                else:
+                    out[chosen] = Y
+        return out
+
+    # ------------------------------------------------------------------
+    # weights
+    # ------------------------------------------------------------------
+
+    def get_weights(self):
+        """Weights as a dict of arrays, named and shaped as in PyTorch.
+
+        ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``,
+        ``bias_hh_l{k}`` (suffix ``_reverse`` for the backward direction),
+        ``output.weight`` and ``output.bias``; plus ``peephole_l{k}`` and
+        ``ln_weight_l{k}``/``ln_bias_l{k}`` when those options are on.
+        """
+        check_is_fitted(self, "_network")
+        return {name: w.copy() for name, w in self._network.weights.items()}
+
+    def set_weights(self, weights):
+        """Replace the weights of a fitted estimator.
+
+        Parameters
+        ----------
+        weights : dict of array-like
+            Every name of ``get_weights()``, with the same shapes.
+
+        Returns
+        -------
+        self
+        """
+        check_is_fitted(self, "_network")
+        current = self._network.weights
+        missing = sorted(set(current) - set(weights))
+        extra = sorted(set(weights) - set(current))
+        if missing or extra:
+            raise ValueError(
+                f"set_weights needs exactly the names of get_weights(); missing "
+                f"{missing}, unexpected {extra}")
+        new = {}
+        for name, w in weights.items():
+            a = np.asarray(w, dtype=np.float64)
+            if a.shape != current[name].shape:
+                raise ValueError(f"{name} has shape {a.shape}; expected "
+                                 f"{current[name].shape}")
+            if not np.all(np.isfinite(a)):
+                raise ValueError(f"{name} contains NaN or infinity")
+            new[name] = a
+        for name, a in new.items():
+            current[name][...] = a
+        return self
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_rng", None)
+        return state
+
+    def __setstate__(self, state):
+        saved = state.get("_sklearn_rnn_version")
+        if saved is not None and saved != __version__:
+            warnings.warn(
+                f"This model was saved with sklearn-rnn {saved} and is loaded with "
+                f"{__version__}; results may differ.", UserWarning)
+        super().__setstate__(state)
+
+
+def _suffixes(seqs, idx, limit):
+    """The last ``limit`` steps of the sequences ``idx`` (curriculum), and the
+    rows of ``seqs.data`` they come from."""
+    starts = seqs.starts[idx]
+    lengths = seqs.lengths[idx]
+    keep = np.minimum(lengths, limit)
+    rows = np.concatenate([np.arange(s + n - k, s + n) for s, n, k in
+                           zip(starts, lengths, keep)])
+    return Sequences(np.ascontiguousarray(seqs.data[rows]), keep), rows
