@@ -4,7 +4,9 @@
 # and shared by the kernels of _cells.pyx (rnn, lstm, gru) and _jordan.pyx.
 from cython cimport floating
 
-from ._math cimport sigmoid, tanh_, sqrt_, exp_
+from ._math cimport (
+    sigmoid, tanh_, sqrt_, exp_, sigmoid_inplace, tanh_inplace,
+)
 
 cdef enum:
     RNN = 0
@@ -104,19 +106,18 @@ cdef inline void rnn_row(Dims* d, floating* g, const floating* hh,
                          const floating* ln_b, floating* xhat, floating* rstd,
                          floating* h_out, floating* h) noexcept nogil:
     cdef int j, H = d.hidden
-    cdef floating v
     for j in range(H):
         g[j] = g[j] + hh[j] + b_hh[j]
     if d.layer_norm:
         ln_forward(g, H, ln_w, ln_b, xhat, rstd)
+    if d.activation == RELU:
+        for j in range(H):
+            g[j] = g[j] if g[j] > 0 else 0
+    else:
+        tanh_inplace(g, H)
     for j in range(H):
-        if d.activation == RELU:
-            v = g[j] if g[j] > 0 else 0
-        else:
-            v = tanh_(g[j])
-        g[j] = v
-        h_out[j] = v
-        h[j] = v
+        h_out[j] = g[j]
+        h[j] = g[j]
 
 
 cdef inline void lstm_row(Dims* d, floating* g, const floating* hh,
@@ -125,7 +126,6 @@ cdef inline void lstm_row(Dims* d, floating* g, const floating* hh,
                           floating* xhat, floating* rstd, floating* h_out,
                           floating* c_out, floating* h, floating* c) noexcept nogil:
     cdef int j, k, H = d.hidden
-    cdef floating i_, f_, g_, o_
     for j in range(4 * H):
         g[j] = g[j] + hh[j] + b_hh[j]
     if d.peephole:
@@ -136,14 +136,10 @@ cdef inline void lstm_row(Dims* d, floating* g, const floating* hh,
         for k in range(3):
             ln_forward(g + k * H, H, ln_w + k * H, ln_b + k * H, xhat + k * H,
                        rstd + k)
+    sigmoid_inplace(g, 2 * H)          # i, f
+    tanh_inplace(g + 2 * H, H)         # g
     for j in range(H):
-        i_ = sigmoid(g[j])
-        f_ = sigmoid(g[H + j])
-        g_ = tanh_(g[2 * H + j])
-        g[j] = i_
-        g[H + j] = f_
-        g[2 * H + j] = g_
-        c[j] = f_ * c[j] + i_ * g_
+        c[j] = g[H + j] * c[j] + g[j] * g[2 * H + j]
         c_out[j] = c[j]
     if d.peephole:
         for j in range(H):
@@ -151,11 +147,13 @@ cdef inline void lstm_row(Dims* d, floating* g, const floating* hh,
     if d.layer_norm:
         ln_forward(g + 3 * H, H, ln_w + 3 * H, ln_b + 3 * H, xhat + 3 * H,
                    rstd + 3)
+    sigmoid_inplace(g + 3 * H, H)      # o
     for j in range(H):
-        o_ = sigmoid(g[3 * H + j])
-        g[3 * H + j] = o_
-        h[j] = o_ * tanh_(c[j])
-        h_out[j] = h[j]
+        h_out[j] = c[j]
+    tanh_inplace(h_out, H)
+    for j in range(H):
+        h_out[j] = g[3 * H + j] * h_out[j]
+        h[j] = h_out[j]
 
 
 cdef inline void gru_rz_row(Dims* d, floating* g, const floating* hh,
@@ -169,22 +167,19 @@ cdef inline void gru_rz_row(Dims* d, floating* g, const floating* hh,
     reset before: ``aux = r * m * h``, to be multiplied by ``W_hn`` next.
     """
     cdef int j, H = d.hidden
-    cdef floating r_, a_n
     for j in range(2 * H):
         g[j] = g[j] + hh[j] + b_hh[j]
     if d.layer_norm:
         ln_forward(g, H, ln_w, ln_b, xhat, rstd)
         ln_forward(g + H, H, ln_w + H, ln_b + H, xhat + H, rstd + 1)
-    for j in range(H):
-        r_ = sigmoid(g[j])
-        g[j] = r_
-        g[H + j] = sigmoid(g[H + j])
-        if d.reset_after:
-            a_n = hh[2 * H + j] + b_hh[2 * H + j]
-            aux[j] = a_n
-            g[2 * H + j] = g[2 * H + j] + r_ * a_n
-        else:
-            aux[j] = r_ * h_masked[j]
+    sigmoid_inplace(g, 2 * H)          # r, z
+    if d.reset_after:
+        for j in range(H):
+            aux[j] = hh[2 * H + j] + b_hh[2 * H + j]
+            g[2 * H + j] = g[2 * H + j] + g[j] * aux[j]
+    else:
+        for j in range(H):
+            aux[j] = g[j] * h_masked[j]
 
 
 cdef inline void gru_n_row(Dims* d, floating* g, const floating* hh,
@@ -192,18 +187,15 @@ cdef inline void gru_n_row(Dims* d, floating* g, const floating* hh,
                            const floating* ln_b, floating* xhat, floating* rstd,
                            floating* h_out, floating* h) noexcept nogil:
     cdef int j, H = d.hidden
-    cdef floating n_, z_
     if not d.reset_after:
         for j in range(H):
             g[2 * H + j] = g[2 * H + j] + hh[2 * H + j] + b_hh[2 * H + j]
     if d.layer_norm:
         ln_forward(g + 2 * H, H, ln_w + 2 * H, ln_b + 2 * H, xhat + 2 * H,
                    rstd + 2)
+    tanh_inplace(g + 2 * H, H)         # n
     for j in range(H):
-        n_ = tanh_(g[2 * H + j])
-        z_ = g[H + j]
-        g[2 * H + j] = n_
-        h[j] = (1 - z_) * n_ + z_ * h[j]
+        h[j] = (1 - g[H + j]) * g[2 * H + j] + g[H + j] * h[j]
         h_out[j] = h[j]
 
 
@@ -238,9 +230,13 @@ cdef inline void lstm_row_back(Dims* d, const floating* g, const floating* c,
                                floating* dln_w, floating* dln_b) noexcept nogil:
     cdef int j, k, H = d.hidden
     cdef floating i_, f_, g_, o_, tc, dct
+    # tanh(c_t), kept in dg's g block until that block is written
+    for j in range(H):
+        dg[2 * H + j] = c[j]
+    tanh_inplace(dg + 2 * H, H)
     for j in range(H):
         o_ = g[3 * H + j]
-        dg[3 * H + j] = dh[j] * tanh_(c[j]) * o_ * (1 - o_)
+        dg[3 * H + j] = dh[j] * dg[2 * H + j] * o_ * (1 - o_)
     if d.layer_norm:
         ln_backward(dg + 3 * H, H, ln_w + 3 * H, xhat + 3 * H, rstd[3],
                     dln_w + 3 * H, dln_b + 3 * H)
@@ -249,7 +245,7 @@ cdef inline void lstm_row_back(Dims* d, const floating* g, const floating* c,
         f_ = g[H + j]
         g_ = g[2 * H + j]
         o_ = g[3 * H + j]
-        tc = tanh_(c[j])
+        tc = dg[2 * H + j]
         dct = dc[j] + dh[j] * o_ * (1 - tc * tc)
         if d.peephole:
             dct = dct + dg[3 * H + j] * peep[2 * H + j]

@@ -38,3 +38,26 @@ cdef inline floating sqrt_(floating x) noexcept nogil:
         return sqrtf(x)
     else:
         return sqrt(x)
+
+
+cdef extern from "_vecmath.h" nogil:
+    void sr_sigmoid_f(float* x, int n)
+    void sr_sigmoid_d(double* x, int n)
+    void sr_tanh_f(float* x, int n)
+    void sr_tanh_d(double* x, int n)
+
+
+cdef inline void sigmoid_inplace(floating* x, int n) noexcept nogil:
+    """``x = sigmoid(x)`` over an array, vectorised where possible."""
+    if floating is float:
+        sr_sigmoid_f(x, n)
+    else:
+        sr_sigmoid_d(x, n)
+
+
+cdef inline void tanh_inplace(floating* x, int n) noexcept nogil:
+    """``x = tanh(x)`` over an array, vectorised where possible."""
+    if floating is float:
+        sr_tanh_f(x, n)
+    else:
+        sr_tanh_d(x, n)

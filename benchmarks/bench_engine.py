@@ -1,0 +1,316 @@
+"""Engine benchmark: sklearn-rnn against PyTorch (and ONNX Runtime) on CPU.
+
+For each workload of ``bench_torch.WORKLOADS`` this times, in the same run and
+on the same data, float32, with the same thread count:
+
+* a training epoch: shuffled mini-batches, MSE on the last step through a
+  Linear head, Adam(lr=1e-3), gradient-norm clipping at 1;
+* inference over the whole data set in chunks of the batch size;
+* optionally (``--packed``) a training epoch on variable-length sequences
+  (lengths uniform in 10..100), PyTorch using packed sequences.
+
+Each figure is the median of ``--repeats`` runs after a warm-up. PyTorch runs
+in a subprocess (its bundled OpenMP runtime must not share a process with
+ours). Ratios are PyTorch time / our time: above 1 means we are faster.
+
+Usage::
+
+    python benchmarks/bench_engine.py                      # all workloads
+    python benchmarks/bench_engine.py --workload small-lstm --repeats 3
+    python benchmarks/bench_engine.py --write              # update results
+
+``--write`` stores ``benchmarks/results.json`` and ``benchmarks/RESULTS.md``
+and the table between the BENCHMARK markers of README.md.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from bench_torch import WORKLOADS, get_workload, workload_data  # noqa: E402
+
+
+def _our_modules():
+    from threadpoolctl import threadpool_limits
+
+    from pyx_rnn.network import Network
+    from pyx_rnn.optim import Adam
+    from pyx_rnn.packing import Packing, pack
+    return threadpool_limits, Network, Adam, Packing, pack
+
+
+def _batches_fixed(X, idx, Packing):
+    """Packed rows of the fixed-length sequences ``idx``."""
+    n, T, I = len(idx), X.shape[1], X.shape[2]
+    packing = Packing.from_lengths(np.full(n, T))
+    rows = np.ascontiguousarray(X[idx].transpose(1, 0, 2)).reshape(n * T, I)
+    return rows, packing
+
+
+def our_times(workload, n_threads, repeats, variable_length=False, seed=0):
+    """Training epoch times and inference times of our engine."""
+    threadpool_limits, Network, Adam, Packing, pack = _our_modules()
+    X, y, lengths = workload_data(workload, variable_length=variable_length)
+    n, batch = len(X), workload["batch"]
+    seqs = None
+    if variable_length:
+        seqs = [X[i, : lengths[i]] for i in range(n)]
+    rng = np.random.default_rng(seed)
+    net = Network(workload["cell"], workload["n_features"], (workload["hidden"],), 1,
+                  dtype=np.float32)
+    net.init_weights(rng)
+    opt = Adam(net.params, 1e-3)
+
+    def get_batch(idx):
+        if seqs is None:
+            return _batches_fixed(X, idx, Packing)
+        data, packing = pack([seqs[i] for i in idx], np.float32)
+        return data, packing
+
+    def epoch():
+        perm = rng.permutation(n)
+        for s in range(0, n, batch):
+            idx = perm[s:s + batch]
+            data, packing = get_batch(idx)
+            net.loss_gradient(data, packing, y[idx][packing.order],
+                              "squared_error", n_threads=n_threads)
+            net.clip_gradients(clip_norm=1.0)
+            opt.step(net.grads)
+
+    def inference():
+        for s in range(0, n, batch):
+            idx = np.arange(s, min(s + batch, n))
+            data, packing = get_batch(idx)
+            net.forward(data, packing, n_threads=n_threads)
+
+    result = {}
+    with threadpool_limits(limits=1, user_api="blas"):
+        epoch()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            epoch()
+            times.append(time.perf_counter() - t0)
+        result["packed_train_epoch_s" if variable_length else "train_epoch_s"] = times
+        if not variable_length:
+            inference()
+            times = []
+            for _ in range(max(repeats, 3)):
+                t0 = time.perf_counter()
+                inference()
+                times.append(time.perf_counter() - t0)
+            result["inference_s"] = times
+    return result
+
+
+def estimator_epoch_times(workload, n_threads, repeats):
+    """Seconds per epoch of RNNRegressor.fit on the workload (fixed length)."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    from sklearn_rnn import RNNRegressor
+    X, y, _ = workload_data(workload)
+    times = []
+    for r in range(repeats + 1):
+        est = RNNRegressor(cell=workload["cell"], hidden_layer_sizes=(workload["hidden"],),
+                           batch_size=workload["batch"], max_iter=1, clip_norm=1.0,
+                           random_state=r, n_threads=n_threads, tol=0)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est.fit(X, y[:, 0])
+        if r:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def torch_times(name, n_threads, repeats, packed, onnx):
+    """Run the torch side in its own process; None if torch is missing."""
+    try:
+        import importlib.util
+        if importlib.util.find_spec("torch") is None:
+            return None
+    except ImportError:
+        return None
+    cmd = [sys.executable, os.path.join(HERE, "bench_torch.py"), "--workload", name,
+           "--threads", str(n_threads), "--repeats", str(repeats), "--json"]
+    if packed:
+        cmd.append("--packed")
+    if onnx:
+        cmd.append("--onnx")
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _median(values):
+    return None if not values else statistics.median(values)
+
+
+def run(names, n_threads, repeats, packed, onnx, estimator):
+    rows = []
+    for name in names:
+        w = get_workload(name)
+        ours = our_times(w, n_threads, repeats)
+        if packed:
+            ours.update(our_times(w, n_threads, repeats, variable_length=True))
+        if estimator and name == "small-lstm":
+            ours["estimator_epoch_s"] = estimator_epoch_times(w, n_threads, repeats)
+        theirs = torch_times(name, n_threads, repeats, packed, onnx) or {}
+        row = dict(workload=name, **{k: _median(v) for k, v in ours.items()})
+        for key in ("torch_train_epoch_s", "torch_inference_s",
+                    "onnxruntime_inference_s", "torch_packed_train_epoch_s"):
+            value = theirs.get(key)
+            row[key] = _median(value) if isinstance(value, list) else value
+        row["train_ratio"] = _ratio(row.get("torch_train_epoch_s"), row["train_epoch_s"])
+        anchors = [v for v in (row.get("torch_inference_s"),
+                               row.get("onnxruntime_inference_s")) if v]
+        row["inference_ratio"] = _ratio(min(anchors) if anchors else None,
+                                        row["inference_s"])
+        if packed:
+            row["packed_train_ratio"] = _ratio(row.get("torch_packed_train_epoch_s"),
+                                               row.get("packed_train_epoch_s"))
+        if "estimator_epoch_s" in row:
+            row["estimator_overhead"] = row["estimator_epoch_s"] / row["train_epoch_s"] - 1
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def _ratio(anchor, ours):
+    return None if not anchor or not ours else anchor / ours
+
+
+def machine_info(n_threads):
+    import numpy
+    import scipy
+    info = dict(
+        date=time.strftime("%Y-%m-%d"),
+        machine=platform.platform(),
+        processor=_cpu_model(),
+        cpu_count=os.cpu_count(),
+        threads=n_threads,
+        python=platform.python_version(),
+        numpy=numpy.__version__,
+        scipy=scipy.__version__,
+    )
+    try:
+        import torch
+        info["torch"] = torch.__version__
+    except ImportError:
+        info["torch"] = None
+    try:
+        import onnxruntime
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        info["onnxruntime"] = None
+    return info
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _fmt(value, digits=3, suffix=""):
+    return "n/a" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def markdown_table(rows):
+    lines = [
+        "| workload | ours train s/epoch | PyTorch train | train ratio | ours inference s "
+        "| PyTorch inference | onnxruntime | inference ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['workload']} | {_fmt(r['train_epoch_s'])} | "
+            f"{_fmt(r.get('torch_train_epoch_s'))} | {_fmt(r['train_ratio'], 2, '×')} | "
+            f"{_fmt(r['inference_s'])} | {_fmt(r.get('torch_inference_s'))} | "
+            f"{_fmt(r.get('onnxruntime_inference_s'))} | "
+            f"{_fmt(r['inference_ratio'], 2, '×')} |")
+    packed = [r for r in rows if r.get("packed_train_epoch_s") is not None]
+    if packed:
+        lines += ["", "Variable-length batches (lengths uniform in 10..100), training "
+                  "s/epoch:", "",
+                  "| workload | ours | PyTorch (packed) | ratio |", "|---|---|---|---|"]
+        for r in packed:
+            lines.append(f"| {r['workload']} | {_fmt(r['packed_train_epoch_s'])} | "
+                         f"{_fmt(r.get('torch_packed_train_epoch_s'))} | "
+                         f"{_fmt(r.get('packed_train_ratio'), 2, '×')} |")
+    est = [r for r in rows if r.get("estimator_epoch_s") is not None]
+    for r in est:
+        lines += ["", f"`RNNRegressor.fit` on {r['workload']}: "
+                  f"{_fmt(r['estimator_epoch_s'])} s/epoch, "
+                  f"{100 * r['estimator_overhead']:+.0f}% against the raw engine."]
+    return "\n".join(lines)
+
+
+def write(rows, info):
+    with open(os.path.join(HERE, "results.json"), "w") as f:
+        json.dump(dict(info=info, results=rows), f, indent=2)
+    header = (f"Measured {info['date']} on {info['processor']} ({info['cpu_count']} "
+              f"cores), {info['threads']} threads, float32; Python {info['python']}, "
+              f"NumPy {info['numpy']}, SciPy {info['scipy']}, PyTorch {info['torch']}, "
+              f"onnxruntime {info['onnxruntime']}. Ratios are anchor time / our time "
+              "(above 1: we are faster); medians of several runs.")
+    table = header + "\n\n" + markdown_table(rows)
+    with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
+        f.write("# Engine benchmark results\n\n"
+                "Reproduce with `python benchmarks/bench_engine.py --packed --onnx "
+                "--write`.\n\n" + table + "\n")
+    readme = os.path.join(HERE, os.pardir, "README.md")
+    if os.path.exists(readme):
+        text = open(readme).read()
+        start, end = "<!-- BENCHMARK START -->", "<!-- BENCHMARK END -->"
+        if start in text and end in text:
+            before = text.split(start)[0]
+            after = text.split(end)[1]
+            with open(readme, "w") as f:
+                f.write(before + start + "\n" + table + "\n" + end + after)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", action="append",
+                        help="workload name (repeatable); default: all")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--packed", action="store_true",
+                        help="also variable-length training")
+    parser.add_argument("--onnx", action="store_true", help="also onnxruntime")
+    parser.add_argument("--no-estimator", action="store_true",
+                        help="skip the RNNRegressor overhead measurement")
+    parser.add_argument("--write", action="store_true",
+                        help="write results.json, RESULTS.md and the README table")
+    args = parser.parse_args(argv)
+    names = args.workload or [w["name"] for w in WORKLOADS]
+    info = machine_info(args.threads)
+    print(json.dumps(info), flush=True)
+    rows = run(names, args.threads, args.repeats, args.packed, args.onnx,
+               not args.no_estimator)
+    print()
+    print(markdown_table(rows))
+    if args.write:
+        write(rows, info)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
