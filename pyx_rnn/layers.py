@@ -81,12 +81,28 @@ def _empty(dtype, ndim=2):
     return np.empty((0,) * ndim, dtype=dtype)
 
 
+def _take(pool, key, shape, dtype, zero=False):
+    """A buffer of the given shape: reused from ``pool`` (a dict) when it holds
+    one of that shape, else new. Reuse saves the page faults of fresh large
+    allocations at every batch; callers must not keep two live buffers under
+    one key."""
+    shape = tuple(int(n) for n in shape)
+    if pool is None:
+        return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+    a = pool.get(key)
+    if a is None or a.shape != shape or a.dtype != dtype:
+        a = pool[key] = np.empty(shape, dtype)
+    if zero:
+        a.fill(0)
+    return a
+
+
 def _param(w, name, dtype, ndim=1):
     return w[name] if name in w else _empty(dtype, ndim)
 
 
 def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
-                  mask=None, *, n_threads=1, block_rows=None):
+                  mask=None, *, n_threads=1, block_rows=None, pool=None):
     """Forward pass of one layer over a packed batch.
 
     Parameters
@@ -102,6 +118,9 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
         Initial states (zeros by default); ``c0`` is for the LSTM only.
     mask : ndarray of shape (n_sequences, hidden), optional
         Recurrent-dropout mask.
+    pool : dict, optional
+        Buffers to reuse from call to call (see ``_take``); the returned
+        arrays then live in it until the next call with the same pool.
 
     Returns
     -------
@@ -121,7 +140,7 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
     n_blocks = -(-B // block_rows)
     lstm, gru = spec.cell == "lstm", spec.cell == "gru"
 
-    G = np.empty((n_rows, gh), dtype=dtype)
+    G = _take(pool, "G", (n_rows, gh), dtype)
     _dense.matmul(X, w["weight_ih"], G, True, 0.0, n_threads)
     G += w["bias_ih"]
     h = np.zeros((B, H_), dtype) if h0 is None else np.array(h0, dtype, order="C")
@@ -129,19 +148,19 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
     if lstm:
         c = np.zeros((B, H_), dtype) if c0 is None else np.array(c0, dtype, order="C")
         c0 = c.copy()
-        C = np.empty((n_rows, H_), dtype)
+        C = _take(pool, "C", (n_rows, H_), dtype)
     else:
         c = c0 = C = _empty(dtype)
-    H = np.empty((n_rows, H_), dtype)
-    Hprev = np.empty((n_rows, H_), dtype)
-    aux = np.empty((n_rows, H_), dtype) if gru else _empty(dtype)
+    H = _take(pool, "H", (n_rows, H_), dtype)
+    Hprev = _take(pool, "Hprev", (n_rows, H_), dtype)
+    aux = _take(pool, "aux", (n_rows, H_), dtype) if gru else _empty(dtype)
     if spec.layer_norm:
-        xhat = np.empty((n_rows, gh), dtype)
-        rstd = np.empty((n_rows, spec.gates), dtype)
+        xhat = _take(pool, "xhat", (n_rows, gh), dtype)
+        rstd = _take(pool, "rstd", (n_rows, spec.gates), dtype)
     else:
         xhat = rstd = _empty(dtype)
     mask = _empty(dtype) if mask is None else np.ascontiguousarray(mask, dtype)
-    work = np.empty((n_blocks, block_rows * gh), dtype)
+    work = _take(pool, "work", (n_blocks, block_rows * gh), dtype)
     _cells.recurrent_forward(
         CELLS[spec.cell], ACTIVATIONS[spec.activation], spec.reverse,
         spec.reset_after, spec.layer_norm, spec.peephole, batch_sizes, offsets,
@@ -155,7 +174,7 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
 
 
 def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
-                   t_stop=0, need_dx=True, n_threads=1):
+                   t_stop=0, need_dx=True, n_threads=1, pool=None):
     """Backward pass of one layer; accumulates into ``grads``.
 
     Parameters
@@ -173,6 +192,8 @@ def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
         Steps before ``t_stop`` are not visited (truncated BPTT).
     need_dx : bool
         Whether to compute dL/dX (not needed for the first layer).
+    pool : dict, optional
+        Buffers to reuse (see ``layer_forward``); ``dX`` lives in it.
 
     Returns
     -------
@@ -189,8 +210,8 @@ def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
     lstm = spec.cell == "lstm"
     separate_dgh = spec.cell == "gru" and spec.reset_after
 
-    dG = np.zeros((n_rows, gh), dtype) if t_stop > 0 else np.empty((n_rows, gh), dtype)
-    dGh = np.empty_like(dG) if separate_dgh else dG
+    dG = _take(pool, "dG", (n_rows, gh), dtype, zero=t_stop > 0)
+    dGh = _take(pool, "dGh", (n_rows, gh), dtype) if separate_dgh else dG
     dh = np.zeros((B, H_), dtype) if dh_n is None else np.array(dh_n, dtype, order="C")
     if lstm:
         dc = np.zeros((B, H_), dtype) if dc_n is None else np.array(dc_n, dtype, order="C")
@@ -200,7 +221,7 @@ def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
     n_ln = gh if spec.layer_norm else 0
     dln_w = np.zeros((n_blocks, n_ln), dtype)
     dln_b = np.zeros((n_blocks, n_ln), dtype)
-    work = np.empty((n_blocks, block_rows * gh), dtype)
+    work = _take(pool, "work", (n_blocks, block_rows * gh), dtype)
     _cells.recurrent_backward(
         CELLS[spec.cell], ACTIVATIONS[spec.activation], spec.reverse,
         spec.reset_after, spec.layer_norm, spec.peephole, cache.batch_sizes,
@@ -231,7 +252,7 @@ def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
         grads["ln_bias"] += dln_b.sum(axis=0)
     dX = None
     if need_dx:
-        dX = np.empty((n_rows, spec.n_input), dtype)
+        dX = _take(pool, "dX", (n_rows, spec.n_input), dtype)
         _dense.matmul(dG, w["weight_ih"], dX, False, 0.0, n_threads)
     return dX, dh, dc
 

@@ -136,6 +136,7 @@ class Network:
         self.grads = np.zeros(total, dtype=self.dtype)
         self.weights = self._views(self.params)
         self.grad_views = self._views(self.grads)
+        self._pool = {}  # training buffers reused from batch to batch
         if cell == "jordan":
             self._layer_names = {
                 f"_l{k}": list(self.jordan.layer_shapes(k))
@@ -148,12 +149,13 @@ class Network:
         # views and gradients are rebuilt on load: pickles stay small and the
         # views keep pointing into the flat parameter vector
         state = self.__dict__.copy()
-        for key in ("weights", "grad_views", "grads"):
-            state.pop(key)
+        for key in ("weights", "grad_views", "grads", "_pool"):
+            state.pop(key, None)
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self._pool = {}
         self.grads = np.zeros_like(self.params)
         self.weights = self._views(self.params)
         self.grad_views = self._views(self.grads)
@@ -215,7 +217,7 @@ class Network:
         return masks
 
     def _stack_forward(self, X, packing, states, rmasks, dropout, rng, n_threads,
-                       block_rows):
+                       block_rows, pool=None):
         """Run the stack over packed rows ``X``; returns the top output (the
         hidden states of the top layer, or the output ``Y`` for Jordan), the
         final states and a cache."""
@@ -246,7 +248,8 @@ class Network:
                 mask = None if rmasks is None else rmasks[k][d]
                 H, h_n, c_n, cache = layer_forward(
                     spec, self._layer(self.weights, sfx), inp, bs, off, h0, c0,
-                    mask, n_threads=n_threads, block_rows=block_rows)
+                    mask, n_threads=n_threads, block_rows=block_rows,
+                    pool=None if pool is None else pool.setdefault(sfx, {}))
                 outs.append(H)
                 layer_states.append((h_n, c_n))
                 layer_caches.append(cache)
@@ -255,7 +258,8 @@ class Network:
             new_states.append(layer_states)
         return inp, new_states, caches
 
-    def _stack_backward(self, caches, d_top, d_states, t_stop, n_threads):
+    def _stack_backward(self, caches, d_top, d_states, t_stop, n_threads,
+                        pool=None):
         """Back-propagate ``d_top`` (dL/d top hidden states, or dL/dz of the
         output for Jordan) through the stack, adding to ``self.grad_views``.
         ``d_states`` are dL/d(final states) (None: zeros). Returns dL/d(initial
@@ -285,7 +289,8 @@ class Network:
                 dX_d, dh0, dc0 = layer_backward(
                     spec, self._layer(self.weights, sfx), self._layer(g, sfx),
                     layer_caches[d], dH_d, dh_n, dc_n, t_stop=t_stop,
-                    need_dx=k > 0, n_threads=n_threads)
+                    need_dx=k > 0, n_threads=n_threads,
+                    pool=None if pool is None else pool.setdefault(sfx, {}))
                 layer_d.append((dh0, dc0))
                 if k > 0:
                     dX = dX_d if dX is None else dX + dX_d
@@ -420,14 +425,18 @@ class Network:
         value = 0.0
         state = initial_state
         final_state = None
-        kept = deque()   # (start, stop, packing_w, cache, top, initial state)
+        kept = deque()   # (start, stop, packing_w, first row, cache, top)
+        # buffers: one set per window that can be alive at once, plus backward
+        n_slots = 1 if len(windows) == 1 else -(-k2 // tbptt[0]) + 2
+        slots = [self._pool.setdefault(("forward", i), {}) for i in range(n_slots)]
+        back_pool = self._pool.setdefault("backward", {})
         loss_rows, _ = self._top_rows(packing, return_sequences)
-        for start, stop in windows:
+        for i_window, (start, stop) in enumerate(windows):
             pw, first = packing.window(start, stop) if len(windows) > 1 else (packing, 0)
             Xw = X[first:first + pw.n_rows]
             top, new_state, cache = self._stack_forward(
                 Xw, pw, state, _slice_masks(rmasks, pw.n_sequences), dropout,
-                rng, n_threads, block_rows)
+                rng, n_threads, block_rows, slots[i_window % n_slots])
             kept.append((start, stop, pw, first, cache, top))
             while kept[0][1] <= stop - k2:
                 kept.popleft()
@@ -450,13 +459,13 @@ class Network:
                 d_top = self._head_backward(feats, rows_w, dZ, feats.shape[0])
                 if self.bidirectional and not return_sequences:
                     d_top = _scatter_bidirectional(d_top, pw, self.hidden_sizes[-1])
-                self._backward_span(kept, d_top, stop - k2, n_threads)
+                self._backward_span(kept, d_top, stop - k2, n_threads, back_pool)
             final_state = _update_final(final_state, new_state, self)
             state = _carry(new_state, stop, packing, self)
         value += self._penalty(alpha, total_weight)
         return value, final_state
 
-    def _backward_span(self, kept, d_top, stop_step, n_threads):
+    def _backward_span(self, kept, d_top, stop_step, n_threads, pool):
         """Back-propagate the newest window's ``d_top`` through the kept
         windows, newest first, down to step ``stop_step``."""
         d_states = None
@@ -465,7 +474,8 @@ class Network:
             if i < len(kept) - 1:
                 d_top = np.zeros_like(top)
             t_stop = max(0, stop_step - start)
-            d_init = self._stack_backward(cache, d_top, d_states, t_stop, n_threads)
+            d_init = self._stack_backward(cache, d_top, d_states, t_stop, n_threads,
+                                          pool)
             if i == 0 or t_stop > 0:
                 break
             # states at this window's start are the previous window's final
