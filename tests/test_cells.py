@@ -1,0 +1,888 @@
+"""Tests of the compiled recurrent kernels (pyx_rnn.layers / _cells / _jordan).
+
+1. Kernel == NumPy reference (pyx_rnn/reference.py), one sequence at a time:
+   outputs at every step, final states and every gradient, for every cell and
+   option combination (rnn tanh/relu, lstm with/without peepholes, gru with the
+   reset after/before the product; reverse; layer norm; recurrent mask) and for
+   Jordan stacks of 1-3 layers with every output activation, in float64
+   (~1e-10) and float32 (float32 tolerances against the float64 reference).
+   Jordan between-layer dropout, which the reference lacks, is checked against
+   the reference with a column-constant mask (folded into ``weight_ih``), a
+   small NumPy forward with row-varying masks, and finite differences.
+2. Central finite differences of the kernels themselves (float64).
+3. A batch of variable-length sequences == each sequence alone (bitwise with
+   ``block_rows=1``, except the last ulp of the rnn/gru/lstm dX: see the test).
+4. Results are bitwise independent of the thread count.
+5. Truncation (``t_stop``) == the reference on the suffix of the sequence
+   (forward direction only: the network refuses TBPTT when bidirectional).
+6. Defaults (``h0=None`` ...) == explicit zeros / ones.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+from threadpoolctl import threadpool_limits
+
+from pyx_rnn import reference as ref
+from pyx_rnn.layers import (
+    JordanSpec,
+    LayerSpec,
+    jordan_backward,
+    jordan_forward,
+    layer_backward,
+    layer_forward,
+)
+from pyx_rnn.packing import pack, unpack
+
+N_INPUT, HIDDEN, N_OUT = 3, 5, 3
+LENGTHS = [6, 3, 6, 1, 4, 2]          # unsorted, with ties and a length-1 sequence
+P_DROP = 0.3
+TOL = {np.float64: dict(rtol=1e-10, atol=1e-12),
+       np.float32: dict(rtol=1e-4, atol=1e-5)}
+FD_EPS, FD_RTOL, FD_ATOL = 1e-6, 1e-6, 1e-8
+
+
+# ---------------------------------------------------------------------------
+# configurations
+# ---------------------------------------------------------------------------
+
+# (cell, activation, reset_after, peephole)
+CELL_KINDS = [
+    ("rnn", "tanh", True, False),
+    ("rnn", "relu", True, False),
+    ("lstm", "tanh", True, False),
+    ("lstm", "tanh", True, True),
+    ("gru", "tanh", True, False),
+    ("gru", "tanh", False, False),
+]
+
+
+def _kind_id(kind):
+    cell, act, reset_after, peephole = kind
+    if cell == "rnn":
+        return f"rnn-{act}"
+    if cell == "lstm":
+        return "lstm-peephole" if peephole else "lstm"
+    return "gru-reset_after" if reset_after else "gru-reset_before"
+
+
+def cfg(cell, activation="tanh", reset_after=True, peephole=False, reverse=False,
+        layer_norm=False, mask=False):
+    return dict(cell=cell, activation=activation, reset_after=reset_after,
+                peephole=peephole, reverse=reverse, layer_norm=layer_norm,
+                mask=mask)
+
+
+def cfg_id(c):
+    parts = [_kind_id((c["cell"], c["activation"], c["reset_after"], c["peephole"]))]
+    parts += [k for k in ("reverse", "layer_norm", "mask") if c[k]]
+    return "-".join(parts)
+
+
+ALL_CONFIGS = [
+    cfg(cell, act, ra, peep, reverse=rev, layer_norm=ln, mask=m)
+    for (cell, act, ra, peep), rev, ln, m in itertools.product(
+        CELL_KINDS, [False, True], [False, True], [False, True])
+]
+
+# a few representative configurations of each cell (every option is on in one)
+REPRESENTATIVE = [
+    cfg("rnn", reverse=True, layer_norm=True, mask=True),
+    cfg("rnn", "relu", mask=True),
+    cfg("lstm", peephole=True, layer_norm=True, mask=True),
+    cfg("lstm", reverse=True),
+    cfg("gru", reset_after=False, layer_norm=True, mask=True),
+    cfg("gru", reverse=True, layer_norm=True, mask=True),
+    cfg("gru", reset_after=False, reverse=True),
+]
+
+# Jordan: (hidden sizes, output activation, activation, layer_norm, rmask)
+JORDAN_VARIANTS = {
+    "plain": dict(activation="tanh", layer_norm=False, rmask=False),
+    "ln-mask": dict(activation="tanh", layer_norm=True, rmask=True),
+    "relu-ln-mask": dict(activation="relu", layer_norm=True, rmask=True),
+}
+OUT_ACTS = ["identity", "tanh", "sigmoid", "softmax"]
+JORDAN_HIDDEN = [(4,), (4, 3), (3, 4, 5)]
+
+
+def jcfg(hidden, output_activation="identity", activation="tanh",
+         layer_norm=False, rmask=False, drop=False):
+    return dict(hidden=tuple(hidden), output_activation=output_activation,
+                activation=activation, layer_norm=layer_norm, rmask=rmask,
+                drop=drop)
+
+
+def jcfg_id(c):
+    parts = ["x".join(map(str, c["hidden"])), c["output_activation"]]
+    if c["activation"] != "tanh":
+        parts.append(c["activation"])
+    parts += [k for k in ("layer_norm", "rmask", "drop") if c[k]]
+    return "-".join(parts)
+
+
+JORDAN_REPRESENTATIVE = [
+    jcfg((4, 3), "softmax", layer_norm=True, rmask=True, drop=True),
+    jcfg((3, 4, 5), "tanh", "relu", layer_norm=True, rmask=True, drop=True),
+    jcfg((4,), "identity", rmask=True),
+    jcfg((4, 3), "sigmoid"),
+]
+
+
+# ---------------------------------------------------------------------------
+# random problems
+# ---------------------------------------------------------------------------
+
+def make_mask(rng, shape):
+    """Dropout mask (0 or 1/(1-p)); every row has a dropped and a kept entry."""
+    keep = rng.random(shape) > P_DROP
+    keep[..., 0] = False
+    keep[..., -1] = True
+    return keep / (1 - P_DROP)
+
+
+def round_to(problem, dtype):
+    """The problem with every array rounded to ``dtype`` (but kept float64),
+    so that a float32 kernel and the float64 reference see the same values."""
+    if isinstance(problem, dict):
+        return {k: round_to(v, dtype) for k, v in problem.items()}
+    if isinstance(problem, list):
+        return [round_to(v, dtype) for v in problem]
+    if isinstance(problem, np.ndarray) and problem.dtype == np.float64:
+        return problem.astype(dtype).astype(np.float64)
+    return problem
+
+
+def layer_problem(c, lengths=LENGTHS, seed=0, zero_state=False):
+    rng = np.random.default_rng(seed)
+    lstm = c["cell"] == "lstm"
+    B = len(lengths)
+    params = ref.init_params(c["cell"], N_INPUT, HIDDEN, peephole=c["peephole"],
+                             layer_norm=c["layer_norm"], rng=rng)
+    return dict(
+        params=params,
+        seqs=[rng.standard_normal((n, N_INPUT)) for n in lengths],
+        h0=None if zero_state else rng.standard_normal((B, HIDDEN)),
+        c0=None if zero_state or not lstm else rng.standard_normal((B, HIDDEN)),
+        mask=make_mask(rng, (B, HIDDEN)) if c["mask"] else None,
+        dHs=[rng.standard_normal((n, HIDDEN)) for n in lengths],
+        dhn=rng.standard_normal((B, HIDDEN)),
+        dcn=rng.standard_normal((B, HIDDEN)) if lstm else None,
+    )
+
+
+def spec_of(c):
+    return LayerSpec(c["cell"], N_INPUT, HIDDEN, activation=c["activation"],
+                     reverse=c["reverse"], reset_after=c["reset_after"],
+                     peephole=c["peephole"], layer_norm=c["layer_norm"])
+
+
+def _sel(a, idx, dtype):
+    return None if a is None else np.ascontiguousarray(a[idx], dtype)
+
+
+def kernel_layer(c, pb, dtype=np.float64, block_rows=2, n_threads=2, t_stop=0,
+                 seq_subset=None):
+    """Run layer_forward + layer_backward; results in the caller's order."""
+    spec = spec_of(c)
+    lstm = c["cell"] == "lstm"
+    idx = np.arange(len(pb["seqs"])) if seq_subset is None else np.asarray(seq_subset)
+    X, pk = pack([pb["seqs"][i] for i in idx], dtype)
+    dH, pk2 = pack([pb["dHs"][i] for i in idx], dtype)
+    assert_array_equal(pk.offsets, pk2.offsets)
+    sel = idx[pk.order]                       # problem index of each packed row
+    w = {k: v.astype(dtype) for k, v in pb["params"].items()}
+    Hp, hn, cn, cache = layer_forward(
+        spec, w, X, pk.batch_sizes, pk.offsets, _sel(pb["h0"], sel, dtype),
+        _sel(pb["c0"], sel, dtype), _sel(pb["mask"], sel, dtype),
+        block_rows=block_rows, n_threads=n_threads)
+    grads = {k: np.zeros_like(v) for k, v in w.items()}
+    dX, dh0, dc0 = layer_backward(
+        spec, w, grads, cache, dH, _sel(pb["dhn"], sel, dtype),
+        _sel(pb["dcn"], sel, dtype), t_stop=t_stop, n_threads=n_threads)
+    inv = np.argsort(pk.order)
+    out = dict(H=unpack(Hp, pk), hn=hn[inv], dX=unpack(dX, pk), dh0=dh0[inv],
+               grads=grads)
+    if lstm:
+        out.update(cn=cn[inv], dc0=dc0[inv])
+    return out, cache, pk
+
+
+def reference_sequence(c, p, x, h0, c0, m, dH, dhn, dcn):
+    """Reference forward + backward of one sequence, in the layer's direction."""
+    rev = c["reverse"]
+    if rev:
+        x, dH = x[::-1], dH[::-1]
+    opts = dict(layer_norm=c["layer_norm"], mask=m)
+    out = {}
+    if c["cell"] == "rnn":
+        Hr, cache = ref.rnn_forward(x, p, h0, activation=c["activation"], **opts)
+        g = ref.rnn_backward(dH, dhn, cache)
+    elif c["cell"] == "lstm":
+        Hr, Cr, cache = ref.lstm_forward(x, p, h0, c0, **opts)
+        g = ref.lstm_backward(dH, dhn, dcn, cache)
+        out.update(cn=Cr[-1], dc0=g.pop("c0"))
+    else:
+        Hr, cache = ref.gru_forward(x, p, h0, reset_after=c["reset_after"], **opts)
+        g = ref.gru_backward(dH, dhn, cache)
+    out.update(hn=Hr[-1], dh0=g.pop("h0"))
+    dx = g.pop("x")
+    out.update(H=Hr[::-1] if rev else Hr, dX=dx[::-1] if rev else dx, grads=g)
+    return out
+
+
+def reference_layer(c, pb):
+    B = len(pb["seqs"])
+    get = lambda a, i: None if a is None else a[i]  # noqa: E731
+    per = [reference_sequence(c, pb["params"], pb["seqs"][i], get(pb["h0"], i),
+                              get(pb["c0"], i), get(pb["mask"], i), pb["dHs"][i],
+                              pb["dhn"][i], get(pb["dcn"], i)) for i in range(B)]
+    out = dict(H=[r["H"] for r in per], hn=np.array([r["hn"] for r in per]),
+               dX=[r["dX"] for r in per], dh0=np.array([r["dh0"] for r in per]),
+               grads={k: sum(r["grads"][k] for r in per) for k in pb["params"]})
+    if c["cell"] == "lstm":
+        out.update(cn=np.array([r["cn"] for r in per]),
+                   dc0=np.array([r["dc0"] for r in per]))
+    return out
+
+
+# Jordan ---------------------------------------------------------------------
+
+def jspec_of(jc):
+    return JordanSpec(N_INPUT, jc["hidden"], N_OUT, jc["activation"],
+                      jc["output_activation"], jc["layer_norm"])
+
+
+def jordan_problem(jc, lengths=LENGTHS, seed=0, drop=None, zero_state=False):
+    """``drop``: None, 'random' (0 or 1/(1-p) per entry), 'ones', or 'columns'
+    (one mask vector per layer, the same for every row)."""
+    rng = np.random.default_rng(seed)
+    spec = jspec_of(jc)
+    B, L = len(lengths), len(jc["hidden"])
+    layers, output = ref.jordan_init(N_INPUT, jc["hidden"], N_OUT,
+                                     layer_norm=jc["layer_norm"], rng=rng)
+    pb = dict(
+        layers=layers, output=output,
+        seqs=[rng.standard_normal((n, N_INPUT)) for n in lengths],
+        f0=None if zero_state else [rng.standard_normal((B, f)) for f in spec.fed],
+        rmask=[make_mask(rng, (B, f)) for f in spec.fed] if jc["rmask"] else None,
+        dYs=[rng.standard_normal((n, N_OUT)) for n in lengths],
+        dfn=[rng.standard_normal((B, f)) for f in spec.fed],
+        drop=None, drop_columns=None,
+    )
+    if drop == "random":
+        # drop[li][i]: mask of the input of layer li at every step of sequence i
+        pb["drop"] = [None] + [[make_mask(rng, (n, jc["hidden"][li - 1]))
+                                for n in lengths] for li in range(1, L)]
+    elif drop == "ones":
+        pb["drop"] = [None] + [[np.ones((n, jc["hidden"][li - 1])) for n in lengths]
+                               for li in range(1, L)]
+    elif drop == "columns":
+        cols = [None] + [make_mask(rng, jc["hidden"][li - 1]) for li in range(1, L)]
+        pb["drop_columns"] = cols
+        pb["drop"] = [None] + [[np.tile(cols[li], (n, 1)) for n in lengths]
+                               for li in range(1, L)]
+    return pb
+
+
+def out_backward(Y, dY, kind):
+    """dL/dz from dL/dy through the output activation (row by row)."""
+    if kind == "identity":
+        return dY.copy()
+    if kind == "tanh":
+        return dY * (1 - Y * Y)
+    if kind == "sigmoid":
+        return dY * Y * (1 - Y)
+    return Y * (dY - (dY * Y).sum(-1, keepdims=True))
+
+
+def kernel_jordan(jc, pb, dtype=np.float64, block_rows=2, n_threads=2, t_stop=0,
+                  seq_subset=None, use_dfn=False, drop=True, rmask=True):
+    spec = jspec_of(jc)
+    L = len(jc["hidden"])
+    idx = np.arange(len(pb["seqs"])) if seq_subset is None else np.asarray(seq_subset)
+    X, pk = pack([pb["seqs"][i] for i in idx], dtype)
+    dY, _ = pack([pb["dYs"][i] for i in idx], dtype)
+    sel = idx[pk.order]
+    layers = [{k: v.astype(dtype) for k, v in lay.items()} for lay in pb["layers"]]
+    w_out = pb["output"]["weight"].astype(dtype)
+    b_out = pb["output"]["bias"].astype(dtype)
+    f0 = None if pb["f0"] is None else [_sel(f, sel, dtype) for f in pb["f0"]]
+    rm = None
+    if rmask and pb["rmask"] is not None:
+        rm = [_sel(m, sel, dtype) for m in pb["rmask"]]
+    dr = None
+    if drop and pb["drop"] is not None:
+        dr = [None] + [pack([pb["drop"][li][i] for i in idx], dtype)[0]
+                       for li in range(1, L)]
+    Y, fn, cache = jordan_forward(spec, layers, w_out, b_out, X, pk.batch_sizes,
+                                  pk.offsets, f0, dr, rm, block_rows=block_rows,
+                                  n_threads=n_threads)
+    dZ = out_backward(Y, dY, jc["output_activation"])
+    grads = [{k: np.zeros_like(v) for k, v in lay.items()} for lay in layers]
+    g_out = {"weight": np.zeros_like(w_out), "bias": np.zeros_like(b_out)}
+    dfn = [_sel(f, sel, dtype) for f in pb["dfn"]] if use_dfn else None
+    dX, df0 = jordan_backward(spec, layers, w_out, grads, g_out, cache, dZ, dfn,
+                              t_stop=t_stop, n_threads=n_threads)
+    inv = np.argsort(pk.order)
+    out = dict(Y=unpack(Y, pk), fn=[f[inv] for f in fn], dX=unpack(dX, pk),
+               df0=[f[inv] for f in df0], grads=grads, g_out=g_out)
+    return out, cache, pk
+
+
+def reference_jordan(jc, pb, layers=None):
+    B, L = len(pb["seqs"]), len(jc["hidden"])
+    layers = pb["layers"] if layers is None else layers
+    out = dict(Y=[], fn=[[] for _ in range(L)], dX=[], df0=[[] for _ in range(L)],
+               grads=[{k: np.zeros_like(v) for k, v in lay.items()} for lay in layers],
+               g_out={k: np.zeros_like(v) for k, v in pb["output"].items()})
+    for i in range(B):
+        Y, Hs, cache = ref.jordan_forward(
+            pb["seqs"][i], layers, pb["output"], activation=jc["activation"],
+            output_activation=jc["output_activation"], layer_norm=jc["layer_norm"],
+            masks=None if pb["rmask"] is None else [m[i] for m in pb["rmask"]],
+            f0=None if pb["f0"] is None else [f[i] for f in pb["f0"]])
+        lg, og, dx, df = ref.jordan_backward(pb["dYs"][i], cache)
+        out["Y"].append(Y)
+        out["dX"].append(dx)
+        for li in range(L):
+            out["fn"][li].append(Hs[li + 1][-1] if li + 1 < L else Y[-1])
+            out["df0"][li].append(df[li])
+            for k in lg[li]:
+                out["grads"][li][k] += lg[li][k]
+        for k in og:
+            out["g_out"][k] += og[k]
+    out["fn"] = [np.array(f) for f in out["fn"]]
+    out["df0"] = [np.array(f) for f in out["df0"]]
+    return out
+
+
+# ---------------------------------------------------------------------------
+# comparison helpers
+# ---------------------------------------------------------------------------
+
+def compare(a, b, check, path="out"):
+    """Apply ``check(a, b, path)`` to every array of two nested results."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), (path, sorted(a), sorted(b))
+        for k in a:
+            compare(a[k], b[k], check, f"{path}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            compare(x, y, check, f"{path}[{i}]")
+    else:
+        assert a is not None and b is not None, path
+        check(np.asarray(a), np.asarray(b), path)
+
+
+def assert_close(actual, desired, rtol, atol, nonzero=True):
+    def check(a, d, path):
+        assert a.shape == d.shape, (path, a.shape, d.shape)
+        if nonzero:  # a comparison of two zero arrays would prove nothing
+            assert np.any(d != 0), f"{path}: reference is all zeros"
+        assert_allclose(a, d, rtol=rtol, atol=atol, err_msg=path)
+    compare(actual, desired, check)
+
+
+def assert_identical(actual, desired):
+    def check(a, d, path):
+        assert a.dtype == d.dtype, path
+        assert_array_equal(a, d, err_msg=path, strict=True)
+    compare(actual, desired, check)
+
+
+def assert_dtype(result, dtype):
+    def check(a, _, path):
+        assert a.dtype == dtype, (path, a.dtype)
+    compare(result, result, check)
+
+
+# ---------------------------------------------------------------------------
+# 1. kernel == reference (float64 to 1e-10, float32 to float32 tolerances)
+# ---------------------------------------------------------------------------
+
+DTYPES = pytest.mark.parametrize("dtype", [np.float64, np.float32],
+                                 ids=["f64", "f32"])
+
+
+@DTYPES
+@pytest.mark.parametrize("c", ALL_CONFIGS, ids=cfg_id)
+def test_layer_matches_reference(c, dtype):
+    pb = round_to(layer_problem(c, seed=11), dtype)
+    got, _, _ = kernel_layer(c, pb, dtype, block_rows=2, n_threads=2)
+    assert_dtype(got, dtype)
+    assert_close(got, reference_layer(c, pb), **TOL[dtype])
+
+
+@DTYPES
+@pytest.mark.parametrize("variant", list(JORDAN_VARIANTS))
+@pytest.mark.parametrize("output_activation", OUT_ACTS)
+@pytest.mark.parametrize("hidden", JORDAN_HIDDEN, ids=lambda h: "x".join(map(str, h)))
+def test_jordan_matches_reference(hidden, output_activation, variant, dtype):
+    jc = jcfg(hidden, output_activation, **JORDAN_VARIANTS[variant])
+    pb = round_to(jordan_problem(jc, seed=12), dtype)
+    got, _, _ = kernel_jordan(jc, pb, dtype, block_rows=2, n_threads=2)
+    assert_dtype(got, dtype)
+    assert_close(got, reference_jordan(jc, pb), **TOL[dtype])
+
+
+@pytest.mark.parametrize("jc", [
+    jcfg((4, 3), "softmax", layer_norm=True, rmask=True),
+    jcfg((3, 4, 5), "tanh", "relu", layer_norm=True, rmask=True),
+    jcfg((4, 3), "identity"),
+], ids=jcfg_id)
+def test_jordan_drop_all_ones_is_no_dropout(jc):
+    pb = jordan_problem(jc, seed=13, drop="ones")
+    with_ones, _, _ = kernel_jordan(jc, pb, use_dfn=True, drop=True)
+    without, _, _ = kernel_jordan(jc, pb, use_dfn=True, drop=False)
+    assert_identical(with_ones, without)
+
+
+@DTYPES
+@pytest.mark.parametrize("jc", [
+    jcfg((4, 3), "softmax", layer_norm=True, rmask=True),
+    jcfg((4, 3), "tanh", "relu", layer_norm=True),
+    jcfg((3, 4, 5), "sigmoid", rmask=True),
+], ids=jcfg_id)
+def test_jordan_column_drop_matches_reference(jc, dtype):
+    """A dropout mask ``d`` that is the same for every row is a column scaling
+    of ``weight_ih``: the reference with ``W' = W * d`` gives the same outputs,
+    and ``dL/dW = dL/dW' * d``."""
+    pb = round_to(jordan_problem(jc, seed=14, drop="columns"), dtype)
+    got, _, _ = kernel_jordan(jc, pb, dtype)
+    L = len(jc["hidden"])
+    scaled = [dict(lay) for lay in pb["layers"]]
+    for li in range(1, L):
+        scaled[li]["weight_ih"] = pb["layers"][li]["weight_ih"] * pb["drop_columns"][li]
+    want = reference_jordan(jc, pb, layers=scaled)
+    for li in range(1, L):
+        want["grads"][li]["weight_ih"] *= pb["drop_columns"][li]
+    assert_close(got, want, **TOL[dtype])
+
+
+def numpy_jordan_forward_with_drop(jc, pb, i):
+    """Plain forward of sequence ``i`` with row-varying between-layer dropout."""
+    act = {"tanh": np.tanh, "relu": lambda a: np.maximum(a, 0)}[jc["activation"]]
+    L = len(jc["hidden"])
+    x = pb["seqs"][i]
+    lay, out = pb["layers"], pb["output"]
+    fed = [f[i].copy() for f in pb["f0"]]
+    Y = np.zeros((len(x), N_OUT))
+    for t in range(len(x)):
+        inp = x[t]
+        new = []
+        for li in range(L):
+            if li > 0:
+                inp = inp * pb["drop"][li][i][t]
+            m = 1.0 if pb["rmask"] is None else pb["rmask"][li][i]
+            s = (lay[li]["weight_ih"] @ inp + lay[li]["bias_ih"]
+                 + lay[li]["weight_hh"] @ (m * fed[li]) + lay[li]["bias_hh"])
+            if jc["layer_norm"]:
+                s = (s - s.mean()) / np.sqrt(s.var() + 1e-5)
+                s = lay[li]["ln_weight"] * s + lay[li]["ln_bias"]
+            inp = act(s)
+            new.append(inp)
+        z = out["weight"] @ inp + out["bias"]
+        y = {"identity": lambda z: z, "tanh": np.tanh,
+             "sigmoid": lambda z: 1 / (1 + np.exp(-z)),
+             "softmax": lambda z: np.exp(z - z.max()) / np.exp(z - z.max()).sum(),
+             }[jc["output_activation"]](z)
+        Y[t] = y
+        fed = new[1:] + [y]
+    return Y, fed
+
+
+@pytest.mark.parametrize("jc", [j for j in JORDAN_REPRESENTATIVE if j["drop"]],
+                         ids=jcfg_id)
+def test_jordan_random_drop_forward(jc):
+    pb = jordan_problem(jc, seed=15, drop="random")
+    got, _, _ = kernel_jordan(jc, pb)
+    for i in range(len(LENGTHS)):
+        Y, fn = numpy_jordan_forward_with_drop(jc, pb, i)
+        assert_allclose(got["Y"][i], Y, rtol=1e-10, atol=1e-12)
+        for li in range(len(fn)):
+            assert_allclose(got["fn"][li][i], fn[li], rtol=1e-10, atol=1e-12)
+    # and the masks matter: without them the output differs
+    plain, _, _ = kernel_jordan(jc, pb, drop=False)
+    assert max(np.abs(a - b).max() for a, b in zip(plain["Y"], got["Y"])) > 1e-3
+
+
+# ---------------------------------------------------------------------------
+# 2. finite differences of the kernels themselves
+# ---------------------------------------------------------------------------
+
+def numerical_gradient(loss, array):
+    grad = np.zeros_like(array)
+    for idx in np.ndindex(array.shape):
+        old = array[idx]
+        array[idx] = old + FD_EPS
+        plus = loss()
+        array[idx] = old - FD_EPS
+        minus = loss()
+        array[idx] = old
+        grad[idx] = (plus - minus) / (2 * FD_EPS)
+    return grad
+
+
+# The forward passes of the finite differences run on one thread: hundreds of
+# short OpenMP regions are slow on a busy machine, and the thread count is
+# tested separately (bitwise).
+
+
+def check_fd(loss, arrays, analytic):
+    assert set(arrays) == set(analytic)
+    for name, array in arrays.items():
+        numeric = numerical_gradient(loss, array)
+        assert np.any(numeric != 0), f"{name}: the loss does not depend on it"
+        assert_allclose(analytic[name], numeric, rtol=FD_RTOL, atol=FD_ATOL,
+                        err_msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("c", REPRESENTATIVE, ids=cfg_id)
+def test_layer_finite_differences(c):
+    rng = np.random.default_rng(21)
+    spec = spec_of(c)
+    lstm = c["cell"] == "lstm"
+    lengths = [5, 3, 5, 1]
+    B = len(lengths)
+    w = ref.init_params(c["cell"], N_INPUT, HIDDEN, peephole=c["peephole"],
+                        layer_norm=c["layer_norm"], rng=rng)
+    X, pk = pack([rng.standard_normal((n, N_INPUT)) for n in lengths])
+    h0 = rng.standard_normal((B, HIDDEN))
+    c0 = rng.standard_normal((B, HIDDEN)) if lstm else None
+    mask = make_mask(rng, (B, HIDDEN)) if c["mask"] else None
+    R = rng.standard_normal((pk.n_rows, HIDDEN))
+    r = rng.standard_normal((B, HIDDEN))
+    rc = rng.standard_normal((B, HIDDEN)) if lstm else None
+
+    def forward():
+        return layer_forward(spec, w, X, pk.batch_sizes, pk.offsets, h0, c0, mask,
+                             block_rows=2, n_threads=1)
+
+    def loss():
+        Hs, hn, cn, _ = forward()
+        total = np.sum(R * Hs) + np.sum(r * hn)
+        return total + np.sum(rc * cn) if lstm else total
+
+    _, _, _, cache = forward()
+    grads = {k: np.zeros_like(v) for k, v in w.items()}
+    dX, dh0, dc0 = layer_backward(spec, w, grads, cache, R, r, rc, n_threads=2)
+    assert set(grads) == set(spec.shapes())
+    arrays = dict(w, X=X, h0=h0)
+    analytic = dict(grads, X=dX, h0=dh0)
+    if lstm:
+        arrays["c0"], analytic["c0"] = c0, dc0
+    check_fd(loss, arrays, analytic)
+
+
+@pytest.mark.parametrize("jc", JORDAN_REPRESENTATIVE, ids=jcfg_id)
+def test_jordan_finite_differences(jc):
+    rng = np.random.default_rng(22)
+    spec = jspec_of(jc)
+    L = len(jc["hidden"])
+    lengths = [5, 3, 5, 1]
+    B = len(lengths)
+    layers, output = ref.jordan_init(N_INPUT, jc["hidden"], N_OUT,
+                                     layer_norm=jc["layer_norm"], rng=rng)
+    X, pk = pack([rng.standard_normal((n, N_INPUT)) for n in lengths])
+    f0 = [rng.standard_normal((B, f)) for f in spec.fed]
+    rm = [make_mask(rng, (B, f)) for f in spec.fed] if jc["rmask"] else None
+    drop = None
+    if jc["drop"]:
+        drop = [None] + [make_mask(rng, (pk.n_rows, jc["hidden"][li - 1]))
+                         for li in range(1, L)]
+    R = rng.standard_normal((pk.n_rows, N_OUT))
+    r = [rng.standard_normal((B, f)) for f in spec.fed]
+
+    def forward():
+        return jordan_forward(spec, layers, output["weight"], output["bias"], X,
+                              pk.batch_sizes, pk.offsets, f0, drop, rm,
+                              block_rows=2, n_threads=1)
+
+    def loss():
+        Y, fn, _ = forward()
+        return np.sum(R * Y) + sum(np.sum(a * b) for a, b in zip(r, fn))
+
+    Y, _, cache = forward()
+    grads = [{k: np.zeros_like(v) for k, v in lay.items()} for lay in layers]
+    g_out = {k: np.zeros_like(v) for k, v in output.items()}
+    dX, df0 = jordan_backward(spec, layers, output["weight"], grads, g_out, cache,
+                              out_backward(Y, R, jc["output_activation"]), r,
+                              n_threads=2)
+    arrays, analytic = dict(X=X), dict(X=dX)
+    for li in range(L):
+        assert set(grads[li]) == set(spec.layer_shapes(li))
+        for k in layers[li]:
+            arrays[f"l{li}.{k}"], analytic[f"l{li}.{k}"] = layers[li][k], grads[li][k]
+        arrays[f"f0[{li}]"], analytic[f"f0[{li}]"] = f0[li], df0[li]
+    for k in output:
+        arrays[f"out.{k}"], analytic[f"out.{k}"] = output[k], g_out[k]
+    check_fd(loss, arrays, analytic)
+
+
+# ---------------------------------------------------------------------------
+# 3. a variable-length batch == every sequence alone
+# ---------------------------------------------------------------------------
+
+BATCH_LENGTHS = [7, 3, 7, 1, 5, 2]
+
+
+def _per_sequence(results, keys_per_seq, keys_summed):
+    """Gather single-sequence runs into the layout of one batch run."""
+    out = {}
+    for k in keys_per_seq:
+        first = results[0][k]
+        if k in ("fn", "df0"):      # Jordan: one (n_sequences, F_l) array per layer
+            out[k] = [np.concatenate([r[k][li] for r in results])
+                      for li in range(len(first))]
+        elif isinstance(first, list):   # one array per sequence
+            out[k] = [r[k][0] for r in results]
+        else:                           # one row per sequence
+            out[k] = np.concatenate([r[k] for r in results])
+    summed = {}
+    for k in keys_summed:
+        summed[k] = results[0][k]
+        for r in results[1:]:
+            summed[k] = _add(summed[k], r[k])
+    return out, summed
+
+
+def _add(a, b):
+    if isinstance(a, dict):
+        return {k: a[k] + b[k] for k in a}
+    return [_add(x, y) for x, y in zip(a, b)]
+
+
+def _split(result, keys_summed):
+    return ({k: v for k, v in result.items() if k not in keys_summed},
+            {k: result[k] for k in keys_summed})
+
+
+@pytest.mark.parametrize("block_rows", [1, None], ids=["block_rows=1", "default"])
+@pytest.mark.parametrize("c", REPRESENTATIVE + [cfg("rnn")], ids=cfg_id)
+def test_layer_batch_equals_sequences_alone(c, block_rows):
+    pb = layer_problem(c, BATCH_LENGTHS, seed=31)
+    keys = ["H", "hn", "dX", "dh0"] + (["cn", "dc0"] if c["cell"] == "lstm" else [])
+    with threadpool_limits(1, user_api="blas"):
+        batch, _, _ = kernel_layer(c, pb, block_rows=block_rows, n_threads=2)
+        alone = [kernel_layer(c, pb, block_rows=block_rows, n_threads=1,
+                              seq_subset=[i])[0] for i in range(len(BATCH_LENGTHS))]
+    per_seq, summed = _per_sequence(alone, keys, ["grads"])
+    batch_seq, batch_sum = _split(batch, ["grads"])
+    if block_rows == 1:
+        # dX = dG @ W_ih is one BLAS product over all the rows of the batch
+        # (pyx_rnn._dense.matmul), and OpenBLAS's result for a row may depend
+        # on the number of rows (it does for K = 4 * hidden = 20): the last
+        # ulp of dX is not a property of the recurrent kernel.
+        dX, dX_alone = batch_seq.pop("dX"), per_seq.pop("dX")
+        assert_identical(batch_seq, per_seq)
+        assert_close(dX, dX_alone, rtol=1e-14, atol=1e-15, nonzero=False)
+    else:
+        assert_close(batch_seq, per_seq, rtol=1e-12, atol=1e-14, nonzero=False)
+    assert_close(batch_sum, summed, rtol=1e-12, atol=1e-13, nonzero=False)
+
+
+@pytest.mark.parametrize("block_rows", [1, None], ids=["block_rows=1", "default"])
+@pytest.mark.parametrize("jc", JORDAN_REPRESENTATIVE, ids=jcfg_id)
+def test_jordan_batch_equals_sequences_alone(jc, block_rows):
+    pb = jordan_problem(jc, BATCH_LENGTHS, seed=32,
+                        drop="random" if jc["drop"] else None)
+    with threadpool_limits(1, user_api="blas"):
+        batch, _, _ = kernel_jordan(jc, pb, block_rows=block_rows, n_threads=2,
+                                    use_dfn=True)
+        alone = [kernel_jordan(jc, pb, block_rows=block_rows, n_threads=1,
+                               seq_subset=[i], use_dfn=True)[0]
+                 for i in range(len(BATCH_LENGTHS))]
+    per_seq, summed = _per_sequence(alone, ["Y", "fn", "dX", "df0"],
+                                    ["grads", "g_out"])
+    batch_seq, batch_sum = _split(batch, ["grads", "g_out"])
+    if block_rows == 1:
+        assert_identical(batch_seq, per_seq)
+    else:
+        assert_close(batch_seq, per_seq, rtol=1e-12, atol=1e-14, nonzero=False)
+    assert_close(batch_sum, summed, rtol=1e-12, atol=1e-13, nonzero=False)
+
+
+# ---------------------------------------------------------------------------
+# 4. bitwise independence of the thread count
+# ---------------------------------------------------------------------------
+
+THREAD_LENGTHS = list(np.random.default_rng(40).integers(1, 13, size=40))
+
+
+@DTYPES
+@pytest.mark.parametrize("c", REPRESENTATIVE, ids=cfg_id)
+def test_layer_thread_count_independence(c, dtype):
+    pb = layer_problem(c, THREAD_LENGTHS, seed=41)
+    with threadpool_limits(1, user_api="blas"):
+        runs = [kernel_layer(c, pb, dtype, block_rows=8, n_threads=n)[0]
+                for n in (1, 2, 3)]
+    assert_dtype(runs[0], dtype)
+    for other in runs[1:]:
+        assert_identical(other, runs[0])
+
+
+@DTYPES
+@pytest.mark.parametrize("jc", JORDAN_REPRESENTATIVE, ids=jcfg_id)
+def test_jordan_thread_count_independence(jc, dtype):
+    pb = jordan_problem(jc, THREAD_LENGTHS, seed=42,
+                        drop="random" if jc["drop"] else None)
+    with threadpool_limits(1, user_api="blas"):
+        runs = [kernel_jordan(jc, pb, dtype, block_rows=8, n_threads=n,
+                              use_dfn=True)[0] for n in (1, 2, 3)]
+    assert_dtype(runs[0], dtype)
+    for other in runs[1:]:
+        assert_identical(other, runs[0])
+
+
+# ---------------------------------------------------------------------------
+# 5. truncation: t_stop
+# ---------------------------------------------------------------------------
+
+TSTOP_LENGTHS = [9, 6, 4, 2]   # with t_stop=4 the last two get no gradient
+
+
+@pytest.mark.parametrize("t_stop", [1, 4, 8])
+@pytest.mark.parametrize("c", [
+    cfg("rnn"), cfg("rnn", "relu", layer_norm=True, mask=True),
+    cfg("lstm"), cfg("lstm", peephole=True, layer_norm=True, mask=True),
+    cfg("gru", mask=True), cfg("gru", reset_after=False, layer_norm=True, mask=True),
+], ids=cfg_id)
+def test_layer_truncation(c, t_stop):
+    """Only steps >= t_stop are visited: the gradients equal the reference run
+    on the suffix x[t_stop:], started from the forward pass's state at step
+    t_stop - 1, and the gradient w.r.t. the initial state is the one w.r.t.
+    that state."""
+    pb = layer_problem(c, TSTOP_LENGTHS, seed=51)
+    got, cache, pk = kernel_layer(c, pb, t_stop=t_stop)
+    lstm = c["cell"] == "lstm"
+    want = {k: np.zeros_like(v) for k, v in pb["params"].items()}
+    for b, i in enumerate(pk.order):
+        n = TSTOP_LENGTHS[i]
+        dX = got["dX"][i]
+        assert_array_equal(dX[:t_stop], 0)
+        if n <= t_stop:
+            assert_array_equal(dX, 0)
+            continue
+        prev = pk.rows_of(b)[t_stop - 1]
+        r = reference_sequence(
+            c, pb["params"], pb["seqs"][i][t_stop:], cache.H[prev],
+            cache.C[prev] if lstm else None,
+            None if pb["mask"] is None else pb["mask"][i],
+            pb["dHs"][i][t_stop:], pb["dhn"][i],
+            pb["dcn"][i] if lstm else None)
+        assert_allclose(dX[t_stop:], r["dX"], rtol=1e-10, atol=1e-12)
+        assert_allclose(got["dh0"][i], r["dh0"], rtol=1e-10, atol=1e-12)
+        if lstm:
+            assert_allclose(got["dc0"][i], r["dc0"], rtol=1e-10, atol=1e-12)
+        for k in want:
+            want[k] += r["grads"][k]
+    assert_close(got["grads"], want, rtol=1e-10, atol=1e-12)
+    # and it is a real truncation: the full gradient differs
+    full, _, _ = kernel_layer(c, pb)
+    assert np.abs(full["grads"]["weight_hh"] - got["grads"]["weight_hh"]).max() > 1e-6
+
+
+@pytest.mark.parametrize("t_stop", [1, 4, 8])
+@pytest.mark.parametrize("jc", [
+    jcfg((4,), "tanh"),
+    jcfg((4, 3), "softmax", layer_norm=True, rmask=True),
+    jcfg((3, 4, 5), "sigmoid", "relu", layer_norm=True),
+], ids=jcfg_id)
+def test_jordan_truncation(jc, t_stop):
+    pb = jordan_problem(jc, TSTOP_LENGTHS, seed=52)
+    got, cache, pk = kernel_jordan(jc, pb, t_stop=t_stop)
+    L = len(jc["hidden"])
+    want = reference_jordan(jc, dict(pb, seqs=[], dYs=[]))  # zero gradients
+    for b, i in enumerate(pk.order):
+        n = TSTOP_LENGTHS[i]
+        dX = got["dX"][i]
+        assert_array_equal(dX[:t_stop], 0)
+        if n <= t_stop:
+            assert_array_equal(dX, 0)
+            continue
+        prev = pk.rows_of(b)[t_stop - 1]
+        f_prev = [cache.Hs[li + 1][prev] for li in range(L - 1)] + [cache.Y[prev]]
+        sub = dict(pb, seqs=[pb["seqs"][i][t_stop:]], dYs=[pb["dYs"][i][t_stop:]],
+                   f0=[f[None] for f in f_prev],
+                   rmask=None if pb["rmask"] is None else [m[i:i + 1]
+                                                           for m in pb["rmask"]])
+        r = reference_jordan(jc, sub)
+        assert_allclose(dX[t_stop:], r["dX"][0], rtol=1e-10, atol=1e-12)
+        for li in range(L):
+            assert_allclose(got["df0"][li][i], r["df0"][li][0], rtol=1e-10, atol=1e-12)
+        want["grads"] = _add(want["grads"], r["grads"])
+        want["g_out"] = _add(want["g_out"], r["g_out"])
+    assert_close(got["grads"], want["grads"], rtol=1e-10, atol=1e-12)
+    assert_close(got["g_out"], want["g_out"], rtol=1e-10, atol=1e-12)
+    full, _, _ = kernel_jordan(jc, pb)
+    assert np.abs(full["grads"][0]["weight_hh"]
+                  - got["grads"][0]["weight_hh"]).max() > 1e-6
+
+
+# ---------------------------------------------------------------------------
+# 6. defaults: no state == zero state, no mask == ones
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("c", [cfg("rnn", layer_norm=True),
+                               cfg("lstm", peephole=True, reverse=True),
+                               cfg("gru", reset_after=False),
+                               cfg("gru", reverse=True)], ids=cfg_id)
+def test_layer_default_states(c):
+    B = len(LENGTHS)
+    lstm = c["cell"] == "lstm"
+    pb = layer_problem(c, seed=61, zero_state=True)
+    none_run, _, _ = kernel_layer(c, pb)
+    zeros = dict(pb, h0=np.zeros((B, HIDDEN)),
+                 c0=np.zeros((B, HIDDEN)) if lstm else None)
+    zero_run, _, _ = kernel_layer(c, zeros)
+    assert_identical(none_run, zero_run)
+    ones = dict(pb, mask=np.ones((B, HIDDEN)))
+    assert_identical(kernel_layer(c, ones)[0], none_run)
+    # and the reference agrees that the default state is zero
+    assert_close(none_run, reference_layer(c, pb), rtol=1e-10, atol=1e-12)
+
+    # dh_n = None (and dc_n = None) == zeros
+    spec = spec_of(c)
+    X, pk = pack(pb["seqs"])
+    dH, _ = pack(pb["dHs"])
+    results = []
+    for dh_n, dc_n in [(None, None), (np.zeros((B, HIDDEN)),
+                                      np.zeros((B, HIDDEN)) if lstm else None)]:
+        _, _, _, cache = layer_forward(spec, pb["params"], X, pk.batch_sizes,
+                                       pk.offsets)
+        grads = {k: np.zeros_like(v) for k, v in pb["params"].items()}
+        dX, dh0, dc0 = layer_backward(spec, pb["params"], grads, cache, dH, dh_n,
+                                      dc_n)
+        results.append(dict(grads=grads, dX=dX, dh0=dh0, dc0=dc0))
+    assert_identical(results[0], results[1])
+    # need_dx=False changes nothing but dX
+    grads = {k: np.zeros_like(v) for k, v in pb["params"].items()}
+    dX, dh0, dc0 = layer_backward(spec, pb["params"], grads, cache, dH,
+                                  need_dx=False)
+    assert dX is None
+    assert_identical(dict(grads=grads, dh0=dh0, dc0=dc0),
+                     {k: results[0][k] for k in ("grads", "dh0", "dc0")})
+
+
+@pytest.mark.parametrize("jc", [jcfg((4,), "tanh"),
+                                jcfg((4, 3), "softmax", layer_norm=True),
+                                jcfg((3, 4, 5), "sigmoid", "relu")], ids=jcfg_id)
+def test_jordan_default_states(jc):
+    B = len(LENGTHS)
+    spec = jspec_of(jc)
+    pb = jordan_problem(jc, seed=62, zero_state=True)
+    none_run, _, _ = kernel_jordan(jc, pb)
+    zero_run, _, _ = kernel_jordan(jc, dict(pb, f0=[np.zeros((B, f))
+                                                    for f in spec.fed]))
+    assert_identical(none_run, zero_run)
+    ones = dict(pb, rmask=[np.ones((B, f)) for f in spec.fed])
+    assert_identical(kernel_jordan(jc, ones)[0], none_run)
+    assert_close(none_run, reference_jordan(jc, pb), rtol=1e-10, atol=1e-12)
+    # df_n = None == zeros
+    with_zero_dfn, _, _ = kernel_jordan(
+        jc, dict(pb, dfn=[np.zeros((B, f)) for f in spec.fed]), use_dfn=True)
+    assert_identical(with_zero_dfn, none_run)
