@@ -92,7 +92,8 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
 
 
 cdef void backward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
-                         const Py_ssize_t* off, int t_stop, const floating* G,
+                         const Py_ssize_t* off, const Py_ssize_t* t_stop,
+                         const floating* G,
                          const floating* W_hh, const floating* peep,
                          const floating* ln_w, const floating* mask,
                          const floating* h0, const floating* c0,
@@ -109,9 +110,14 @@ cdef void backward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
     cdef const floating* h_prev
     cdef const floating* c_prev
     cdef bint two_phase = d.cell == GRU and not d.reset_after
+    cdef Py_ssize_t first_stop = 0
+    if t_stop != NULL:
+        first_stop = t_stop[lo]
+        for b in range(lo, hi):
+            first_stop = min(first_stop, t_stop[b])
     for step in range(d.n_steps):
         t = step if d.reverse else d.n_steps - 1 - step
-        if t < t_stop:
+        if t < first_stop:
             break
         nb = <int> (min(<Py_ssize_t> hi, bs[t]) - lo)
         if nb <= 0:
@@ -120,6 +126,16 @@ cdef void backward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
         for i in range(nb):
             r = r0 + i
             b = lo + i
+            if t_stop != NULL and t < t_stop[b]:
+                # truncated: this sequence's gradient stops before step t
+                for j in range(H):
+                    dh[b * H + j] = 0
+                    if d.cell == LSTM:
+                        dc[b * H + j] = 0
+                for j in range(GH):
+                    dG[r * GH + j] = 0
+                    dGh[r * GH + j] = 0
+                continue
             # un-masked previous state of this sequence
             if not d.reverse and t > 0:
                 prev_row = off[t - 1] + b
@@ -242,7 +258,8 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
 def recurrent_backward(int cell, int activation, bint reverse,
                        bint reset_after, bint layer_norm, bint peephole,
                        const Py_ssize_t[::1] batch_sizes,
-                       const Py_ssize_t[::1] offsets, int t_stop,
+                       const Py_ssize_t[::1] offsets,
+                       const Py_ssize_t[::1] t_stop,
                        floating[:, ::1] G, floating[:, ::1] W_hh,
                        floating[::1] peep, floating[::1] ln_w,
                        floating[:, ::1] mask, floating[:, ::1] h0,
@@ -301,11 +318,12 @@ def recurrent_backward(int cell, int activation, bint reverse,
     cdef Py_ssize_t wstride = work.shape[1]
     cdef Py_ssize_t pstride = dpeep.shape[1]
     cdef Py_ssize_t lstride = dln_w.shape[1]
+    cdef const Py_ssize_t* pstop = &t_stop[0] if t_stop.shape[0] > 0 else NULL
     for k in prange(n_blocks, nogil=True, schedule="dynamic",
                     num_threads=n_threads):
         lo = k * block_rows
         hi = min(lo + block_rows, B)
-        backward_block(&d, lo, hi, pbs, poff, t_stop, pG, pW, ppeep, plnw,
+        backward_block(&d, lo, hi, pbs, poff, pstop, pG, pW, ppeep, plnw,
                        pmask, ph0, pc0, pH, pC, pHp, paux, pxh, prs, pdH, pdh,
                        pdc, pdG, pdGh,
                        pdpeep + k * pstride if pdpeep != NULL else NULL,

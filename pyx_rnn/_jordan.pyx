@@ -116,7 +116,7 @@ cdef void forward_block(Net* net, Dims* d, int lo, int hi,
 
 cdef void backward_block(Net* net, Dims* d, int lo, int hi,
                          const Py_ssize_t* bs, const Py_ssize_t* off,
-                         int t_stop, const Py_ssize_t* W_ih,
+                         const Py_ssize_t* t_stop, const Py_ssize_t* W_ih,
                          const Py_ssize_t* W_hh, const Py_ssize_t* ln_w,
                          const Py_ssize_t* drop, const Py_ssize_t* rmask,
                          const Py_ssize_t* Hs, const Py_ssize_t* xhat,
@@ -139,9 +139,14 @@ cdef void backward_block(Net* net, Dims* d, int lo, int hi,
     cdef floating* dmask
     cdef floating* dGl
     cdef Dims dl = d[0]
+    cdef Py_ssize_t first_stop = 0
+    if t_stop != NULL:
+        first_stop = t_stop[lo]
+        for b in range(lo, hi):
+            first_stop = min(first_stop, t_stop[b])
     for step in range(d.n_steps):
         t = d.n_steps - 1 - step
-        if t < t_stop:
+        if t < first_stop:
             break
         nb = <int> (min(<Py_ssize_t> hi, bs[t]) - lo)
         if nb <= 0:
@@ -151,9 +156,19 @@ cdef void backward_block(Net* net, Dims* d, int lo, int hi,
         carry = at(dF, L - 1, tag)
         for i in range(nb):
             r = r0 + i
+            b = lo + i
+            if t_stop != NULL and t < t_stop[b]:
+                # truncated: nothing flows into this sequence's step t, so
+                # with zero carries every gradient below comes out zero
+                for l in range(L):
+                    for j in range(<int> net.fed[l]):
+                        at(dF, l, tag)[b * net.fed[l] + j] = 0
+                for j in range(O):
+                    dZ[r * O + j] = 0
+                continue
             for j in range(O):
                 dZ[r * O + j] = dZ_in[r * O + j]
-            output_row_back(net.out_kind, Y + r * O, carry + (lo + i) * O,
+            output_row_back(net.out_kind, Y + r * O, carry + b * O,
                             dZ + r * O, O)
         Hl = <int> net.hidden[L - 1]
         gemm(False, False, nb, Hl, O, <floating> 1, dZ + r0 * O, O, W_out, Hl,
@@ -249,7 +264,8 @@ def jordan_forward(int activation, int out_kind, bint layer_norm,
 
 def jordan_backward(int activation, int out_kind, bint layer_norm,
                     const Py_ssize_t[::1] batch_sizes,
-                    const Py_ssize_t[::1] offsets, int t_stop,
+                    const Py_ssize_t[::1] offsets,
+                    const Py_ssize_t[::1] t_stop,
                     const Py_ssize_t[::1] hidden, const Py_ssize_t[::1] fed,
                     const Py_ssize_t[::1] W_ih, const Py_ssize_t[::1] W_hh,
                     const Py_ssize_t[::1] ln_w, const Py_ssize_t[::1] drop,
@@ -269,7 +285,8 @@ def jordan_backward(int activation, int out_kind, bint layer_norm,
     ``dF[l]`` holds dL/d(final fed-back vectors) on entry and dL/d(initial
     ones) on exit. ``dln_w``/``dln_b`` hold, per block and layer, the address
     of a zeroed partial-sum buffer. ``work`` has shape ``(n_blocks, 2 *
-    block_rows * max_size)``. Steps before ``t_stop`` are not visited.
+    block_rows * max_size)``. ``t_stop`` (one entry per sequence, or empty)
+    cuts the gradient of sequence ``b`` before step ``t_stop[b]``.
     """
     cdef int n_steps = batch_sizes.shape[0]
     cdef int B = <int> batch_sizes[0] if n_steps > 0 else 0
@@ -289,11 +306,12 @@ def jordan_backward(int activation, int out_kind, bint layer_norm,
     cdef floating* pdZi = ptr2(dZ_in)
     cdef floating* pdZ = ptr2(dZ)
     cdef floating* pwork = ptr2(work)
+    cdef const Py_ssize_t* pstop = &t_stop[0] if t_stop.shape[0] > 0 else NULL
     for k in prange(n_blocks, nogil=True, schedule="dynamic",
                     num_threads=n_threads):
         lo = k * block_rows
         hi = min(lo + block_rows, B)
-        backward_block(&net, &d, lo, hi, &batch_sizes[0], &offsets[0], t_stop,
+        backward_block(&net, &d, lo, hi, &batch_sizes[0], &offsets[0], pstop,
                        &W_ih[0], &W_hh[0], &ln_w[0], &drop[0], &rmask[0],
                        &Hs[0], &xhat[0], &rstd[0], &dF[0], &dG[0],
                        &dln_w[k, 0], &dln_b[k, 0], pWo, pY, pdZi, pdZ,

@@ -101,6 +101,17 @@ def _param(w, name, dtype, ndim=1):
     return w[name] if name in w else _empty(dtype, ndim)
 
 
+def _stops(t_stop, offsets, n_sequences):
+    """Per-sequence truncation steps for the kernels (empty: none), and the
+    first packed row the weight gradients need. A scalar applies to all."""
+    if t_stop is None:
+        return np.empty(0, np.intp), 0
+    stops = np.ascontiguousarray(
+        np.broadcast_to(np.asarray(t_stop, dtype=np.intp), (n_sequences,)))
+    lowest = int(stops.min())
+    return stops, int(offsets[min(max(lowest, 0), len(offsets) - 1)])
+
+
 def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
                   mask=None, *, n_threads=1, block_rows=None, pool=None):
     """Forward pass of one layer over a packed batch.
@@ -174,7 +185,7 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
 
 
 def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
-                   t_stop=0, need_dx=True, n_threads=1, pool=None):
+                   t_stop=None, need_dx=True, n_threads=1, pool=None):
     """Backward pass of one layer; accumulates into ``grads``.
 
     Parameters
@@ -188,8 +199,9 @@ def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
         dL/dH from above at every row.
     dh_n, dc_n : ndarray of shape (n_sequences, hidden), optional
         dL/d(final states).
-    t_stop : int
-        Steps before ``t_stop`` are not visited (truncated BPTT).
+    t_stop : int or ndarray of shape (n_sequences,), optional
+        Truncated BPTT: the gradient of sequence ``b`` stops before step
+        ``t_stop[b]`` (entries <= 0: not truncated). None: full BPTT.
     need_dx : bool
         Whether to compute dL/dX (not needed for the first layer).
     pool : dict, optional
@@ -210,8 +222,12 @@ def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
     lstm = spec.cell == "lstm"
     separate_dgh = spec.cell == "gru" and spec.reset_after
 
-    dG = _take(pool, "dG", (n_rows, gh), dtype, zero=t_stop > 0)
-    dGh = _take(pool, "dGh", (n_rows, gh), dtype) if separate_dgh else dG
+    stops, first = _stops(t_stop, cache.offsets, int(cache.batch_sizes[0]))
+    # rows below a block's smallest stop are not written by the kernel
+    truncated = stops.size > 0 and stops.max() > 0
+    dG = _take(pool, "dG", (n_rows, gh), dtype, zero=truncated)
+    dGh = (_take(pool, "dGh", (n_rows, gh), dtype, zero=truncated) if separate_dgh
+           else dG)
     dh = np.zeros((B, H_), dtype) if dh_n is None else np.array(dh_n, dtype, order="C")
     if lstm:
         dc = np.zeros((B, H_), dtype) if dc_n is None else np.array(dc_n, dtype, order="C")
@@ -225,13 +241,12 @@ def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
     _cells.recurrent_backward(
         CELLS[spec.cell], ACTIVATIONS[spec.activation], spec.reverse,
         spec.reset_after, spec.layer_norm, spec.peephole, cache.batch_sizes,
-        cache.offsets, t_stop, cache.G, w["weight_hh"],
+        cache.offsets, stops, cache.G, w["weight_hh"],
         _param(w, "peephole", dtype), _param(w, "ln_weight", dtype), cache.mask,
         cache.h0, cache.c0, cache.H, cache.C, cache.Hprev, cache.aux, cache.xhat,
         cache.rstd, np.ascontiguousarray(dH, dtype), dh, dc, dG, dGh, dpeep,
         dln_w, dln_b, work, block_rows, n_threads,
     )
-    first = int(cache.offsets[t_stop]) if t_stop > 0 else 0
     dG_, dGh_ = dG[first:], dGh[first:]
     _dense.accumulate_outer(dG_, cache.X[first:], grads["weight_ih"], n_threads)
     _dense.accumulate_column_sums(dG_, grads["bias_ih"])
@@ -392,7 +407,7 @@ def jordan_forward(spec, ws, w_out, b_out, X, batch_sizes, offsets, f0=None,
 
 
 def jordan_backward(spec, ws, w_out, grads, g_out, cache, dZ_in, df_n=None, *,
-                    t_stop=0, need_dx=True, n_threads=1):
+                    t_stop=None, need_dx=True, n_threads=1):
     """Backward pass of a Jordan stack; accumulates into ``grads``/``g_out``.
 
     ``dZ_in`` (n_rows, n_output) is dL/d(output pre-activation) from the loss.
@@ -409,7 +424,8 @@ def jordan_backward(spec, ws, w_out, grads, g_out, cache, dZ_in, df_n=None, *,
     if df_n is not None:
         for k in range(L):
             dF[k][...] = df_n[k]
-    make = np.zeros if t_stop > 0 else np.empty
+    stops, first = _stops(t_stop, cache.offsets, int(cache.batch_sizes[0]))
+    make = np.zeros if stops.size > 0 and stops.max() > 0 else np.empty
     dG = [make((n_rows, h), dtype) for h in spec.hidden]
     dZ = make((n_rows, spec.n_output), dtype)
     n_ln = spec.hidden if spec.layer_norm else (0,) * L
@@ -427,7 +443,7 @@ def jordan_backward(spec, ws, w_out, grads, g_out, cache, dZ_in, df_n=None, *,
     get = lambda name: _addresses([w.get(name) for w in ws])  # noqa: E731
     _jordan.jordan_backward(
         ACTIVATIONS[spec.activation], OUTPUT_ACTIVATIONS[spec.output_activation],
-        spec.layer_norm, cache.batch_sizes, cache.offsets, t_stop,
+        spec.layer_norm, cache.batch_sizes, cache.offsets, stops,
         np.array(spec.hidden, np.intp), np.array(spec.fed, np.intp),
         get("weight_ih"), get("weight_hh"), get("ln_weight"),
         _addresses(cache.drop), _addresses(cache.rmask), _addresses(cache.Hs),
@@ -436,7 +452,6 @@ def jordan_backward(spec, ws, w_out, grads, g_out, cache, dZ_in, df_n=None, *,
         cache.Y, np.ascontiguousarray(dZ_in, dtype), dZ, work, block_rows,
         n_threads,
     )
-    first = int(cache.offsets[t_stop]) if t_stop > 0 else 0
     _dense.accumulate_outer(dZ[first:], cache.Hs[L - 1][first:], g_out["weight"],
                             n_threads)
     _dense.accumulate_column_sums(dZ[first:], g_out["bias"])

@@ -438,7 +438,13 @@ class Network:
                 Xw, pw, state, _slice_masks(rmasks, pw.n_sequences), dropout,
                 rng, n_threads, block_rows, slots[i_window % n_slots])
             kept.append((start, stop, pw, first, cache, top))
-            while kept[0][1] <= stop - k2:
+            # Sequence b back-propagates this window's losses down to step
+            # min(start + k1, len_b) - k2: its own window end, so that its
+            # gradient does not depend on the other sequences of the batch.
+            k1 = stop - start if len(windows) == 1 else tbptt[0]
+            ends = np.minimum(start + k1, packing.lengths[: pw.n_sequences])
+            truncate_at = ends - k2
+            while kept[0][1] <= truncate_at.min():
                 kept.popleft()
             # the loss terms of this window: rows of the window that the
             # output layer reads
@@ -459,24 +465,30 @@ class Network:
                 d_top = self._head_backward(feats, rows_w, dZ, feats.shape[0])
                 if self.bidirectional and not return_sequences:
                     d_top = _scatter_bidirectional(d_top, pw, self.hidden_sizes[-1])
-                self._backward_span(kept, d_top, stop - k2, n_threads, back_pool)
+                self._backward_span(kept, d_top, truncate_at, n_threads, back_pool)
             final_state = _update_final(final_state, new_state, self)
             state = _carry(new_state, stop, packing, self)
         value += self._penalty(alpha, total_weight)
         return value, final_state
 
-    def _backward_span(self, kept, d_top, stop_step, n_threads, pool):
+    def _backward_span(self, kept, d_top, truncate_at, n_threads, pool):
         """Back-propagate the newest window's ``d_top`` through the kept
-        windows, newest first, down to step ``stop_step``."""
+        windows, newest first; sequence ``b`` stops before step
+        ``truncate_at[b]`` (absolute steps; one entry per sequence running in
+        the newest window)."""
         d_states = None
+        n_active = len(truncate_at)
         for i in range(len(kept) - 1, -1, -1):
             start, stop, pw, first, cache, top = kept[i]
             if i < len(kept) - 1:
                 d_top = np.zeros_like(top)
-            t_stop = max(0, stop_step - start)
-            d_init = self._stack_backward(cache, d_top, d_states, t_stop, n_threads,
-                                          pool)
-            if i == 0 or t_stop > 0:
+            # sequences that ended before the newest window get no gradient
+            stops = np.full(pw.n_sequences, pw.n_steps, np.intp)
+            stops[:n_active] = truncate_at - start
+            d_init = self._stack_backward(
+                cache, d_top, d_states, stops if stops.max() > 0 else None,
+                n_threads, pool)
+            if i == 0 or stops.min() > 0:
                 break
             # states at this window's start are the previous window's final
             # states: pad for the sequences that ended in the previous window

@@ -1,0 +1,995 @@
+"""Tests of the engine driver ``pyx_rnn.network.Network`` and the optimisers.
+
+1. Whole-network gradients against central finite differences (float64), for
+   every cell, stack, direction, loss / output activation, and option.
+2. Truncated BPTT: ``k2 >= T`` is full BPTT; ``k2 < T`` gives the truncated
+   gradient of docs/engine.md, computed independently with the plain NumPy
+   reference (``pyx_rnn.reference``) window by window; bidirectional refuses it.
+3. Final states: carried between two halves of a sequence, they reproduce the
+   whole sequence.
+4. Gradient clipping by value and by global norm.
+5. Reproducibility: same seed -> bitwise the same; thread count irrelevant.
+6. Dropout semantics (and finite differences with fixed masks).
+7. Optimisers: Adam as PyTorch, SGD (Nesterov) momentum as scikit-learn.
+8. float32 against float64.
+"""
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+from pyx_rnn import reference as ref
+from pyx_rnn.network import Network
+from pyx_rnn.optim import SGD, Adam
+from pyx_rnn.packing import pack
+
+CELLS = ("rnn", "jordan", "lstm", "gru")
+N_IN = 3
+LENGTHS = [6, 2, 5, 4]  # deliberately unsorted: the packing sorts them
+FD_EPS = 1e-6
+FD_TOL = 1e-6
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+def make_net(cell, hidden=(4, 3), n_output=2, *, seed=0, dtype=np.float64,
+             noise=0.1, **kw):
+    """A network with its default initialisation, perturbed so that no
+    parameter (peepholes, biases, layer-norm gains) sits at a special value."""
+    net = Network(cell, N_IN, hidden, n_output, dtype=dtype, **kw)
+    rng = np.random.default_rng(seed)
+    net.init_weights(rng)
+    net.params += (noise * rng.standard_normal(net.params.shape)).astype(dtype)
+    return net
+
+
+def make_batch(lengths, seed=1, dtype=np.float64, n_in=N_IN):
+    rng = np.random.default_rng(seed)
+    return pack([rng.standard_normal((n, n_in)) for n in lengths], dtype)
+
+
+def make_targets(loss, n, n_out, rng, dtype=np.float64):
+    if loss == "squared_error":
+        return rng.standard_normal((n, n_out)).astype(dtype)
+    if loss == "log_loss":
+        return np.eye(n_out, dtype=dtype)[rng.integers(0, n_out, n)]
+    # multilabel 0/1 targets, several ones per row allowed
+    return rng.integers(0, 2, (n, n_out)).astype(dtype)
+
+
+def n_targets(packing, return_sequences):
+    return packing.n_rows if return_sequences else packing.n_sequences
+
+
+def numerical_gradient(f, params, eps=FD_EPS):
+    """Central differences of ``f()`` with respect to every entry of the flat
+    vector ``params`` (perturbed in place, then restored)."""
+    num = np.empty_like(params)
+    for i in range(params.size):
+        old = params[i]
+        params[i] = old + eps
+        lp = f()
+        params[i] = old - eps
+        lm = f()
+        params[i] = old
+        num[i] = (lp - lm) / (2 * eps)
+    return num
+
+
+def assert_fd(net, f, tol=FD_TOL):
+    """``net.grads`` after ``f()`` against central finite differences of
+    ``f()``, parameter block by parameter block."""
+    before = net.params.copy()
+    f()
+    grad = net.grads.copy()
+    num = numerical_gradient(f, net.params)
+    assert_array_equal(net.params, before)
+    scale = np.abs(num).max()
+    assert scale > 1e-6
+    err = np.abs(grad - num) / scale
+    worst = {}
+    start = 0
+    for name, shape in net.shapes.items():
+        size = int(np.prod(shape))
+        block = slice(start, start + size)
+        start += size
+        worst[name] = float(err[block].max())
+        # every parameter influences the loss: a block that the forward pass
+        # ignored would have a zero numerical gradient and pass vacuously
+        assert np.abs(num[block]).max() > 1e-9, f"{name} has no effect on the loss"
+    bad = {k: v for k, v in worst.items() if v > tol}
+    assert not bad, f"relative error above {tol}: {bad}"
+
+
+def flat_states(states, net):
+    """The final states as a flat list of arrays."""
+    if net.cell == "jordan":
+        return list(states)
+    out = []
+    for layer in states:
+        for h, c in layer:
+            out.append(h)
+            if c is not None and c.size:
+                out.append(c)
+    return out
+
+
+def assert_states_close(a, b, net, rtol=1e-12, atol=1e-14):
+    fa, fb = flat_states(a, net), flat_states(b, net)
+    assert len(fa) == len(fb) and len(fa) > 0
+    for x, y in zip(fa, fb):
+        assert_allclose(x, y, rtol=rtol, atol=atol)
+
+
+def initial_state_for(net, n_sequences, seed=5):
+    """A non-zero initial state in the layout ``forward`` returns: the final
+    state of a random prefix batch with the same number of sequences."""
+    X, pk = make_batch([3] * n_sequences, seed=seed, dtype=net.dtype)
+    _, _, states = net.forward(X, pk)
+    for a in flat_states(states, net):
+        assert np.abs(a).max() > 0
+    return states
+
+
+# ---------------------------------------------------------------------------
+# 1. whole-network finite differences
+# ---------------------------------------------------------------------------
+
+def _fd_cases():
+    cases = []
+
+    def add(id_, **kw):
+        cases.append(pytest.param(kw, id=id_))
+
+    for cell in CELLS:
+        for rs in (False, True):
+            add(f"{cell}-stacked-{'seq' if rs else 'last'}", cell=cell, rs=rs)
+    for cell in ("rnn", "lstm", "gru"):
+        for rs in (False, True):
+            add(f"{cell}-bidirectional-{'seq' if rs else 'last'}", cell=cell,
+                rs=rs, net_kw=dict(bidirectional=True))
+    losses = [
+        ("squared_error", "tanh", True),
+        ("squared_error", "sigmoid", False),
+        ("squared_error", "softmax", True),
+        ("log_loss", "softmax", False),
+        ("log_loss", "softmax", True),
+        ("binary_log_loss", "sigmoid", False),
+        ("binary_log_loss", "sigmoid", True),
+    ]
+    for cell in CELLS:
+        for loss, oa, rs in losses:
+            add(f"{cell}-{loss}-{oa}-{'seq' if rs else 'last'}", cell=cell,
+                rs=rs, loss=loss, n_output=3, net_kw=dict(output_activation=oa))
+    for cell in CELLS:
+        add(f"{cell}-layer_norm", cell=cell, rs=True, net_kw=dict(layer_norm=True))
+        add(f"{cell}-initial_state", cell=cell, rs=True, init_state=True)
+        add(f"{cell}-one-layer", cell=cell, hidden=(5,), rs=False)
+        add(f"{cell}-no-weight-no-alpha", cell=cell, rs=True, sw=False, alpha=0.0)
+        add(f"{cell}-equal-lengths", cell=cell, lengths=[5, 5, 5])
+        add(f"{cell}-length-one", cell=cell, rs=True, lengths=[1, 4, 1, 3])
+    add("lstm-peephole", cell="lstm", net_kw=dict(peephole=True))
+    add("lstm-peephole-layer_norm-seq", cell="lstm", rs=True,
+        net_kw=dict(peephole=True, layer_norm=True))
+    add("lstm-bidirectional-peephole-layer_norm", cell="lstm",
+        net_kw=dict(peephole=True, layer_norm=True, bidirectional=True))
+    add("gru-reset_before", cell="gru", net_kw=dict(reset_after=False))
+    add("gru-reset_before-bidirectional-layer_norm-seq", cell="gru", rs=True,
+        net_kw=dict(reset_after=False, bidirectional=True, layer_norm=True))
+    add("rnn-relu-seq", cell="rnn", rs=True, net_kw=dict(activation="relu"))
+    add("jordan-relu-seq", cell="jordan", rs=True, net_kw=dict(activation="relu"))
+    add("jordan-three-layers-layer_norm", cell="jordan", hidden=(3, 4, 2),
+        net_kw=dict(layer_norm=True))
+    add("jordan-three-layers-seq-softmax", cell="jordan", hidden=(3, 4, 2),
+        rs=True, loss="log_loss", n_output=3,
+        net_kw=dict(output_activation="softmax"))
+    add("gru-three-layers-bidirectional", cell="gru", hidden=(2, 3, 2),
+        net_kw=dict(bidirectional=True))
+    return cases
+
+
+@pytest.mark.parametrize("case", _fd_cases())
+def test_finite_differences(case):
+    cell = case["cell"]
+    rs = case.get("rs", False)
+    loss = case.get("loss", "squared_error")
+    n_out = case.get("n_output", 2)
+    net = make_net(cell, case.get("hidden", (4, 3)), n_out, **case.get("net_kw", {}))
+    X, pk = make_batch(case.get("lengths", LENGTHS))
+    rng = np.random.default_rng(2)
+    T = make_targets(loss, n_targets(pk, rs), n_out, rng)
+    sw = rng.uniform(0.5, 2.0, pk.n_sequences) if case.get("sw", True) else None
+    alpha = case.get("alpha", 0.01)
+    init = initial_state_for(net, pk.n_sequences) if case.get("init_state") else None
+
+    def f():
+        value, _ = net.loss_gradient(X, pk, T, loss, sample_weight=sw,
+                                     return_sequences=rs, alpha=alpha,
+                                     initial_state=init)
+        return value
+
+    assert_fd(net, f)
+
+
+def test_alpha_penalty_value():
+    """The L2 term is alpha / 2 * ||W||^2 / total weight on weight matrices
+    only (not biases, not layer-norm or peephole vectors)."""
+    net = make_net("lstm", peephole=True, layer_norm=True)
+    X, pk = make_batch(LENGTHS)
+    rng = np.random.default_rng(3)
+    T = make_targets("squared_error", pk.n_sequences, 2, rng)
+    sw = rng.uniform(0.5, 2.0, pk.n_sequences)
+    l0, _ = net.loss_gradient(X, pk, T, "squared_error", sample_weight=sw)
+    g0 = net.grads.copy()
+    alpha = 0.3
+    l1, _ = net.loss_gradient(X, pk, T, "squared_error", sample_weight=sw, alpha=alpha)
+    g1 = net.grads.copy()
+    sq = sum(float(np.sum(w * w)) for n, w in net.weights.items()
+             if n.startswith("weight_") or n == "output.weight")
+    assert_allclose(l1 - l0, 0.5 * alpha * sq / sw.sum(), rtol=1e-12)
+    expected = np.zeros_like(g0)
+    views = {}
+    start = 0
+    for name, shape in net.shapes.items():
+        size = int(np.prod(shape))
+        views[name] = expected[start:start + size].reshape(shape)
+        start += size
+        if name.startswith("weight_") or name == "output.weight":
+            views[name][...] = alpha / sw.sum() * net.weights[name]
+    assert_allclose(g1 - g0, expected, rtol=1e-10, atol=1e-15)
+
+
+# ---------------------------------------------------------------------------
+# 2. truncated BPTT
+# ---------------------------------------------------------------------------
+
+TB_LENGTHS = [9, 4, 7, 2]
+
+
+def _tbptt_full_cases():
+    cases = []
+    for cell in CELLS:
+        for rs in (False, True):
+            id_ = f"{cell}-{'seq' if rs else 'last'}"
+            cases.append(pytest.param(cell, rs, {}, False, id=id_))
+    cases += [
+        pytest.param("lstm", True, dict(peephole=True, layer_norm=True), False,
+                     id="lstm-peephole-layer_norm"),
+        pytest.param("gru", True, dict(reset_after=False), False,
+                     id="gru-reset_before"),
+        pytest.param("jordan", True, dict(layer_norm=True), True,
+                     id="jordan-initial_state"),
+        pytest.param("lstm", False, {}, True, id="lstm-initial_state"),
+        pytest.param("rnn", True, {}, True, id="rnn-initial_state"),
+    ]
+    return cases
+
+
+@pytest.mark.parametrize("cell, rs, net_kw, use_init", _tbptt_full_cases())
+def test_tbptt_long_k2_is_full_bptt(cell, rs, net_kw, use_init):
+    net = make_net(cell, (4, 3), 2, **net_kw)
+    X, pk = make_batch(TB_LENGTHS)
+    rng = np.random.default_rng(4)
+    T = make_targets("squared_error", n_targets(pk, rs), 2, rng)
+    sw = rng.uniform(0.5, 2.0, pk.n_sequences)
+    init = initial_state_for(net, pk.n_sequences) if use_init else None
+    kw = dict(sample_weight=sw, return_sequences=rs, alpha=0.01, initial_state=init)
+    l0, s0 = net.loss_gradient(X, pk, T, "squared_error", **kw)
+    g0 = net.grads.copy()
+    n_steps = pk.n_steps
+    for k1 in range(1, n_steps + 2):
+        for k2 in (n_steps, n_steps + 3):
+            if k1 > k2:
+                continue
+            l1, s1 = net.loss_gradient(X, pk, T, "squared_error", tbptt=(k1, k2), **kw)
+            assert abs(l1 - l0) <= 1e-12 * max(1.0, abs(l0)), (k1, k2)
+            assert_allclose(net.grads, g0, rtol=0, atol=1e-12, err_msg=str((k1, k2)))
+            assert_states_close(s1, s0, net)
+
+
+def _layer_params(net, k):
+    sfx = f"_l{k}"
+    return {name[: -len(sfx)]: net.weights[name] for name in net.shapes
+            if name.endswith(sfx)}
+
+
+def _ref_forward(net, k, x, h0, c0):
+    p = _layer_params(net, k)
+    if net.cell == "rnn":
+        H, cache = ref.rnn_forward(x, p, h0, activation=net.activation,
+                                   layer_norm=net.layer_norm)
+        return H, None, cache
+    if net.cell == "lstm":
+        return ref.lstm_forward(x, p, h0, c0, layer_norm=net.layer_norm)
+    H, cache = ref.gru_forward(x, p, h0, reset_after=net.reset_after,
+                               layer_norm=net.layer_norm)
+    return H, None, cache
+
+
+def _ref_backward(net, dH, cache):
+    if net.cell == "rnn":
+        return ref.rnn_backward(dH, None, cache)
+    if net.cell == "lstm":
+        return ref.lstm_backward(dH, None, None, cache)
+    return ref.gru_backward(dH, None, cache)
+
+
+def reference_truncated(net, x, t, k1, k2):
+    """Loss and truncated-BPTT gradient (docs/engine.md) of ONE sequence with
+    return_sequences, squared error and identity output, from the plain NumPy
+    reference: for every window [s, e) of k1 steps (the last one may be
+    shorter), the window's loss terms are back-propagated through steps
+    max(0, e - k2) .. e - 1 only, starting from the (constant) states before
+    step e - k2."""
+    n_steps = len(x)
+    L = len(net.hidden_sizes)
+    w = 1.0 / n_steps  # row weight / total weight for one sequence
+    expected = {name: np.zeros(shape) for name, shape in net.shapes.items()}
+    windows = [(s, min(s + k1, n_steps)) for s in range(0, n_steps, k1)]
+
+    def add(grads, sfx):
+        for name, g in grads.items():
+            if name not in ("x", "h0", "c0"):
+                expected[name + sfx] += g
+
+    if net.cell == "jordan":
+        layers = [_layer_params(net, k) for k in range(L)]
+        output = {"weight": net.weights["output.weight"],
+                  "bias": net.weights["output.bias"]}
+        opts = dict(activation=net.activation, output_activation=net.output_activation,
+                    layer_norm=net.layer_norm)
+        Y, Hs, _ = ref.jordan_forward(x, layers, output, **opts)
+        dY_full = w * (Y - t)
+        for s, e in windows:
+            a = max(0, e - k2)
+            f0 = None
+            if a > 0:
+                f0 = [Hs[k + 1][a - 1] for k in range(L - 1)] + [Y[a - 1]]
+            Yw, _, cache = ref.jordan_forward(x[a:e], layers, output, f0=f0, **opts)
+            assert_allclose(Yw, Y[a:e], rtol=1e-13, atol=1e-15)
+            dY = np.zeros_like(Yw)
+            dY[s - a:] = dY_full[s:e]
+            layer_grads, out_grads, _, _ = ref.jordan_backward(dY, cache)
+            for k in range(L):
+                add(layer_grads[k], f"_l{k}")
+            expected["output.weight"] += out_grads["weight"]
+            expected["output.bias"] += out_grads["bias"]
+    else:
+        # full forward pass: the states every window starts from
+        states, inp = [], x
+        for k in range(L):
+            H, C, _ = _ref_forward(net, k, inp, None, None)
+            states.append((H, C))
+            inp = H
+        W_out = net.weights["output.weight"]
+        Y = inp @ W_out.T + net.weights["output.bias"]
+        dZ = w * (Y - t)
+        # the output layer is outside the recurrence: its gradient is full
+        expected["output.weight"] += dZ.T @ inp
+        expected["output.bias"] += dZ.sum(axis=0)
+        for s, e in windows:
+            a = max(0, e - k2)
+            inp, caches = x[a:e], []
+            for k in range(L):
+                H, C = states[k]
+                h0 = None if a == 0 else H[a - 1]
+                c0 = None if a == 0 or C is None else C[a - 1]
+                Hw, _, cache = _ref_forward(net, k, inp, h0, c0)
+                assert_allclose(Hw, H[a:e], rtol=1e-13, atol=1e-15)
+                caches.append(cache)
+                inp = Hw
+            dH = np.zeros_like(inp)
+            dH[s - a:] = dZ[s:e] @ W_out
+            for k in range(L - 1, -1, -1):
+                grads = _ref_backward(net, dH, caches[k])
+                add(grads, f"_l{k}")
+                dH = grads["x"]
+    value = 0.5 * w * float(np.sum((Y - t) ** 2))
+    return value, expected
+
+
+@pytest.mark.parametrize("k1, k2", [(2, 2), (2, 3), (3, 5), (1, 4), (4, 4), (5, 7)])
+@pytest.mark.parametrize("cell, hidden, net_kw", [
+    pytest.param("rnn", (4,), {}, id="rnn"),
+    pytest.param("lstm", (4,), {}, id="lstm"),
+    pytest.param("gru", (4,), {}, id="gru"),
+    pytest.param("jordan", (4,), {}, id="jordan"),
+    pytest.param("rnn", (4, 3), {}, id="rnn-stacked"),
+    pytest.param("lstm", (3, 4), dict(peephole=True, layer_norm=True),
+                 id="lstm-stacked-peephole-layer_norm"),
+    pytest.param("gru", (4, 3), dict(reset_after=False), id="gru-stacked-reset_before"),
+    pytest.param("jordan", (4, 3), {}, id="jordan-stacked"),
+])
+def test_tbptt_truncated_gradient(cell, hidden, net_kw, k1, k2):
+    n_steps = 9
+    net = make_net(cell, hidden, 2, noise=0.3, **net_kw)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((n_steps, N_IN))
+    t = rng.standard_normal((n_steps, 2))
+    X, pk = pack([x], np.float64)
+    sw = np.array([1.7])
+
+    value, expected = reference_truncated(net, x, t, k1, k2)
+    l_full, _ = net.loss_gradient(X, pk, t, "squared_error", sample_weight=sw,
+                                  return_sequences=True)
+    g_full = net.grads.copy()
+    l_tr, _ = net.loss_gradient(X, pk, t, "squared_error", sample_weight=sw,
+                                return_sequences=True, tbptt=(k1, k2))
+    # the forward pass is not truncated: the loss is the full one
+    assert_allclose(l_tr, l_full, rtol=1e-13)
+    assert_allclose(l_tr, value, rtol=1e-12)
+    for name in net.shapes:
+        assert_allclose(net.grad_views[name], expected[name], rtol=1e-10, atol=1e-12,
+                        err_msg=name)
+    # the truncation matters here: the truncated gradient is not the full one
+    assert np.abs(net.grads - g_full).max() > 1e-6
+
+
+def _batch_vs_single_sequences(cell, rs, k1, k2, lengths):
+    """Truncated-BPTT loss and gradient of a batch of variable-length
+    sequences, and the weighted sum of those of each sequence run alone."""
+    net = make_net(cell, (4, 3), 2, noise=0.2)
+    rng = np.random.default_rng(7)
+    seqs = [rng.standard_normal((n, N_IN)) for n in lengths]
+    targets = [rng.standard_normal((n if rs else 1, 2)) for n in lengths]
+    sw = rng.uniform(0.5, 2.0, len(lengths))
+
+    X, pk = pack(seqs, np.float64)
+    if rs:
+        T = np.concatenate(targets)[pk.flat_index()]
+    else:
+        T = np.concatenate(targets)[pk.order]
+    value, _ = net.loss_gradient(X, pk, T, "squared_error", sample_weight=sw[pk.order],
+                                 return_sequences=rs, tbptt=(k1, k2))
+    g = net.grads.copy()
+
+    total = sum(w * (n if rs else 1) for w, n in zip(sw, lengths))
+    exp_value, exp_g = 0.0, np.zeros_like(g)
+    for x, t, w, n in zip(seqs, targets, sw, lengths):
+        Xb, pkb = pack([x], np.float64)
+        v, _ = net.loss_gradient(Xb, pkb, t, "squared_error", return_sequences=rs,
+                                 tbptt=(k1, k2))
+        share = w * (n if rs else 1) / total
+        exp_value += share * v
+        exp_g += share * net.grads
+    return value, g, exp_value, exp_g
+
+
+@pytest.mark.parametrize("k1, k2", [(2, 2), (2, 3), (3, 5), (1, 4)])
+@pytest.mark.parametrize("rs", [False, True], ids=["last", "seq"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_tbptt_batch_is_weighted_sum_of_sequences(cell, rs, k1, k2):
+    """Variable lengths under truncated BPTT: every shorter sequence ends at a
+    window boundary (a multiple of k1) or inside the first window, so each
+    sequence sees the same windows alone as in the batch; the batch gradient
+    is then the weighted sum of the single-sequence truncated gradients."""
+    lengths = [9] + [n for n in range(8, 0, -1) if n % k1 == 0 or n <= k1]
+    value, g, exp_value, exp_g = _batch_vs_single_sequences(cell, rs, k1, k2, lengths)
+    assert_allclose(value, exp_value, rtol=1e-12)
+    assert_allclose(g, exp_g, rtol=1e-10, atol=1e-13)
+
+
+# Truncation points depend only on the sequence's own windows (docs/engine.md),
+# so a sequence that ends inside a window gets the gradient it gets alone.
+@pytest.mark.parametrize("k1, k2", [(2, 2), (2, 3), (3, 5)])
+@pytest.mark.parametrize("rs", [False, True], ids=["last", "seq"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_tbptt_sequence_ending_mid_window(cell, rs, k1, k2):
+    value, g, exp_value, exp_g = _batch_vs_single_sequences(cell, rs, k1, k2, [9, 5, 7])
+    assert_allclose(value, exp_value, rtol=1e-12)  # the loss itself agrees
+    assert_allclose(g, exp_g, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("tbptt", [(2, 2), (2, 3), (1, 4), (3, 100)])
+def test_tbptt_bidirectional_raises(cell, tbptt):
+    net = make_net(cell, (3,), 2, bidirectional=True)
+    X, pk = make_batch(TB_LENGTHS)
+    T = np.zeros((pk.n_sequences, 2))
+    with pytest.raises(ValueError, match="bidirectional"):
+        net.loss_gradient(X, pk, T, "squared_error", tbptt=tbptt)
+
+
+def test_jordan_bidirectional_raises():
+    with pytest.raises(ValueError):
+        Network("jordan", 3, (4,), 2, bidirectional=True)
+
+
+# ---------------------------------------------------------------------------
+# 3. final states carried
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_seq", [1, 3])
+@pytest.mark.parametrize("cell, net_kw", [
+    pytest.param("lstm", {}, id="lstm"),
+    pytest.param("lstm", dict(peephole=True, layer_norm=True), id="lstm-peephole-ln"),
+    pytest.param("gru", {}, id="gru"),
+    pytest.param("jordan", {}, id="jordan"),
+    pytest.param("jordan", dict(output_activation="tanh"), id="jordan-tanh"),
+    pytest.param("rnn", {}, id="rnn"),
+])
+def test_final_state_carried(cell, net_kw, n_seq):
+    n_steps, split = 8, 5
+    net = make_net(cell, (4, 3), 2, **net_kw)
+    rng = np.random.default_rng(8)
+    seqs = [rng.standard_normal((n_steps, N_IN)) for _ in range(n_seq)]
+    X, pk = pack(seqs, np.float64)
+    X1, pk1 = pack([s[:split] for s in seqs], np.float64)
+    X2, pk2 = pack([s[split:] for s in seqs], np.float64)
+    _, Y_all, s_all = net.forward(X, pk, return_sequences=True)
+
+    # states returned by loss_gradient (full and truncated BPTT) and forward
+    T1 = rng.standard_normal((pk1.n_rows, 2))
+    _, s_fwd = net.forward(X1, pk1)[1:]
+    _, s_lg = net.loss_gradient(X1, pk1, T1, "squared_error", return_sequences=True)
+    _, s_tb = net.loss_gradient(X1, pk1, T1, "squared_error", return_sequences=True,
+                                tbptt=(2, 3))
+    assert_states_close(s_lg, s_fwd, net)
+    assert_states_close(s_tb, s_fwd, net)
+    if cell == "lstm":
+        assert len(flat_states(s_lg, net)) == 2 * len(net.hidden_sizes)  # h and c
+
+    for state in (s_lg, s_tb):
+        _, Y2, s2 = net.forward(X2, pk2, return_sequences=True, initial_state=state)
+        # equal lengths: packed row t * n_seq + b holds step t of sequence b
+        assert_allclose(Y2, Y_all[split * n_seq:], rtol=1e-12, atol=1e-14)
+        assert_states_close(s2, s_all, net)
+    # starting the second half from zeros instead gives something else
+    _, Y0, _ = net.forward(X2, pk2, return_sequences=True)
+    assert np.abs(Y0 - Y_all[split * n_seq:]).max() > 1e-6
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_final_states_variable_lengths(cell):
+    """Each sequence's final state is the one after its own last step, also
+    when truncated BPTT runs window by window."""
+    net = make_net(cell, (4, 3), 2)
+    X, pk = make_batch(TB_LENGTHS)
+    T = np.random.default_rng(9).standard_normal((pk.n_rows, 2))
+    _, Y_all, s_fwd = net.forward(X, pk, return_sequences=True)
+    _, Y_last, _ = net.forward(X, pk)
+    assert_allclose(Y_last, Y_all[pk.last_rows()], rtol=1e-13, atol=1e-15)
+    for tbptt in (None, (2, 2), (3, 4), (1, 1)):
+        _, s = net.loss_gradient(X, pk, T, "squared_error", return_sequences=True,
+                                 tbptt=tbptt)
+        assert_states_close(s, s_fwd, net)
+    # and each sequence alone ends in the same state
+    seqs_rng = np.random.default_rng(1)
+    seqs = [seqs_rng.standard_normal((n, N_IN)) for n in TB_LENGTHS]
+    for b in range(pk.n_sequences):
+        Xb, pkb = pack([seqs[pk.order[b]]], np.float64)
+        _, _, sb = net.forward(Xb, pkb)
+        for x, y in zip(flat_states(sb, net), flat_states(s_fwd, net)):
+            assert_allclose(x[0], y[b], rtol=1e-12, atol=1e-14)
+
+
+# ---------------------------------------------------------------------------
+# 4. gradient clipping
+# ---------------------------------------------------------------------------
+
+def _net_with_grads(seed, scale=1.0):
+    net = make_net("gru", (4, 3), 2)
+    net.grads[:] = scale * np.random.default_rng(seed).standard_normal(net.grads.shape)
+    return net
+
+
+@pytest.mark.parametrize("clip_norm", [0.1, 1.0, 3.0])
+def test_clip_norm_above(clip_norm):
+    net = _net_with_grads(0, scale=2.0)
+    g = net.grads.copy()
+    norm = np.linalg.norm(g)
+    assert norm > clip_norm
+    grads_obj = net.grads
+    returned = net.clip_gradients(clip_norm=clip_norm)
+    assert net.grads is grads_obj  # in place: the views still point into it
+    assert_allclose(returned, norm, rtol=1e-13)
+    new = net.grads
+    assert np.linalg.norm(new) <= clip_norm * (1 + 1e-12)
+    assert_allclose(np.linalg.norm(new), clip_norm, rtol=1e-12)
+    cosine = new @ g / (np.linalg.norm(new) * norm)
+    assert_allclose(cosine, 1.0, rtol=1e-13)
+    assert_allclose(new, g * clip_norm / norm, rtol=1e-13)
+    assert_array_equal(net.grad_views["output.bias"], new[-2:])
+
+
+def test_clip_norm_just_above():
+    net = _net_with_grads(4)
+    g = net.grads.copy()
+    norm = np.linalg.norm(g)
+    c = 0.99 * norm
+    assert_allclose(net.clip_gradients(clip_norm=c), norm, rtol=1e-13)
+    assert_allclose(net.grads, g * 0.99, rtol=1e-13)
+
+
+def test_clip_norm_below_does_nothing():
+    net = _net_with_grads(1, scale=0.01)
+    g = net.grads.copy()
+    norm = np.linalg.norm(g)
+    returned = net.clip_gradients(clip_norm=norm * 1.01)
+    assert_allclose(returned, norm, rtol=1e-13)
+    assert_array_equal(net.grads, g)
+    returned = net.clip_gradients()  # nothing asked: nothing done
+    assert_allclose(returned, norm, rtol=1e-13)
+    assert_array_equal(net.grads, g)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clip_value(dtype):
+    net = make_net("lstm", (4, 3), 2, dtype=dtype)
+    net.grads[:] = 2 * np.random.default_rng(2).standard_normal(net.grads.shape)
+    g = net.grads.copy()
+    v = 0.7
+    inside = np.abs(g) <= v
+    assert inside.any() and (~inside).any()
+    net.clip_gradients(clip_value=v)
+    new = net.grads
+    assert new.dtype == dtype
+    assert np.all(np.abs(new) <= v)
+    assert_array_equal(new[inside], g[inside])
+    assert_array_equal(new[~inside], np.sign(g[~inside]) * dtype(v))
+
+
+def test_clip_value_then_norm():
+    net = _net_with_grads(3, scale=2.0)
+    g = net.grads.copy()
+    v, c = 0.5, 1.0
+    clipped = np.clip(g, -v, v)
+    cnorm = np.linalg.norm(clipped)
+    assert cnorm > c  # both act
+    returned = net.clip_gradients(clip_norm=c, clip_value=v)
+    # the returned norm is the one before clipping by norm, i.e. after value
+    assert_allclose(returned, cnorm, rtol=1e-13)
+    assert_allclose(net.grads, clipped * (c / cnorm), rtol=1e-13)
+    assert_allclose(np.linalg.norm(net.grads), c, rtol=1e-12)
+    # the other order would give something else
+    other = g * (c / np.linalg.norm(g))
+    other = np.clip(other, -v, v)
+    assert np.abs(other - net.grads).max() > 1e-3
+
+
+# ---------------------------------------------------------------------------
+# 5. reproducibility
+# ---------------------------------------------------------------------------
+
+REPRO_CASES = [
+    pytest.param("rnn", False, id="rnn"),
+    pytest.param("rnn", True, id="rnn-bidirectional"),
+    pytest.param("lstm", False, id="lstm"),
+    pytest.param("lstm", True, id="lstm-bidirectional"),
+    pytest.param("gru", False, id="gru"),
+    pytest.param("gru", True, id="gru-bidirectional"),
+    pytest.param("jordan", False, id="jordan"),
+]
+
+
+def _repro_problem(cell, bidirectional, dtype, n_seq=12):
+    net = make_net(cell, (5, 4), 3, dtype=dtype, bidirectional=bidirectional,
+                   output_activation="softmax")
+    rng = np.random.default_rng(10)
+    lengths = rng.integers(1, 9, n_seq)
+    X, pk = make_batch(lengths, seed=11, dtype=dtype)
+    T = make_targets("log_loss", pk.n_rows, 3, rng, dtype)
+    sw = rng.uniform(0.5, 2.0, pk.n_sequences).astype(dtype)
+    return net, X, pk, T, sw
+
+
+def _run(net, X, pk, T, sw, seed, **kw):
+    rng = None if seed is None else np.random.default_rng(seed)
+    opts = dict(dropout=0.3, recurrent_dropout=0.3)
+    opts.update(kw)
+    value, states = net.loss_gradient(X, pk, T, "log_loss", sample_weight=sw,
+                                      return_sequences=True, rng=rng, **opts)
+    return value, net.grads.copy(), states
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell, bidirectional", REPRO_CASES)
+def test_same_seed_same_result(cell, bidirectional, dtype):
+    net, X, pk, T, sw = _repro_problem(cell, bidirectional, dtype)
+    l1, g1, _ = _run(net, X, pk, T, sw, 123)
+    l2, g2, _ = _run(net, X, pk, T, sw, 123)
+    assert l1 == l2
+    assert_array_equal(g1, g2)
+    assert g1.dtype == dtype
+    l3, g3, _ = _run(net, X, pk, T, sw, 124)
+    assert l3 != l1
+    assert np.abs(g3 - g1).max() > 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "cell, bidirectional, tbptt",
+    [pytest.param(*p.values, None, id=p.id) for p in REPRO_CASES]
+    + [pytest.param(c, False, (3, 4), id=f"{c}-tbptt") for c in CELLS])
+def test_thread_count_does_not_change_results(cell, bidirectional, tbptt, dtype):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    net, X, pk, T, sw = _repro_problem(cell, bidirectional, dtype, n_seq=40)
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        r1 = _run(net, X, pk, T, sw, 5, n_threads=1, block_rows=8, tbptt=tbptt)
+        r2 = _run(net, X, pk, T, sw, 5, n_threads=2, block_rows=8, tbptt=tbptt)
+        f1 = net.forward(X, pk, return_sequences=True, n_threads=1, block_rows=8)
+        f2 = net.forward(X, pk, return_sequences=True, n_threads=2, block_rows=8)
+    assert r1[0] == r2[0]
+    assert_array_equal(r1[1], r2[1])
+    for a, b in zip(flat_states(r1[2], net), flat_states(r2[2], net)):
+        assert_array_equal(a, b)
+    assert_array_equal(f1[1], f2[1])
+    for a, b in zip(flat_states(f1[2], net), flat_states(f2[2], net)):
+        assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------
+# 6. dropout semantics
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_dropout_only_when_positive(cell):
+    net, X, pk, T, sw = _repro_problem(cell, False, np.float64)
+    l0, g0, _ = _run(net, X, pk, T, sw, None, dropout=0.0, recurrent_dropout=0.0)
+    # p = 0 with an rng: exactly the deterministic result
+    l1, g1, _ = _run(net, X, pk, T, sw, 1, dropout=0.0, recurrent_dropout=0.0)
+    assert l1 == l0
+    assert_array_equal(g1, g0)
+    # each kind of dropout, alone, changes the result
+    for kw in (dict(dropout=0.3, recurrent_dropout=0.0),
+               dict(dropout=0.0, recurrent_dropout=0.3)):
+        l2, g2, _ = _run(net, X, pk, T, sw, 1, **kw)
+        assert l2 != l0, kw
+        assert np.abs(g2 - g0).max() > 1e-8, kw
+    # forward (prediction) matches the p = 0 loss and is deterministic
+    _, Y, _ = net.forward(X, pk, return_sequences=True)
+    _, Y2, _ = net.forward(X, pk, return_sequences=True)
+    assert_array_equal(Y, Y2)
+    w = sw[np.concatenate([np.arange(b) for b in pk.batch_sizes])]
+    value = -np.sum(w[:, None] * T * np.log(Y)) / w.sum()
+    assert_allclose(value, l0, rtol=1e-12)
+
+
+def _probe_net(hidden, seed=0):
+    """An Elman network whose states can be read back: no input weights,
+    identity recurrent weights (so that every unit is its own recurrence)."""
+    net = Network("rnn", N_IN, hidden, 1, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    for name, w in net.weights.items():
+        w[...] = 0
+    b = rng.uniform(0.3, 1.0, hidden[0]) * rng.choice([-1, 1], hidden[0])
+    net.weights["bias_ih_l0"][...] = b
+    return net, b
+
+
+@pytest.mark.parametrize("p", [0.25, 0.5])
+def test_recurrent_dropout_mask_semantics(p):
+    """Recurrent-dropout masks are 0 or 1/(1-p), drawn per sequence and unit
+    with probability p of dropping, and the SAME at every step."""
+    H, B = 8, 300
+    net, b = _probe_net((H,))
+    net.weights["weight_hh_l0"][...] = np.eye(H)
+    s = 1.0 / (1.0 - p)
+    h0 = np.tanh(b)
+    # two steps: h_1 = tanh(m * h_0 + b) reveals m
+    X, pk = pack([np.zeros((2, N_IN))] * B, np.float64)
+    T = np.zeros((B, 1))
+    _, states = net.loss_gradient(X, pk, T, "squared_error", recurrent_dropout=p,
+                                  rng=np.random.default_rng(1))
+    m = (np.arctanh(states[0][0][0]) - b) / h0
+    kept = np.abs(m - s) < 1e-8
+    dropped = np.abs(m) < 1e-8
+    assert np.all(kept | dropped)
+    assert abs(dropped.mean() - p) < 0.05
+    # drawn per sequence: every unit is dropped in some sequences, not all
+    assert 0 < dropped.sum(axis=0).min() and dropped.sum(axis=0).max() < B
+    # three steps: the final state is that of a mask constant in time
+    X, pk = pack([np.zeros((3, N_IN))] * B, np.float64)
+    _, states = net.loss_gradient(X, pk, T, "squared_error", recurrent_dropout=p,
+                                  rng=np.random.default_rng(2))
+    h2 = states[0][0][0]
+    same_kept = np.tanh(s * np.tanh(s * h0 + b) + b)
+    same_dropped = np.tanh(b)
+    ok = np.isclose(h2, same_kept, rtol=0, atol=1e-12) | np.isclose(
+        h2, same_dropped, rtol=0, atol=1e-12)
+    assert np.all(ok)
+    assert np.isclose(h2, same_kept, rtol=0, atol=1e-12).any()
+    assert np.isclose(h2, same_dropped, rtol=0, atol=1e-12).any()
+
+
+@pytest.mark.parametrize("p", [0.25, 0.5])
+def test_dropout_between_layers_mask_semantics(p):
+    """Dropout between layers multiplies the input of layer 2 by 0 or
+    1/(1-p), element by element, with probability p of dropping."""
+    H, B = 8, 300
+    net, b = _probe_net((H, H))
+    net.weights["weight_ih_l1"][...] = np.eye(H)
+    s = 1.0 / (1.0 - p)
+    X, pk = pack([np.zeros((3, N_IN))] * B, np.float64)
+    T = np.zeros((B, 1))
+    _, states = net.loss_gradient(X, pk, T, "squared_error", dropout=p,
+                                  rng=np.random.default_rng(3))
+    assert_allclose(states[0][0][0], np.tanh(np.broadcast_to(b, (B, H))), rtol=1e-14)
+    d = np.arctanh(states[1][0][0]) / np.tanh(b)   # layer 2: tanh(d * h^1)
+    kept = np.abs(d - s) < 1e-8
+    dropped = np.abs(d) < 1e-8
+    assert np.all(kept | dropped)
+    assert abs(dropped.mean() - p) < 0.05
+    # forward never drops
+    _, _, fstates = net.forward(X, pk)
+    assert_allclose(fstates[1][0][0], np.tanh(np.tanh(np.broadcast_to(b, (B, H)))),
+                    rtol=1e-14)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_dropout_between_layers_is_noop_for_one_layer(cell):
+    net = make_net(cell, (5,), 2)
+    X, pk = make_batch(LENGTHS)
+    T = np.random.default_rng(3).standard_normal((pk.n_sequences, 2))
+    l0, _ = net.loss_gradient(X, pk, T, "squared_error")
+    g0 = net.grads.copy()
+    l1, _ = net.loss_gradient(X, pk, T, "squared_error", dropout=0.5,
+                              rng=np.random.default_rng(0))
+    assert l1 == l0
+    assert_array_equal(net.grads, g0)
+
+
+@pytest.mark.parametrize("cell, hidden, net_kw", [
+    pytest.param("lstm", (4, 3), {}, id="lstm"),
+    pytest.param("lstm", (3, 3), dict(bidirectional=True, peephole=True),
+                 id="lstm-bidirectional"),
+    pytest.param("jordan", (4, 3), {}, id="jordan"),
+    pytest.param("jordan", (3, 2, 3), dict(layer_norm=True), id="jordan-three-layers"),
+    pytest.param("gru", (4, 3), dict(reset_after=False), id="gru-reset_before"),
+])
+@pytest.mark.parametrize("rs", [False, True], ids=["last", "seq"])
+def test_finite_differences_with_fixed_dropout_masks(cell, hidden, net_kw, rs):
+    net = make_net(cell, hidden, 2, **net_kw)
+    X, pk = make_batch(LENGTHS)
+    rng = np.random.default_rng(12)
+    T = make_targets("squared_error", n_targets(pk, rs), 2, rng)
+    sw = rng.uniform(0.5, 2.0, pk.n_sequences)
+
+    def f(p=0.3):
+        value, _ = net.loss_gradient(X, pk, T, "squared_error", sample_weight=sw,
+                                     return_sequences=rs, alpha=0.01, dropout=p,
+                                     recurrent_dropout=p,
+                                     rng=np.random.default_rng(77))
+        return value
+
+    assert f() != f(0.0)  # the masks do something
+    assert_fd(net, f)
+
+
+# ---------------------------------------------------------------------------
+# 7. optimisers
+# ---------------------------------------------------------------------------
+
+def _grad_sequence(n_params, n_steps=4, seed=13):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(n_params) * 10.0 ** rng.uniform(-3, 1, n_params)
+            for _ in range(n_steps)]
+
+
+def test_adam_one_step_formula():
+    net = make_net("lstm", (4,), 2)
+    p0 = net.params.copy()
+    g = _grad_sequence(net.params.size, 1)[0]
+    lr, b1, b2, eps = 0.01, 0.8, 0.99, 1e-3
+    opt = Adam(net.params, learning_rate=lr, beta_1=b1, beta_2=b2, epsilon=eps)
+    opt.step(g)
+    m_hat = (1 - b1) * g / (1 - b1)
+    v_hat = (1 - b2) * g * g / (1 - b2)
+    assert_allclose(net.params, p0 - lr * m_hat / (np.sqrt(v_hat) + eps), rtol=1e-13)
+    # updated in place: the named views see the step
+    assert net.weights["output.bias"].base is not None
+    assert_array_equal(net.weights["output.bias"], net.params[-2:])
+
+
+def test_adam_several_steps_formula():
+    rng_params = np.random.default_rng(14).standard_normal(50)
+    params = rng_params.copy()
+    lr, b1, b2, eps = 0.05, 0.9, 0.999, 1e-8
+    opt = Adam(params, learning_rate=lr, beta_1=b1, beta_2=b2, epsilon=eps)
+    p, m, v = rng_params.copy(), np.zeros(50), np.zeros(50)
+    for t, g in enumerate(_grad_sequence(50), start=1):
+        opt.step(g)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        m_hat, v_hat = m / (1 - b1 ** t), v / (1 - b2 ** t)
+        p = p - lr * m_hat / (np.sqrt(v_hat) + eps)
+        assert_allclose(params, p, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("eps", [1e-8, 1e-2])
+def test_adam_matches_torch(eps):
+    torch = pytest.importorskip("torch")
+    p0 = np.random.default_rng(15).standard_normal(60)
+    params = p0.copy()
+    lr, b1, b2 = 0.02, 0.85, 0.995
+    opt = Adam(params, learning_rate=lr, beta_1=b1, beta_2=b2, epsilon=eps)
+    tp = torch.nn.Parameter(torch.tensor(p0, dtype=torch.float64))
+    topt = torch.optim.Adam([tp], lr=lr, betas=(b1, b2), eps=eps)
+    for g in _grad_sequence(60, 5):
+        opt.step(g)
+        tp.grad = torch.tensor(g, dtype=torch.float64)
+        topt.step()
+        assert_allclose(params, tp.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_formula(nesterov):
+    p0 = np.random.default_rng(16).standard_normal(30)
+    params = p0.copy()
+    lr, mom = 0.1, 0.7
+    opt = SGD(params, learning_rate=lr, momentum=mom, nesterov=nesterov)
+    p, v = p0.copy(), np.zeros(30)
+    for g in _grad_sequence(30):
+        opt.step(g)
+        v = mom * v - lr * g
+        p = p + (mom * v - lr * g if nesterov else v)
+        assert_allclose(params, p, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_matches_sklearn(nesterov, momentum):
+    try:
+        from sklearn.neural_network._stochastic_optimizers import SGDOptimizer
+    except ImportError:
+        pytest.skip("sklearn's SGDOptimizer is not importable")
+    net = make_net("gru", (3,), 2)
+    p0 = net.params.copy()
+    lr = 0.05
+    opt = SGD(net.params, learning_rate=lr, momentum=momentum, nesterov=nesterov)
+    sk_params = [p0.copy()]
+    sk = SGDOptimizer(sk_params, learning_rate_init=lr, momentum=momentum,
+                      nesterov=nesterov)
+    for g in _grad_sequence(net.params.size):
+        opt.step(g)
+        sk.update_params(sk_params, [g])
+        assert_allclose(net.params, sk_params[0], rtol=1e-13, atol=1e-15)
+    assert np.abs(net.params - p0).max() > 1e-3
+
+
+# ---------------------------------------------------------------------------
+# 8. float32 against float64
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cell, net_kw, loss, oa", [
+    pytest.param("rnn", {}, "squared_error", "identity", id="rnn"),
+    pytest.param("lstm", dict(peephole=True, layer_norm=True), "log_loss", "softmax",
+                 id="lstm-peephole-layer_norm"),
+    pytest.param("gru", dict(bidirectional=True), "binary_log_loss", "sigmoid",
+                 id="gru-bidirectional"),
+    pytest.param("gru", dict(reset_after=False), "squared_error", "tanh",
+                 id="gru-reset_before"),
+    pytest.param("jordan", {}, "log_loss", "softmax", id="jordan"),
+    pytest.param("jordan", dict(layer_norm=True), "squared_error", "sigmoid",
+                 id="jordan-layer_norm"),
+])
+@pytest.mark.parametrize("rs", [False, True], ids=["last", "seq"])
+def test_float32_matches_float64(cell, net_kw, loss, oa, rs):
+    net64 = make_net(cell, (5, 4), 3, output_activation=oa, **net_kw)
+    net64.params[:] = net64.params.astype(np.float32)  # representable in both
+    net32 = Network(cell, N_IN, (5, 4), 3, output_activation=oa, dtype=np.float32,
+                    **net_kw)
+    net32.params[:] = net64.params
+    X32, pk = make_batch(LENGTHS + [7, 3], dtype=np.float32)
+    X64 = X32.astype(np.float64)
+    rng = np.random.default_rng(17)
+    T = make_targets(loss, n_targets(pk, rs), 3, rng)
+    sw = rng.uniform(0.5, 2.0, pk.n_sequences)
+    kw = dict(return_sequences=rs, alpha=0.01)
+    l64, s64 = net64.loss_gradient(X64, pk, T, loss, sample_weight=sw, **kw)
+    l32, s32 = net32.loss_gradient(X32, pk, T.astype(np.float32), loss,
+                                   sample_weight=sw.astype(np.float32), **kw)
+    assert net32.grads.dtype == np.float32
+    assert_allclose(l32, l64, rtol=1e-4)
+    g32, g64 = net32.grads.astype(np.float64), net64.grads
+    assert np.linalg.norm(g32 - g64) <= 1e-4 * np.linalg.norm(g64)
+    assert_allclose(g32, g64, rtol=1e-3, atol=1e-5 * np.abs(g64).max())
+    for a, b in zip(flat_states(s32, net32), flat_states(s64, net64)):
+        assert a.dtype == np.float32
+        assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    _, Y32, _ = net32.forward(X32, pk, return_sequences=rs)
+    _, Y64, _ = net64.forward(X64, pk, return_sequences=rs)
+    assert Y32.dtype == np.float32
+    assert_allclose(Y32, Y64, rtol=1e-4, atol=1e-5)
