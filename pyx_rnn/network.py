@@ -8,6 +8,7 @@ full or truncated BPTT, and clips gradients. Optimisers live in
 """
 
 import math
+import threading
 from collections import deque
 
 import numpy as np
@@ -137,6 +138,7 @@ class Network:
         self.weights = self._views(self.params)
         self.grad_views = self._views(self.grads)
         self._pool = {}  # training buffers reused from batch to batch
+        self._local = threading.local()  # prediction buffers, one set per thread
         if cell == "jordan":
             self._layer_names = {
                 f"_l{k}": list(self.jordan.layer_shapes(k))
@@ -149,13 +151,14 @@ class Network:
         # views and gradients are rebuilt on load: pickles stay small and the
         # views keep pointing into the flat parameter vector
         state = self.__dict__.copy()
-        for key in ("weights", "grad_views", "grads", "_pool"):
+        for key in ("weights", "grad_views", "grads", "_pool", "_local"):
             state.pop(key, None)
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._pool = {}
+        self._local = threading.local()
         self.grads = np.zeros_like(self.params)
         self.weights = self._views(self.params)
         self.grad_views = self._views(self.grads)
@@ -356,8 +359,13 @@ class Network:
         states : list
             Final states, to continue the sequences later.
         """
+        # buffers reused from call to call, one set per thread: predict is
+        # thread-safe, and no buffer escapes (the outputs below are copies)
+        pool = getattr(self._local, "pool", None)
+        if pool is None:
+            pool = self._local.pool = {}
         top, states, _ = self._stack_forward(
-            X, packing, initial_state, None, 0.0, None, n_threads, block_rows)
+            X, packing, initial_state, None, 0.0, None, n_threads, block_rows, pool)
         feats, rows = self._gather_top(top, packing, return_sequences)
         Z, Y = self._head(feats, rows)
         return Z, Y, states
