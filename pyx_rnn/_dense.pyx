@@ -95,3 +95,31 @@ def accumulate_column_sums(floating[:, :] A, floating[::1] out):
         for i in range(R):
             for j in range(M):
                 out[j] += A[i, j]
+
+
+def gather_rows(const Py_ssize_t[::1] ids, floating[::1] weights,
+                floating[:, ::1] table, floating[:, ::1] out, int n_threads):
+    """``out[r] = weights[r] * table[ids[r]]``: an embedding lookup, or the
+    product of weighted one-hot vectors with a weight matrix (stored as its
+    transpose, one row per token)."""
+    cdef Py_ssize_t R = ids.shape[0], r
+    cdef Py_ssize_t M = table.shape[1], j
+    cdef floating w
+    for r in prange(R, nogil=True, schedule="static", num_threads=n_threads):
+        w = weights[r]
+        for j in range(M):
+            out[r, j] = w * table[ids[r], j]
+
+
+def scatter_add_rows(const Py_ssize_t[::1] ids, floating[::1] weights,
+                     floating[:, ::1] src, floating[:, ::1] table):
+    """``table[ids[r]] += weights[r] * src[r]`` for every r, in order: the
+    gradient of ``gather_rows`` (deterministic: one thread, fixed order)."""
+    cdef Py_ssize_t R = ids.shape[0], r
+    cdef Py_ssize_t M = table.shape[1], j
+    cdef floating w
+    with nogil:
+        for r in range(R):
+            w = weights[r]
+            for j in range(M):
+                table[ids[r], j] += w * src[r, j]

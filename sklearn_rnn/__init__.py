@@ -8,5 +8,7 @@ from pyx_rnn import __version__
 
 from ._classifier import RNNClassifier
 from ._regressor import RNNRegressor
+from .text import OneHot, TfidfSequence, TokenSequences
 
-__all__ = ["RNNClassifier", "RNNRegressor", "__version__"]
+__all__ = ["OneHot", "RNNClassifier", "RNNRegressor", "TfidfSequence",
+           "TokenSequences", "__version__"]
