@@ -566,13 +566,16 @@ def loss_and_gradient(loss, output_activation, Z, Y, T, weight, total_weight):
     """Weighted loss of some rows and its gradient w.r.t. the pre-activation.
 
     The loss is ``sum(weight * per_row_loss) / total_weight``; for squared
-    error the per-row loss is ``0.5 * sum((y - t)**2)`` (sklearn's MLP). Log
+    error the per-row loss is ``0.5 * mean((y - t)**2)`` over the outputs
+    (sklearn's MLP). Log
     losses are computed from the pre-activation ``Z`` when it is known, which
     is exact for any input; Jordan networks only expose ``Y``, which is then
     clipped away from 0 and 1.
     """
     w = (weight / total_weight).astype(Y.dtype)[:, None]
     if loss == "squared_error":
+        # averaged over the outputs too, as sklearn's MLP
+        w = w / Y.shape[1]
         diff = Y - T
         value = 0.5 * float(np.sum(w * diff * diff))
         dY = w * diff

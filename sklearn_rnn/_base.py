@@ -2,6 +2,7 @@
 
 import time
 import warnings
+from contextlib import nullcontext
 from numbers import Integral, Real
 
 import numpy as np
@@ -19,6 +20,14 @@ from pyx_rnn.network import Network
 from pyx_rnn.optim import Adam, SGD
 
 from ._sequences import Sequences, check_sequences
+
+try:
+    # the kernels' entry points reject NaN/infinity unless told otherwise;
+    # training detects divergence from the loss itself (see _train_epochs)
+    from pyx_rnn._checks import finite_checks
+except ImportError:  # an engine without argument checks
+    def finite_checks(enabled):
+        return nullcontext()
 
 # Sequences per forward pass at prediction: bounds the memory of the caches.
 PREDICT_CHUNK = 256
@@ -216,6 +225,9 @@ class BaseRNN(BaseEstimator):
                     f"weight per sequence, shape ({len(seqs)},)")
             if not np.all(np.isfinite(sample_weight)) or np.any(sample_weight < 0):
                 raise ValueError("sample_weight must be finite and non-negative")
+            if not np.any(sample_weight > 0):
+                raise ValueError("Sample weights must contain at least one non-zero "
+                                 "number; all sample_weight are zero")
         rng = check_random_state(self.random_state)
         if first_call:
             self._build(sizes, targets.shape[1], rng)
@@ -264,19 +276,22 @@ class BaseRNN(BaseEstimator):
         return batches
 
     def _train(self, seqs, targets, sample_weight, incremental, n_threads):
-        net = self._network
         n = len(seqs)
         if self.early_stopping and not incremental:
+            # train_test_split takes ceil(fraction * n) for validation; check
+            # first, as it refuses test_size=0 with a message about itself
+            n_val = int(np.ceil(self.validation_fraction * n))
+            if n_val == 0 or n_val >= n:
+                raise ValueError(
+                    f"early_stopping needs a validation set, but validation_fraction="
+                    f"{self.validation_fraction} of {n} sequences leaves "
+                    f"{'no validation' if n_val == 0 else 'no training'} sequence; "
+                    "change validation_fraction or turn early_stopping off")
             stratify = self._stratify_labels(targets) if not self.return_sequences else None
             train_idx, val_idx = train_test_split(
                 np.arange(n), test_size=self.validation_fraction,
                 random_state=self._rng.integers(np.iinfo(np.int32).max),
                 stratify=stratify)
-            if len(val_idx) == 0 or len(train_idx) == 0:
-                raise ValueError(
-                    f"early_stopping needs a validation set, but validation_fraction="
-                    f"{self.validation_fraction} of {n} sequences leaves none; raise "
-                    "validation_fraction or turn early_stopping off")
         else:
             train_idx, val_idx = np.arange(n), None
         batch_size = self._batch_size(len(train_idx))
@@ -285,6 +300,20 @@ class BaseRNN(BaseEstimator):
         tbptt = None if self.tbptt_k1 is None else (self.tbptt_k1, self.tbptt_k2)
         max_iter = 1 if incremental else self.max_iter
         start = time.perf_counter()
+        # A diverging fit overflows: the loss is checked after every batch and
+        # the parameters after every epoch, and divergence is reported once
+        # as a ConvergenceWarning, not as NumPy's overflow RuntimeWarnings nor
+        # as the kernels' errors on non-finite intermediate results (inputs
+        # and parameters are finite when training starts).
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
+                finite_checks(False):
+            self._train_epochs(seqs, targets, sample_weight, incremental, n_threads,
+                               train_idx, val_idx, batch_size, tbptt, max_iter,
+                               start)
+
+    def _train_epochs(self, seqs, targets, sample_weight, incremental, n_threads,
+                      train_idx, val_idx, batch_size, tbptt, max_iter, start):
+        net = self._network
         try:
             for epoch in range(max_iter):
                 limit = self._curriculum_length(seqs, epoch, max_iter, incremental)
@@ -301,6 +330,11 @@ class BaseRNN(BaseEstimator):
                     weight += w
                     self.t_ += len(b)
                     self._schedule()
+                if not np.all(np.isfinite(net.params)):
+                    # the last step overflowed, after a finite loss
+                    net.params[:] = params_before
+                    self._diverged()
+                    return
                 epoch_loss = total / max(weight, 1e-300)
                 self.n_iter_ += 1
                 self.loss_curve_.append(epoch_loss)
@@ -342,6 +376,10 @@ class BaseRNN(BaseEstimator):
     def _step(self, seqs, targets, sample_weight, b, tbptt, n_threads, limit):
         net = self._network
         X, packing, T, sw = self._batch_arrays(seqs, targets, sample_weight, b, limit)
+        if not np.any(sw > 0):
+            # every sequence of the batch has zero weight: nothing to learn
+            # (the engine would divide by a total weight of 0)
+            return 0.0, 0.0
         value, _ = net.loss_gradient(
             X, packing, T, self._loss, sample_weight=sw,
             return_sequences=self.return_sequences, alpha=self.alpha,
@@ -440,8 +478,9 @@ class BaseRNN(BaseEstimator):
         n = len(seqs)
         # longest first, so that each chunk holds sequences of similar length
         order = np.argsort(-seqs.lengths, kind="stable")
+        # float64 out whatever the network's dtype, as every sklearn estimator
         out = [None] * n if self.return_sequences else np.empty((n, net.n_output),
-                                                                 net.dtype)
+                                                                 np.float64)
         with threadpool_limits(limits=1, user_api="blas"):
             for s in range(0, n, PREDICT_CHUNK):
                 idx = order[s:s + PREDICT_CHUNK]
@@ -452,7 +491,7 @@ class BaseRNN(BaseEstimator):
                 chosen = idx[packing.order]
                 if self.return_sequences:
                     for b in range(packing.n_sequences):
-                        out[chosen[b]] = Y[packing.rows_of(b)]
+                        out[chosen[b]] = Y[packing.rows_of(b)].astype(np.float64)
                 else:
                     out[chosen] = Y
         return out
@@ -517,6 +556,20 @@ class BaseRNN(BaseEstimator):
                 f"This model was saved with sklearn-rnn {saved} and is loaded with "
                 f"{__version__}; results may differ.", UserWarning)
         super().__setstate__(state)
+        net = self.__dict__.get("_network")
+        if net is not None and not net.params.flags.writeable:
+            # loaded from a read-only memory map (joblib.load(mmap_mode='r')):
+            # the kernels and the optimiser write into the parameters, so work
+            # on a copy, and point the optimiser at it
+            net_state = net.__getstate__()
+            net_state["params"] = np.array(net.params)
+            net.__setstate__(net_state)
+            opt = self.__dict__.get("_optimizer")
+            if opt is not None:
+                for key, value in vars(opt).items():
+                    if isinstance(value, np.ndarray) and not value.flags.writeable:
+                        setattr(opt, key, np.array(value))
+                opt.params = net.params
 
 
 def _suffixes(seqs, idx, limit):

@@ -1,9 +1,13 @@
 """RNNClassifier: recurrent network classification of sequences or steps."""
 
+import warnings
+
 import numpy as np
 from sklearn.base import ClassifierMixin
+from sklearn.exceptions import DataConversionWarning
 from sklearn.metrics import accuracy_score
 from sklearn.preprocessing import LabelBinarizer
+from sklearn.utils import assert_all_finite
 from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted
@@ -101,7 +105,8 @@ class RNNClassifier(ClassifierMixin, BaseRNN):
 
     def _validate_targets(self, y, seqs, first_call, classes=None):
         if y is None:
-            raise ValueError("y is None; RNNClassifier needs labels")
+            raise ValueError("RNNClassifier requires y to be passed, but the target "
+                             "y is None")
         if self.return_sequences:
             labels, _ = check_step_targets(y, seqs)
             if labels.shape[1] != 1:
@@ -111,6 +116,10 @@ class RNNClassifier(ClassifierMixin, BaseRNN):
         else:
             labels = np.asarray(y)
             if labels.ndim == 2 and labels.shape[1] == 1:
+                warnings.warn(
+                    "A column-vector y was passed when a 1d array was expected. "
+                    "Please change the shape of y to (n_samples,), for example "
+                    "using ravel().", DataConversionWarning, stacklevel=5)
                 labels = labels[:, 0]
             if labels.ndim == 0 or labels.ndim > 2:
                 raise ValueError(f"y has {labels.ndim} dimensions; expected labels "
@@ -119,6 +128,9 @@ class RNNClassifier(ClassifierMixin, BaseRNN):
             if len(labels) != len(seqs):
                 raise ValueError(f"y has {len(labels)} labels but X has {len(seqs)} "
                                  "sequences; they must match")
+        if labels.dtype.kind in "fc":
+            # before type_of_target, which casts to int (NaN/inf: warnings)
+            assert_all_finite(labels, input_name="y")
         kind = type_of_target(labels, input_name="y")
         if kind not in ("binary", "multiclass", "multilabel-indicator"):
             raise ValueError(
@@ -131,8 +143,8 @@ class RNNClassifier(ClassifierMixin, BaseRNN):
                           (np.asarray(classes) if kind != "multilabel-indicator" else labels))
             if kind != "multilabel-indicator" and len(binarizer.classes_) < 2:
                 raise ValueError(
-                    f"y has a single class ({binarizer.classes_[0]!r}); a classifier "
-                    "needs at least 2 classes")
+                    f"y has only one class ({binarizer.classes_[0]!r}); a "
+                    "classifier needs at least 2 classes")
             self._label_binarizer = binarizer
             self.classes_ = binarizer.classes_
             self._multiclass = kind != "multilabel-indicator" and len(self.classes_) > 2

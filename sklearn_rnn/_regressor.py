@@ -163,7 +163,8 @@ class RNNRegressor(RegressorMixin, BaseRNN):
 
     def _validate_targets(self, y, seqs, first_call, classes=None):
         if y is None:
-            raise ValueError("y is None; RNNRegressor needs targets")
+            raise ValueError("RNNRegressor requires y to be passed, but the target "
+                             "y is None")
         if self.return_sequences:
             targets, one_d = check_step_targets(y, seqs, dtype=np.float64)
         else:

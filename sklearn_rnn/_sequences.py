@@ -16,6 +16,7 @@ takes (``pyx_rnn.packing``), so variable lengths never need padding.
 import numbers
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.utils import assert_all_finite
 from sklearn.utils.validation import check_array
 
@@ -95,6 +96,9 @@ def check_sequences(X, *, dtype=np.float64, n_features=None, max_steps=MAX_STEPS
     if X is None:
         raise ValueError("X is None; pass sequences as a 3-D array "
                          "(n_sequences, n_steps, n_features) or a list of 2-D arrays")
+    if sp.issparse(X):
+        raise TypeError("Sparse data was passed for X, but dense data is required; "
+                        "use X.toarray() to convert it to a dense array")
     if hasattr(X, "__array__") and not isinstance(X, (list, tuple)):
         arr = np.asarray(X)
         if arr.dtype == object:
@@ -168,10 +172,10 @@ def _check_numeric(a, what="X"):
             raise ValueError(f"{what} is complex; pass real numbers")
         try:
             a.astype(np.float64)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError) as exc:
             raise TypeError(
-                f"{what} has non-numeric data (dtype {a.dtype}); convert it to numbers "
-                "first, e.g. with sklearn_rnn.OneHot for text") from None
+                f"{what} has non-numeric data (dtype {a.dtype}): {exc}. Convert it "
+                "to numbers first (e.g. one-hot encode text)") from None
 
 
 def _finish(seqs, n_features, max_steps):

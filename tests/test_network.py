@@ -325,7 +325,8 @@ def reference_truncated(net, x, t, k1, k2):
     step e - k2."""
     n_steps = len(x)
     L = len(net.hidden_sizes)
-    w = 1.0 / n_steps  # row weight / total weight for one sequence
+    # row weight / total weight for one sequence, averaged over the outputs
+    w = 1.0 / n_steps / net.n_output
     expected = {name: np.zeros(shape) for name, shape in net.shapes.items()}
     windows = [(s, min(s + k1, n_steps)) for s in range(0, n_steps, k1)]
 
