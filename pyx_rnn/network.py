@@ -13,6 +13,7 @@ from collections import deque
 
 import numpy as np
 
+from . import _dense
 from .layers import (
     OUTPUT_ACTIVATIONS,
     JordanSpec,
@@ -52,6 +53,14 @@ class Network:
         product.
     layer_norm : bool, default=False
         Layer normalisation of every gate's pre-activation.
+    embedding_dim : int, optional
+        Read token input (``TokenInput``: ids below ``n_input`` and weights)
+        through a learned embedding of this size (``embedding.weight``,
+        shape ``(n_input, embedding_dim)``).
+    token_input : bool, default=False
+        Read token input without an embedding: the first layer's input
+        projection is then a row gather of its input weights, the product
+        with the weighted one-hot vectors of ``n_input`` entries.
     dtype : {numpy.float32, numpy.float64}
 
     Examples
@@ -70,7 +79,8 @@ class Network:
     def __init__(self, cell, n_input, hidden_sizes, n_output, *,
                  bidirectional=False, activation="tanh",
                  output_activation="identity", peephole=False,
-                 reset_after=True, layer_norm=False, dtype=np.float32):
+                 reset_after=True, layer_norm=False, embedding_dim=None,
+                 token_input=False, dtype=np.float32):
         if cell not in CELL_NAMES:
             raise ValueError(f"cell must be one of {CELL_NAMES}, got {cell!r}")
         if activation not in ("tanh", "relu"):
@@ -102,10 +112,16 @@ class Network:
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.embedding_dim = None if embedding_dim is None else int(embedding_dim)
+        self.token_input = bool(token_input) or self.embedding_dim is not None
 
         shapes = {}
+        n_first = self.n_input
+        if self.embedding_dim is not None:
+            shapes["embedding.weight"] = (self.n_input, self.embedding_dim)
+            n_first = self.embedding_dim
         if cell == "jordan":
-            self.jordan = JordanSpec(self.n_input, hidden_sizes, self.n_output,
+            self.jordan = JordanSpec(n_first, hidden_sizes, self.n_output,
                                      activation, output_activation, self.layer_norm)
             self.specs = []
             for k in range(len(hidden_sizes)):
@@ -115,7 +131,7 @@ class Network:
             self.jordan = None
             self.specs = []  # one list of directions per layer
             n_dirs = 2 if self.bidirectional else 1
-            n_in = self.n_input
+            n_in = n_first
             for k, h in enumerate(hidden_sizes):
                 layer = []
                 for reverse in range(n_dirs):
@@ -185,7 +201,9 @@ class Network:
         w = self.weights
         self.params[:] = 0
         for name, shape in self.shapes.items():
-            if name.startswith("weight_ih") or name == "output.weight":
+            if name == "embedding.weight":
+                w[name][...] = rng.standard_normal(shape)  # as torch.nn.Embedding
+            elif name.startswith("weight_ih") or name == "output.weight":
                 w[name][...] = _glorot(rng, shape)
             elif name.startswith("weight_hh"):
                 # one orthogonal block per gate (Jordan: one rectangular block)
@@ -221,9 +239,21 @@ class Network:
 
     def _stack_forward(self, X, packing, states, rmasks, dropout, rng, n_threads,
                        block_rows, pool=None):
-        """Run the stack over packed rows ``X``; returns the top output (the
-        hidden states of the top layer, or the output ``Y`` for Jordan), the
-        final states and a cache."""
+        """Run the stack over packed rows ``X`` (a ``TokenInput`` for token
+        networks); returns the top output (the hidden states of the top layer,
+        or the output ``Y`` for Jordan), the final states and a cache."""
+        tokens = None
+        if self.embedding_dim is not None:
+            tokens = X
+            X = np.empty((len(tokens), self.embedding_dim), self.dtype)
+            _dense.gather_rows(tokens.ids, tokens.weights.astype(self.dtype, copy=False),
+                               self.weights["embedding.weight"], X, n_threads)
+        top, new_states, caches = self._layers_forward(
+            X, packing, states, rmasks, dropout, rng, n_threads, block_rows, pool)
+        return top, new_states, (caches, tokens)
+
+    def _layers_forward(self, X, packing, states, rmasks, dropout, rng, n_threads,
+                        block_rows, pool):
         bs, off = packing.batch_sizes, packing.offsets
         keep = 1.0 - dropout
         if self.jordan is not None:
@@ -261,23 +291,34 @@ class Network:
             new_states.append(layer_states)
         return inp, new_states, caches
 
-    def _stack_backward(self, caches, d_top, d_states, t_stop, n_threads,
+    def _stack_backward(self, cache, d_top, d_states, t_stop, n_threads,
                         pool=None):
         """Back-propagate ``d_top`` (dL/d top hidden states, or dL/dz of the
         output for Jordan) through the stack, adding to ``self.grad_views``.
         ``d_states`` are dL/d(final states) (None: zeros). Returns dL/d(initial
         states), in the layout of the states."""
+        caches, tokens = cache
+        d_init, dX = self._layers_backward(caches, d_top, d_states, t_stop,
+                                           n_threads, pool, tokens is not None)
+        if tokens is not None:
+            _dense.scatter_add_rows(tokens.ids,
+                                    tokens.weights.astype(self.dtype, copy=False), dX,
+                                    self.grad_views["embedding.weight"])
+        return d_init
+
+    def _layers_backward(self, caches, d_top, d_states, t_stop, n_threads, pool,
+                         need_dx):
         g = self.grad_views
         if self.jordan is not None:
             L = len(self.hidden_sizes)
             ws = [self._layer(self.weights, f"_l{k}") for k in range(L)]
             gs = [self._layer(g, f"_l{k}") for k in range(L)]
-            _, dF = jordan_backward(
+            dX, dF = jordan_backward(
                 self.jordan, ws, self.weights["output.weight"], gs,
                 {"weight": g["output.weight"], "bias": g["output.bias"]},
-                caches, d_top, d_states, t_stop=t_stop, need_dx=False,
+                caches, d_top, d_states, t_stop=t_stop, need_dx=need_dx,
                 n_threads=n_threads)
-            return dF
+            return dF, dX
         d_init = [None] * len(self.specs)
         dH = d_top
         for k in range(len(self.specs) - 1, -1, -1):
@@ -292,15 +333,15 @@ class Network:
                 dX_d, dh0, dc0 = layer_backward(
                     spec, self._layer(self.weights, sfx), self._layer(g, sfx),
                     layer_caches[d], dH_d, dh_n, dc_n, t_stop=t_stop,
-                    need_dx=k > 0, n_threads=n_threads,
+                    need_dx=k > 0 or need_dx, n_threads=n_threads,
                     pool=None if pool is None else pool.setdefault(sfx, {}))
                 layer_d.append((dh0, dc0))
-                if k > 0:
+                if dX_d is not None:
                     dX = dX_d if dX is None else dX + dX_d
             d_init[k] = layer_d
             if k > 0:
                 dH = dX * drop if drop is not None else dX
-        return d_init
+        return d_init, dX
 
     def _head(self, top, rows):
         """Output layer on the given rows of the top output: (Z, Y)."""

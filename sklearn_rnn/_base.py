@@ -74,6 +74,9 @@ class BaseRNN(BaseEstimator):
         "curriculum": [None, Interval(Integral, 1, None, closed="left")],
         "dtype": [StrOptions({"float32", "float64"})],
         "n_threads": [None, Integral],
+        "embedding_dim": [None, Interval(Integral, 1, None, closed="left")],
+        "embeddings": [None, "array-like"],
+        "freeze_embeddings": ["boolean"],
     }
 
     def __init__(self, *, cell="lstm", hidden_layer_sizes=(32,), activation="tanh",
@@ -87,7 +90,8 @@ class BaseRNN(BaseEstimator):
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  n_iter_no_change=10, clip_norm=1.0, clip_value=None,
                  tbptt_k1=None, tbptt_k2=None, curriculum=None, dtype="float32",
-                 n_threads=None):
+                 n_threads=None, embedding_dim=None, embeddings=None,
+                 freeze_embeddings=False):
         self.cell = cell
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -125,6 +129,9 @@ class BaseRNN(BaseEstimator):
         self.curriculum = curriculum
         self.dtype = dtype
         self.n_threads = n_threads
+        self.embedding_dim = embedding_dim
+        self.embeddings = embeddings
+        self.freeze_embeddings = freeze_embeddings
 
     # ------------------------------------------------------------------
     # hooks for subclasses
@@ -184,15 +191,19 @@ class BaseRNN(BaseEstimator):
     # training
     # ------------------------------------------------------------------
 
-    def _build(self, sizes, n_outputs, rng):
+    def _build(self, sizes, n_outputs, rng, seqs):
         self._dtype = np.dtype(self.dtype)
+        embedding_dim, embeddings = self._check_embeddings(seqs)
         self._network = Network(
             self.cell, self.n_features_in_, sizes, n_outputs,
             bidirectional=self.bidirectional, activation=self.activation,
             output_activation=self._out_activation, peephole=self.peephole,
             reset_after=self.reset_after, layer_norm=self.layer_norm,
+            embedding_dim=embedding_dim, token_input=seqs.tokens,
             dtype=self._dtype)
         self._network.init_weights(rng)
+        if embeddings is not None:
+            self._network.weights["embedding.weight"][...] = embeddings
         self._optimizer = None
         self.n_iter_ = 0
         self.t_ = 0
@@ -204,6 +215,32 @@ class BaseRNN(BaseEstimator):
         self._best_params = None
         self._lr = self.learning_rate_init
         self._sklearn_rnn_version = __version__
+
+    def _check_embeddings(self, seqs):
+        """Embedding size and pretrained matrix (or None), validated."""
+        if self.embeddings is None and self.embedding_dim is None:
+            if self.freeze_embeddings:
+                raise ValueError("freeze_embeddings=True needs an embedding: set "
+                                 "embeddings= (a pretrained matrix) or embedding_dim")
+            return None, None
+        if not seqs.tokens:
+            raise ValueError(
+                "an embedding (embedding_dim or embeddings) reads token sequences; "
+                "transform text with sklearn_rnn.OneHot or TfidfSequence first")
+        if self.embeddings is None:
+            return self.embedding_dim, None
+        emb = np.asarray(self.embeddings, dtype=np.float64)
+        if emb.ndim != 2 or emb.shape[0] != seqs.n_tokens:
+            raise ValueError(
+                f"embeddings must have shape (n_tokens, embedding_dim) = "
+                f"({seqs.n_tokens}, d), one row per token of the transformer's "
+                f"get_feature_names_out(); got {emb.shape}")
+        if self.embedding_dim is not None and self.embedding_dim != emb.shape[1]:
+            raise ValueError(f"embedding_dim={self.embedding_dim} disagrees with "
+                             f"embeddings of width {emb.shape[1]}")
+        if not np.all(np.isfinite(emb)):
+            raise ValueError("embeddings contain NaN or infinity")
+        return emb.shape[1], emb
 
     def _make_optimizer(self):
         params = self._network.params
@@ -230,7 +267,7 @@ class BaseRNN(BaseEstimator):
                                  "number; all sample_weight are zero")
         rng = check_random_state(self.random_state)
         if first_call:
-            self._build(sizes, targets.shape[1], rng)
+            self._build(sizes, targets.shape[1], rng, seqs)
         elif self.warm_start and not incremental:
             self._check_same_architecture(sizes)
         self._rng = getattr(self, "_rng", None) if incremental else None
@@ -387,6 +424,8 @@ class BaseRNN(BaseEstimator):
             rng=self._rng, tbptt=tbptt, n_threads=n_threads)
         if not np.isfinite(value):
             return value, 0.0
+        if self.freeze_embeddings and "embedding.weight" in net.grad_views:
+            net.grad_views["embedding.weight"][...] = 0
         net.clip_gradients(self.clip_norm, self.clip_value)
         self._optimizer.step(net.grads)
         return value, float(sw.sum())
@@ -396,13 +435,13 @@ class BaseRNN(BaseEstimator):
         curriculum ``limit``, only their last ``limit`` steps."""
         b = np.asarray(b)
         if limit is None:
-            X, packing = seqs.batch(b)
+            X, packing = seqs.batch(b, self._dtype)
             if self.return_sequences:
                 rows = seqs.step_rows(b, packing)
         else:
             part, source_rows = _suffixes(seqs, b, limit)
             local = np.arange(len(b))
-            X, packing = part.batch(local)
+            X, packing = part.batch(local, self._dtype)
             if self.return_sequences:
                 rows = source_rows[part.step_rows(local, packing)]
         chosen = b[packing.order]
@@ -484,7 +523,7 @@ class BaseRNN(BaseEstimator):
         with threadpool_limits(limits=1, user_api="blas"):
             for s in range(0, n, PREDICT_CHUNK):
                 idx = order[s:s + PREDICT_CHUNK]
-                X, packing = seqs.batch(idx)
+                X, packing = seqs.batch(idx, net.dtype)
                 _, Y, _ = net.forward(X, packing,
                                       return_sequences=self.return_sequences,
                                       n_threads=n_threads)
@@ -580,4 +619,4 @@ def _suffixes(seqs, idx, limit):
     keep = np.minimum(lengths, limit)
     rows = np.concatenate([np.arange(s + n - k, s + n) for s, n, k in
                            zip(starts, lengths, keep)])
-    return Sequences(np.ascontiguousarray(seqs.data[rows]), keep), rows
+    return Sequences(np.ascontiguousarray(seqs.data[rows]), keep, seqs.n_tokens), rows

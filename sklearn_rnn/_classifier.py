@@ -76,7 +76,8 @@ class RNNClassifier(ClassifierMixin, BaseRNN):
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  n_iter_no_change=10, clip_norm=1.0, clip_value=None,
                  tbptt_k1=None, tbptt_k2=None, curriculum=None, dtype="float32",
-                 n_threads=None, class_weight=None):
+                 n_threads=None, embedding_dim=None, embeddings=None,
+                 freeze_embeddings=False, class_weight=None):
         super().__init__(
             cell=cell, hidden_layer_sizes=hidden_layer_sizes, activation=activation,
             bidirectional=bidirectional, dropout=dropout,
@@ -92,7 +93,8 @@ class RNNClassifier(ClassifierMixin, BaseRNN):
             epsilon=epsilon, n_iter_no_change=n_iter_no_change,
             clip_norm=clip_norm, clip_value=clip_value, tbptt_k1=tbptt_k1,
             tbptt_k2=tbptt_k2, curriculum=curriculum, dtype=dtype,
-            n_threads=n_threads)
+            n_threads=n_threads, embedding_dim=embedding_dim, embeddings=embeddings,
+            freeze_embeddings=freeze_embeddings)
         self.class_weight = class_weight
 
     @property

@@ -89,6 +89,15 @@ class RNNRegressor(RegressorMixin, BaseRNN):
     dtype : {'float32', 'float64'}, default='float32'
     n_threads : int or None, default=None
         OpenMP threads (None: all cores; negative: as in joblib).
+    embedding_dim : int or None, default=None
+        With token sequences (from :class:`OneHot` or :class:`TfidfSequence`),
+        read them through a learned dense embedding of this size. None feeds
+        the weighted one-hot steps to the first layer directly.
+    embeddings : array-like of shape (n_tokens, embedding_dim), default=None
+        Pretrained embeddings (e.g. word2vec or GloVe rows, in the order of
+        the transformer's ``get_feature_names_out()``) to start from.
+    freeze_embeddings : bool, default=False
+        Keep the embeddings fixed during training.
 
     Attributes
     ----------
@@ -136,7 +145,8 @@ class RNNRegressor(RegressorMixin, BaseRNN):
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  n_iter_no_change=10, clip_norm=1.0, clip_value=None,
                  tbptt_k1=None, tbptt_k2=None, curriculum=None, dtype="float32",
-                 n_threads=None):
+                 n_threads=None, embedding_dim=None, embeddings=None,
+                 freeze_embeddings=False):
         super().__init__(
             cell=cell, hidden_layer_sizes=hidden_layer_sizes, activation=activation,
             bidirectional=bidirectional, dropout=dropout,
@@ -152,7 +162,8 @@ class RNNRegressor(RegressorMixin, BaseRNN):
             epsilon=epsilon, n_iter_no_change=n_iter_no_change,
             clip_norm=clip_norm, clip_value=clip_value, tbptt_k1=tbptt_k1,
             tbptt_k2=tbptt_k2, curriculum=curriculum, dtype=dtype,
-            n_threads=n_threads)
+            n_threads=n_threads, embedding_dim=embedding_dim, embeddings=embeddings,
+            freeze_embeddings=freeze_embeddings)
         self.output_activation = output_activation
 
     _loss = "squared_error"

@@ -21,6 +21,9 @@ from sklearn.utils import assert_all_finite
 from sklearn.utils.validation import check_array
 
 from pyx_rnn.packing import Packing
+from pyx_rnn.tokens import TokenInput
+
+from .text import TokenSequences
 
 # Longest sequence accepted: the kernels index steps with C ints.
 MAX_STEPS = 2**31 - 1
@@ -32,22 +35,31 @@ class Sequences:
     Parameters
     ----------
     data : ndarray of shape (total_steps, n_features)
+        For token sequences (``n_tokens`` given), two columns: token id and
+        weight of every step.
     lengths : ndarray of shape (n_sequences,)
+    n_tokens : int, optional
+        Vocabulary size of token sequences (the size of their one-hot steps).
     """
 
-    def __init__(self, data, lengths):
+    def __init__(self, data, lengths, n_tokens=None):
         self.data = data
         self.lengths = np.asarray(lengths, dtype=np.intp)
         self.starts = np.zeros(len(self.lengths), dtype=np.intp)
         np.cumsum(self.lengths[:-1], out=self.starts[1:])
         self.fixed_length = bool(np.all(self.lengths == self.lengths[0]))
+        self.n_tokens = n_tokens
 
     def __len__(self):
         return len(self.lengths)
 
     @property
+    def tokens(self):
+        return self.n_tokens is not None
+
+    @property
     def n_features(self):
-        return self.data.shape[1]
+        return self.n_tokens if self.tokens else self.data.shape[1]
 
     def rows(self, idx):
         """Rows of ``data`` of the sequences ``idx``, in that order."""
@@ -56,23 +68,26 @@ class Sequences:
 
     def subset(self, idx):
         """The sequences ``idx`` as a new ``Sequences``."""
-        return Sequences(self.data[self.rows(idx)], self.lengths[idx])
+        return Sequences(self.data[self.rows(idx)], self.lengths[idx], self.n_tokens)
 
-    def batch(self, idx):
-        """Packed rows and packing of the sequences ``idx`` (in that order)."""
+    def batch(self, idx, dtype=None):
+        """Packed rows and packing of the sequences ``idx`` (in that order).
+
+        Token sequences give a ``TokenInput`` (ids and weights of ``dtype``).
+        """
         idx = np.asarray(idx, dtype=np.intp)
         packing = Packing.from_lengths(self.lengths[idx])
-        chosen = idx[packing.order]
         if self.fixed_length:
             T = int(self.lengths[0])
+            chosen = idx[packing.order]
             rows = (self.starts[chosen][None, :] + np.arange(T)[:, None]).ravel()
         else:
-            b = np.concatenate([np.arange(n, dtype=np.intp)
-                                for n in packing.batch_sizes])
-            t = np.repeat(np.arange(packing.n_steps, dtype=np.intp),
-                          packing.batch_sizes)
-            rows = self.starts[chosen[b]] + t
-        return np.ascontiguousarray(self.data[rows]), packing
+            rows = self.step_rows(idx, packing)
+        data = self.data[rows]
+        if self.tokens:
+            return TokenInput(data[:, 0].astype(np.intp),
+                              data[:, 1].astype(dtype or np.float64)), packing
+        return np.ascontiguousarray(data), packing
 
     def step_rows(self, idx, packing):
         """For every packed row of ``batch(idx)``, the row in ``data`` (used
@@ -99,6 +114,8 @@ def check_sequences(X, *, dtype=np.float64, n_features=None, max_steps=MAX_STEPS
     if sp.issparse(X):
         raise TypeError("Sparse data was passed for X, but dense data is required; "
                         "use X.toarray() to convert it to a dense array")
+    if isinstance(X, TokenSequences):
+        return _check_tokens(X, n_features)
     if hasattr(X, "__array__") and not isinstance(X, (list, tuple)):
         arr = np.asarray(X)
         if arr.dtype == object:
@@ -164,6 +181,26 @@ def check_sequences(X, *, dtype=np.float64, n_features=None, max_steps=MAX_STEPS
             "every step of every sequence must have the same features")
     data = np.ascontiguousarray(np.concatenate(arrays, axis=0), dtype=dtype)
     return _finish(Sequences(data, [len(a) for a in arrays]), n_features, max_steps)
+
+
+def _check_tokens(X, n_features):
+    """Token sequences from OneHot / TfidfSequence."""
+    if len(X) == 0:
+        raise ValueError("X has no sequences (0 samples); at least one is required")
+    if np.any(X.lengths < 1):
+        raise ValueError("X has a sequence of length 0; every sequence needs at "
+                         "least one step")
+    if X.ids.size and (X.ids.min() < 0 or X.ids.max() >= X.n_features):
+        raise ValueError(f"X has token ids outside [0, {X.n_features}); they must "
+                         "index the vocabulary")
+    if not np.all(np.isfinite(X.weights)):
+        raise ValueError("X has NaN or infinite token weights")
+    if n_features is not None and X.n_features != n_features:
+        raise ValueError(
+            f"X has a vocabulary of {X.n_features} tokens, but this estimator was "
+            f"fitted with {n_features}; transform with the same fitted transformer")
+    data = np.column_stack([X.ids.astype(np.float64), X.weights])
+    return Sequences(data, X.lengths, n_tokens=X.n_features)
 
 
 def _check_numeric(a, what="X"):
