@@ -9,7 +9,8 @@ raise and never hold the GIL.
 
 Parallelism: sequences are independent, so the batch is cut into blocks of
 ``block_rows`` sequences and each OpenMP thread runs whole blocks through all
-time steps, with its own single-threaded BLAS calls. The cut depends only on
+time steps, with its own single-threaded BLAS calls; no more threads than
+blocks are started, so that a small batch pays for no idle team. The cut depends only on
 the batch size and ``block_rows``, never on the thread count, so every
 floating-point operation happens in the same order whatever the number of
 threads: results are bitwise identical with 1 thread or many.
@@ -247,7 +248,7 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
     cdef floating* pwork = ptr2(work)
     cdef Py_ssize_t wstride = work.shape[1]
     for k in prange(n_blocks, nogil=True, schedule="dynamic",
-                    num_threads=n_threads):
+                    num_threads=min(n_threads, n_blocks)):
         lo = k * block_rows
         hi = min(lo + block_rows, B)
         forward_block(&d, lo, hi, pbs, poff, pG, pW, pb, ppeep, plnw, plnb,
@@ -320,7 +321,7 @@ def recurrent_backward(int cell, int activation, bint reverse,
     cdef Py_ssize_t lstride = dln_w.shape[1]
     cdef const Py_ssize_t* pstop = &t_stop[0] if t_stop.shape[0] > 0 else NULL
     for k in prange(n_blocks, nogil=True, schedule="dynamic",
-                    num_threads=n_threads):
+                    num_threads=min(n_threads, n_blocks)):
         lo = k * block_rows
         hi = min(lo + block_rows, B)
         backward_block(&d, lo, hi, pbs, poff, pstop, pG, pW, ppeep, plnw,

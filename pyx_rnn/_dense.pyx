@@ -45,7 +45,7 @@ def matmul(floating[:, ::1] A, floating[:, ::1] B, floating[:, ::1] C,
     cdef floating* pC = &C[0, 0]
     cdef int ldb = <int> B.shape[1]
     for k in prange(n_blocks, nogil=True, schedule="static",
-                    num_threads=n_threads):
+                    num_threads=min(n_threads, n_blocks)):
         lo = k * size
         m = <int> min(<Py_ssize_t> size, M - lo)
         gemm(False, trans_b, m, N, K, <floating> 1, pA + lo * K, K, pB, ldb,
@@ -80,7 +80,7 @@ def accumulate_outer(floating[:, :] A, floating[:, ::1] B,
     cdef int ldb = <int> B.shape[1]
     cdef int ldc = <int> (C.strides[0] // sizeof(floating))
     for k in prange(n_blocks, nogil=True, schedule="static",
-                    num_threads=n_threads):
+                    num_threads=min(n_threads, n_blocks)):
         lo = k * size
         m = min(size, M - lo)
         gemm(True, False, m, N, <int> R, <floating> 1, pA + lo, lda, pB, ldb,
@@ -105,7 +105,9 @@ def gather_rows(const Py_ssize_t[::1] ids, floating[::1] weights,
     cdef Py_ssize_t R = ids.shape[0], r
     cdef Py_ssize_t M = table.shape[1], j
     cdef floating w
-    for r in prange(R, nogil=True, schedule="static", num_threads=n_threads):
+    # one thread for small lookups: a team costs more than it saves
+    for r in prange(R, nogil=True, schedule="static",
+                    num_threads=n_threads if R * M > 65536 else 1):
         w = weights[r]
         for j in range(M):
             out[r, j] = w * table[ids[r], j]

@@ -252,7 +252,7 @@ def jordan_forward(int activation, int out_kind, bint layer_norm,
     cdef floating* pys = ptr2(y_state)
     cdef floating* pY = ptr2(Y)
     for k in prange(n_blocks, nogil=True, schedule="dynamic",
-                    num_threads=n_threads):
+                    num_threads=min(n_threads, n_blocks)):
         lo = k * block_rows
         hi = min(lo + block_rows, B)
         forward_block(&net, &d, lo, hi, &batch_sizes[0], &offsets[0],
@@ -308,7 +308,7 @@ def jordan_backward(int activation, int out_kind, bint layer_norm,
     cdef floating* pwork = ptr2(work)
     cdef const Py_ssize_t* pstop = &t_stop[0] if t_stop.shape[0] > 0 else NULL
     for k in prange(n_blocks, nogil=True, schedule="dynamic",
-                    num_threads=n_threads):
+                    num_threads=min(n_threads, n_blocks)):
         lo = k * block_rows
         hi = min(lo + block_rows, B)
         backward_block(&net, &d, lo, hi, &batch_sizes[0], &offsets[0], pstop,
