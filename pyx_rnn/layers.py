@@ -1,16 +1,16 @@
 """One recurrent layer in one direction: allocation around the compiled kernels.
 
-``layer_forward`` and ``layer_backward`` take NumPy arrays, allocate the
-buffers the kernels fill, and return arrays. They do no validation beyond
-what the kernels need: callers (``pyx_rnn.network``) hand them consistent,
-C-contiguous arrays of one dtype.
+``layer_forward`` and ``layer_backward`` (and their Jordan counterparts) take
+NumPy arrays, allocate the buffers the kernels fill, and return arrays. Every
+argument is checked first (``pyx_rnn._checks``): a bad shape, dtype or value
+raises a ValueError or TypeError before any compiled code runs.
 """
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import _cells, _dense, _jordan
+from . import _cells, _checks, _dense, _jordan
 
 CELLS = {"rnn": _cells.CELL_RNN, "lstm": _cells.CELL_LSTM, "gru": _cells.CELL_GRU}
 GATES = {"rnn": 1, "lstm": 4, "gru": 3, "jordan": 1}
@@ -148,6 +148,9 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
         for the LSTM).
     cache : LayerCache
     """
+    X, batch_sizes, offsets, h0, c0, mask = _checks.check_layer_forward_args(
+        spec, w, X, batch_sizes, offsets, h0, c0, mask, n_threads=n_threads,
+        block_rows=block_rows, pool=pool)
     dtype = X.dtype
     n_rows = X.shape[0]
     B = int(batch_sizes[0])
@@ -219,6 +222,9 @@ def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
     dh0, dc0 : ndarray of shape (n_sequences, hidden)
         dL/d(initial states); ``dc0`` is empty except for the LSTM.
     """
+    dH, dh_n, dc_n = _checks.check_layer_backward_args(
+        spec, w, grads, cache, dH, dh_n, dc_n, t_stop=t_stop, need_dx=need_dx,
+        n_threads=n_threads, pool=pool)
     dtype = cache.X.dtype
     n_rows = cache.X.shape[0]
     B = cache.h0.shape[0]
@@ -365,6 +371,9 @@ def jordan_forward(spec, ws, w_out, b_out, X, batch_sizes, offsets, f0=None,
         Fed-back vectors after the last step of every sequence.
     cache : JordanCache
     """
+    X, batch_sizes, offsets, f0, drop, rmask = _checks.check_jordan_forward_args(
+        spec, ws, w_out, b_out, X, batch_sizes, offsets, f0, drop, rmask,
+        n_threads=n_threads, block_rows=block_rows)
     dtype = X.dtype
     L = len(spec.hidden)
     n_rows = X.shape[0]
@@ -420,6 +429,9 @@ def jordan_backward(spec, ws, w_out, grads, g_out, cache, dZ_in, df_n=None, *,
     ``df_n`` are dL/d(final fed-back vectors), zeros by default. Returns
     ``dX`` (or None) and dL/d(initial fed-back vectors).
     """
+    dZ_in, df_n = _checks.check_jordan_backward_args(
+        spec, ws, w_out, grads, g_out, cache, dZ_in, df_n, t_stop=t_stop,
+        need_dx=need_dx, n_threads=n_threads)
     dtype = cache.X.dtype
     L = len(spec.hidden)
     n_rows = cache.X.shape[0]

@@ -13,7 +13,8 @@ from collections import deque
 
 import numpy as np
 
-from . import _dense
+from . import _checks, _dense
+from .tokens import TokenInput
 from .layers import (
     OUTPUT_ACTIVATIONS,
     JordanSpec,
@@ -244,10 +245,14 @@ class Network:
         or the output ``Y`` for Jordan), the final states and a cache."""
         tokens = None
         if self.embedding_dim is not None:
-            tokens = X
-            X = np.empty((len(tokens), self.embedding_dim), self.dtype)
-            _dense.gather_rows(tokens.ids, tokens.weights.astype(self.dtype, copy=False),
-                               self.weights["embedding.weight"], X, n_threads)
+            table = self.weights["embedding.weight"]
+            tokens_in = X
+            X = np.empty((len(tokens_in), self.embedding_dim), self.dtype)
+            ids, weights = _checks.check_gather_rows_args(
+                tokens_in.ids, tokens_in.weights.astype(self.dtype, copy=False),
+                table, X, n_threads=n_threads)
+            tokens = TokenInput(ids, weights)
+            _dense.gather_rows(ids, weights, table, X, n_threads)
         top, new_states, caches = self._layers_forward(
             X, packing, states, rmasks, dropout, rng, n_threads, block_rows, pool)
         return top, new_states, (caches, tokens)
@@ -301,9 +306,10 @@ class Network:
         d_init, dX = self._layers_backward(caches, d_top, d_states, t_stop,
                                            n_threads, pool, tokens is not None)
         if tokens is not None:
-            _dense.scatter_add_rows(tokens.ids,
-                                    tokens.weights.astype(self.dtype, copy=False), dX,
-                                    self.grad_views["embedding.weight"])
+            table = self.grad_views["embedding.weight"]
+            ids, weights, dX = _checks.check_scatter_add_rows_args(
+                tokens.ids, tokens.weights, dX, table)
+            _dense.scatter_add_rows(ids, weights, dX, table)
         return d_init
 
     def _layers_backward(self, caches, d_top, d_states, t_stop, n_threads, pool,
@@ -405,8 +411,11 @@ class Network:
         pool = getattr(self._local, "pool", None)
         if pool is None:
             pool = self._local.pool = {}
-        top, states, _ = self._stack_forward(
-            X, packing, initial_state, None, 0.0, None, n_threads, block_rows, pool)
+        self._check_input(X)
+        with _checks.finite_checks(False):
+            top, states, _ = self._stack_forward(
+                X, packing, initial_state, None, 0.0, None, n_threads, block_rows,
+                pool)
         feats, rows = self._gather_top(top, packing, return_sequences)
         Z, Y = self._head(feats, rows)
         return Z, Y, states
@@ -449,6 +458,25 @@ class Network:
         """
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        self._check_input(X)
+        with _checks.finite_checks(False):
+            return self._loss_gradient(
+                X, packing, targets, loss, sample_weight, return_sequences, alpha,
+                dropout, recurrent_dropout, rng, tbptt, initial_state, n_threads,
+                block_rows)
+
+    def _check_input(self, X):
+        """The user's input must be finite; the layers' own checks of it are
+        then switched off, since the intermediate results of a diverging
+        network may legitimately overflow (the loss reports it)."""
+        values = X.weights if isinstance(X, TokenInput) else X
+        if not np.all(np.isfinite(values)):
+            raise ValueError("X contains NaN or infinity; remove or impute those "
+                             "values first")
+
+    def _loss_gradient(self, X, packing, targets, loss, sample_weight,
+                       return_sequences, alpha, dropout, recurrent_dropout, rng,
+                       tbptt, initial_state, n_threads, block_rows):
         self.grads[:] = 0
         rmasks = self._draw_masks(packing, rng, dropout, recurrent_dropout)
         n_steps = packing.n_steps

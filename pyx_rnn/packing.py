@@ -5,9 +5,39 @@ sorted longest first, step ``t`` of sequence ``b`` at row ``offsets[t] + b``.
 Steps past a sequence's end do not exist, so the kernels never compute them.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+# The kernels count steps with 32-bit ints.
+_MAX_STEPS = 2**31 - 1
+
+
+def _check_lengths(lengths):
+    """``lengths`` as a 1-D intp array of positive whole numbers."""
+    if isinstance(lengths, (str, bytes)):
+        raise TypeError(f"lengths must be integers, got {type(lengths).__name__}")
+    try:
+        raw = np.asarray(lengths)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"lengths must be a 1-D array of integers: {exc}") from None
+    if raw.ndim != 1 or raw.size == 0:
+        raise ValueError("lengths must be a non-empty 1-D array, got shape "
+                         f"{raw.shape}")
+    if raw.dtype.kind not in "iuf":
+        raise TypeError(f"lengths must be integers, got dtype {raw.dtype}")
+    if raw.dtype.kind == "f":
+        if not np.isfinite(raw).all() or (raw != np.round(raw)).any():
+            raise ValueError("lengths must be whole numbers of steps, got "
+                             f"{raw[(raw != np.round(raw)) | ~np.isfinite(raw)][0]}")
+    if raw.min() < 1:
+        raise ValueError("every sequence needs at least one step, got length "
+                         f"{raw.min()}")
+    if raw.max() > _MAX_STEPS:
+        raise ValueError(f"a sequence of {raw.max()} steps is longer than the "
+                         f"kernels can handle ({_MAX_STEPS}); split it")
+    return raw.astype(np.intp)
 
 
 @dataclass(frozen=True)
@@ -34,11 +64,7 @@ class Packing:
     @classmethod
     def from_lengths(cls, lengths):
         """Sort sequences of the given lengths longest first (stable)."""
-        lengths = np.asarray(lengths, dtype=np.intp)
-        if lengths.ndim != 1 or lengths.size == 0:
-            raise ValueError("lengths must be a non-empty 1-D array")
-        if lengths.min() < 1:
-            raise ValueError("every sequence needs at least one step")
+        lengths = _check_lengths(lengths)
         order = np.argsort(-lengths, kind="stable").astype(np.intp)
         sorted_lengths = lengths[order]
         n_steps = int(sorted_lengths[0])
@@ -100,9 +126,28 @@ def pack(sequences, dtype=None):
     data : ndarray of shape (sum of n_steps_i, n_features)
     packing : Packing
     """
-    lengths = [len(s) for s in sequences]
+    if isinstance(sequences, np.ndarray) and sequences.ndim == 3:
+        sequences = list(sequences)   # equal-length sequences, stacked
+    if isinstance(sequences, (str, bytes, np.ndarray)) or not isinstance(
+            sequences, Sequence):
+        raise TypeError("sequences must be a list of (n_steps, n_features) "
+                        f"arrays (or one 3-D array), got {type(sequences).__name__}")
+    if len(sequences) == 0:
+        raise ValueError("sequences is empty: pack needs at least one sequence")
+    arrays = [np.asarray(s) for s in sequences]
+    for i, a in enumerate(arrays):
+        if a.ndim != 2:
+            raise ValueError(
+                f"sequences[{i}] must be 2-D (n_steps, n_features), got shape "
+                f"{a.shape}; reshape univariate sequences with s.reshape(-1, 1)")
+        if a.shape[1] != arrays[0].shape[1]:
+            raise ValueError(
+                f"sequences[{i}] has {a.shape[1]} features per step but "
+                f"sequences[0] has {arrays[0].shape[1]}; every sequence needs "
+                f"the same number of features")
+    lengths = [a.shape[0] for a in arrays]
     packing = Packing.from_lengths(lengths)
-    flat = np.concatenate([np.asarray(s) for s in sequences], axis=0)
+    flat = np.concatenate(arrays, axis=0)
     data = np.ascontiguousarray(flat[packing.flat_index()], dtype=dtype)
     return data, packing
 

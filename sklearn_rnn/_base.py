@@ -2,7 +2,6 @@
 
 import time
 import warnings
-from contextlib import nullcontext
 from numbers import Integral, Real
 
 import numpy as np
@@ -15,19 +14,13 @@ from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
 from pyx_rnn import __version__
+from pyx_rnn._checks import finite_checks
 from pyx_rnn._openmp import effective_n_threads
 from pyx_rnn.network import Network
 from pyx_rnn.optim import Adam, SGD
 
 from ._sequences import Sequences, check_sequences
 
-try:
-    # the kernels' entry points reject NaN/infinity unless told otherwise;
-    # training detects divergence from the loss itself (see _train_epochs)
-    from pyx_rnn._checks import finite_checks
-except ImportError:  # an engine without argument checks
-    def finite_checks(enabled):
-        return nullcontext()
 
 # Sequences per forward pass at prediction: bounds the memory of the caches.
 PREDICT_CHUNK = 256
