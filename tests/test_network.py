@@ -21,7 +21,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from pyx_rnn import reference as ref
 from pyx_rnn.network import Network
 from pyx_rnn.optim import SGD, Adam
-from pyx_rnn.packing import pack
+from pyx_rnn.packing import Packing, pack
 
 CELLS = ("rnn", "jordan", "lstm", "gru")
 N_IN = 3
@@ -994,3 +994,73 @@ def test_float32_matches_float64(cell, net_kw, loss, oa, rs):
     _, Y64, _ = net64.forward(X64, pk, return_sequences=rs)
     assert Y32.dtype == np.float32
     assert_allclose(Y32, Y64, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# token input through an embedding
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cell, net_kw", [
+    ("lstm", {}), ("gru", dict(bidirectional=True)), ("jordan", {}),
+    ("rnn", dict(layer_norm=True)),
+])
+@pytest.mark.parametrize("rs", [False, True], ids=["last", "seq"])
+def test_embedding_finite_differences(cell, net_kw, rs):
+    """Token rows read through an embedding: every gradient, the embedding's
+    included, matches central finite differences."""
+    from pyx_rnn.tokens import TokenInput
+
+    rng = np.random.default_rng(3)
+    V = 6
+    net = Network(cell, V, (4, 3), 2, embedding_dim=3, dtype=np.float64, **net_kw)
+    net.init_weights(rng)
+    pk = Packing.from_lengths([5, 3, 4])
+    X = TokenInput(rng.integers(0, V, pk.n_rows), rng.uniform(0.2, 1.5, pk.n_rows))
+    T = rng.standard_normal((pk.n_rows if rs else 3, 2))
+
+    def loss():
+        return net.loss_gradient(X, pk, T, "squared_error", return_sequences=rs)[0]
+
+    loss()
+    analytic = net.grads.copy()
+    numeric = np.zeros_like(analytic)
+    for i in range(len(numeric)):
+        old = net.params[i]
+        net.params[i] = old + 1e-6
+        up = loss()
+        net.params[i] = old - 1e-6
+        down = loss()
+        net.params[i] = old
+        numeric[i] = (up - down) / 2e-6
+    emb = net.grad_views["embedding.weight"]
+    used = np.unique(X.ids)
+    assert np.all(np.abs(emb[used]).sum(axis=1) > 0)
+    unused = np.setdiff1d(np.arange(V), used)
+    assert np.all(emb[unused] == 0)
+    assert np.abs(numeric - analytic).max() <= 1e-6 * np.abs(numeric).max()
+
+
+def test_embedding_equals_dense_one_hot_input():
+    """An embedding lookup scaled by the weight is the product of the weighted
+    one-hot vector with the embedding matrix: same outputs and gradients as
+    the dense input ``one_hot @ E`` fed to an embedding-free network."""
+    from pyx_rnn.tokens import TokenInput
+
+    rng = np.random.default_rng(4)
+    V, D = 5, 3
+    tok = Network("gru", V, (4,), 2, embedding_dim=D, dtype=np.float64)
+    tok.init_weights(rng)
+    dense = Network("gru", D, (4,), 2, dtype=np.float64)
+    for name, w in dense.weights.items():
+        w[...] = tok.weights[name]
+    pk = Packing.from_lengths([4, 2])
+    X = TokenInput(rng.integers(0, V, pk.n_rows), rng.uniform(0.5, 2, pk.n_rows))
+    one_hot = np.zeros((pk.n_rows, V))
+    one_hot[np.arange(pk.n_rows), X.ids] = X.weights
+    E = tok.weights["embedding.weight"]
+    T = rng.standard_normal((2, 2))
+    l1, _ = tok.loss_gradient(X, pk, T, "squared_error")
+    l2, _ = dense.loss_gradient(one_hot @ E, pk, T, "squared_error")
+    assert_allclose(l1, l2, rtol=1e-13)
+    for name, g in dense.grad_views.items():
+        assert_allclose(tok.grad_views[name], g, rtol=1e-10, atol=1e-14)
