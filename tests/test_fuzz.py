@@ -1188,7 +1188,11 @@ def _canary():
 
 
 def test_crash_canary_in_subprocess():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    import pyx_rnn
+
+    # the child imports the same pyx_rnn as this process: the installed
+    # package, or an in-place build
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pyx_rnn.__file__)))
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join(
