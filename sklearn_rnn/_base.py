@@ -206,6 +206,7 @@ class BaseRNN(BaseEstimator):
         self.validation_scores_ = [] if self.early_stopping else None
         self.best_validation_score_ = -np.inf if self.early_stopping else None
         self._best_params = None
+        self._best_loss_params = None
         self._lr = self.learning_rate_init
         self._sklearn_rnn_version = __version__
 
@@ -389,8 +390,14 @@ class BaseRNN(BaseEstimator):
                         "reached and the optimization hasn't converged yet.",
                         ConvergenceWarning)
         except KeyboardInterrupt:
+            # the weights of the best epoch: by validation score with early
+            # stopping, else by training loss
+            best = self._best_params if self.early_stopping else self._best_loss_params
+            if best is not None:
+                net.params[:] = best
             warnings.warn("Training interrupted by the user; keeping the best "
                           "weights found so far.", UserWarning)
+            return
         if self.early_stopping and self._best_params is not None:
             net.params[:] = self._best_params
 
@@ -466,6 +473,8 @@ class BaseRNN(BaseEstimator):
                 self._no_improvement_count = 0
         if loss < self.best_loss_:
             self.best_loss_ = loss
+            if val_score is None:
+                self._best_loss_params = net.params.copy()
         if self._no_improvement_count <= self.n_iter_no_change:
             return False
         if self.learning_rate == "adaptive" and self._lr > 1e-6:

@@ -920,6 +920,29 @@ def test_keyboard_interrupt_keeps_a_usable_model(monkeypatch):
     assert reg.n_iter_ == 4
 
 
+def test_keyboard_interrupt_restores_the_best_epoch(monkeypatch):
+    """Interrupted mid-epoch, the model holds the weights at the end of the
+    epoch with the lowest training loss, not the half-updated ones."""
+    X, y = sum_data(64, n_steps=6)
+    original = Network.loss_gradient
+    calls, ends = [], []
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) % 2 == 1 and len(calls) > 1:  # start of an epoch
+            ends.append(self.params.copy())  # weights after the last epoch
+        if len(calls) > 9:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Network, "loss_gradient", interrupted)
+    reg = small_regressor(batch_size=32, max_iter=50)
+    with pytest.warns(UserWarning, match="Training interrupted"):
+        reg.fit(X, y)
+    best = int(np.argmin(reg.loss_curve_))
+    assert_array_equal(reg._network.params, ends[best])
+
+
 def test_nan_loss_restores_the_last_finite_epoch(monkeypatch):
     X, y = sum_data(64, n_steps=6)
     original = Network.loss_gradient
