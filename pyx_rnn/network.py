@@ -565,7 +565,7 @@ class Network:
             d_init = self._stack_backward(
                 cache, d_top, d_states, stops if stops.max() > 0 else None,
                 n_threads, pool)
-            if i == 0 or stops.min() > 0:
+            if i == 0 or stops.min() >= 0:
                 break
             # states at this window's start are the previous window's final
             # states: pad for the sequences that ended in the previous window
