@@ -14,7 +14,6 @@ from collections import deque
 import numpy as np
 
 from . import _checks, _dense
-from .tokens import TokenInput
 from .layers import (
     OUTPUT_ACTIVATIONS,
     JordanSpec,
@@ -24,6 +23,7 @@ from .layers import (
     layer_backward,
     layer_forward,
 )
+from .tokens import TokenInput
 
 CELL_NAMES = ("rnn", "jordan", "lstm", "gru")
 LOSSES = ("squared_error", "log_loss", "binary_log_loss")

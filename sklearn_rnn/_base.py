@@ -5,6 +5,7 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
+from pyx_rnn._openmp import effective_n_threads
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
@@ -15,12 +16,10 @@ from threadpoolctl import threadpool_limits
 
 from pyx_rnn import __version__
 from pyx_rnn._checks import finite_checks
-from pyx_rnn._openmp import effective_n_threads
 from pyx_rnn.network import Network
-from pyx_rnn.optim import Adam, SGD
+from pyx_rnn.optim import SGD, Adam
 
 from ._sequences import Sequences, check_sequences
-
 
 # Sequences per forward pass at prediction: bounds the memory of the caches.
 PREDICT_CHUNK = 256
