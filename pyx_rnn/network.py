@@ -4,7 +4,8 @@
 the same layout), with views named as PyTorch names them. It runs the stack
 over packed batches (``pyx_rnn.packing``), computes losses and gradients with
 full or truncated BPTT, and clips gradients. Optimisers live in
-``pyx_rnn.optim``; validation of user input lives in ``sklearn_rnn``.
+``pyx_rnn.optim``. The layers check every argument (``pyx_rnn._checks``);
+validation of users' data formats lives in ``sklearn_rnn``.
 """
 
 import math
@@ -314,6 +315,8 @@ class Network:
 
     def _layers_backward(self, caches, d_top, d_states, t_stop, n_threads, pool,
                          need_dx):
+        """``_stack_backward`` without the embedding; also returns dL/dX of
+        the first layer when ``need_dx``."""
         g = self.grad_views
         if self.jordan is not None:
             L = len(self.hidden_sizes)
