@@ -512,6 +512,82 @@ def _check_jordan_spec(spec, where):
 
 
 # --------------------------------------------------------------------------
+# token input to the first layer (pyx_rnn.tokens.TokenInput)
+# --------------------------------------------------------------------------
+
+
+def _is_tokens(X):
+    from .tokens import TokenInput
+
+    return isinstance(X, TokenInput)
+
+
+def _check_token_input(X, w, n_rows, n_in, where, wname="w"):
+    """A ``TokenInput`` as a layer's X: ids intp in ``[0, n_in)``, weights 1-D
+    of the dtype of ``w['weight_ih']`` (which sets the call's dtype), both of
+    length ``n_rows``. Returns ``(X, dtype)`` with contiguous arrays."""
+    from .tokens import TokenInput
+
+    if not isinstance(w, Mapping) or "weight_ih" not in w:
+        raise TypeError(f"{where}: {wname} must be a dict holding 'weight_ih'")
+    w_ih = w["weight_ih"]
+    if not isinstance(w_ih, np.ndarray) or w_ih.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{where}: {wname}['weight_ih'] must be a float32 or "
+                        f"float64 ndarray (with token input it sets the dtype), "
+                        f"got {getattr(w_ih, 'dtype', type(w_ih).__name__)}")
+    dtype = w_ih.dtype
+    ids = _as_array(X.ids, "X.ids", where)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"{where}: X.ids must hold integers (token ids), got "
+                        f"dtype {ids.dtype}")
+    if ids.ndim != 1:
+        raise ValueError(f"{where}: X.ids must be 1-D, got shape {ids.shape}")
+    if ids.size and (ids.min() < 0 or ids.max() >= n_in):
+        bad = int(np.flatnonzero((ids < 0) | (ids >= n_in))[0])
+        raise ValueError(
+            f"{where}: X.ids[{bad}] = {ids[bad]} is not a token id of this "
+            f"layer (0 <= id < spec.n_input = {n_in}); token ids must be below "
+            f"the vocabulary size the network was built with")
+    if ids.dtype != np.intp:
+        ids = ids.astype(np.intp)
+    weights = _as_array(X.weights, "X.weights", where)
+    if weights.dtype != dtype:
+        raise TypeError(
+            f"{where}: X.weights has dtype {weights.dtype} but "
+            f"{wname}['weight_ih'] has dtype {_dtype_name(dtype)}; with token "
+            f"input every array of one call must share the weights' dtype: "
+            f"pass X.weights.astype(np.{_dtype_name(dtype)})")
+    meaning = "(one per packed row: offsets[-1])"
+    _check_shape(ids, "X.ids", (n_rows,), where, meaning)
+    _check_shape(weights, "X.weights", (n_rows,), where, meaning)
+    ids = np.ascontiguousarray(ids)
+    weights = _c_writable(weights)
+    return TokenInput(ids, weights), dtype
+
+
+def _check_cache_tokens(X, n_rows, n_in, where, forward):
+    """``cache.X`` that is a ``TokenInput``: returns its weights' dtype."""
+    ids, weights = getattr(X, "ids", None), getattr(X, "weights", None)
+    if (not isinstance(ids, np.ndarray) or ids.dtype != np.intp
+            or not isinstance(weights, np.ndarray)
+            or weights.dtype not in FLOAT_DTYPES):
+        raise TypeError(f"{where}: cache.X is a TokenInput without intp ids and "
+                        f"float32/float64 weights; pass the cache returned by "
+                        f"{forward}")
+    if ids.shape != (n_rows,) or weights.shape != (n_rows,):
+        raise ValueError(f"{where}: cache.X holds {ids.shape} ids and "
+                         f"{weights.shape} weights where ({n_rows},) are "
+                         f"expected; pass the cache returned by {forward}")
+    if not (ids.flags.c_contiguous and weights.flags.c_contiguous):
+        raise ValueError(f"{where}: cache.X is not C-contiguous; pass the cache "
+                         f"returned by {forward}")
+    if ids.size and (ids.min() < 0 or ids.max() >= n_in):
+        raise ValueError(f"{where}: cache.X holds token ids outside [0, {n_in}); "
+                         f"pass the cache returned by {forward}")
+    return weights.dtype
+
+
+# --------------------------------------------------------------------------
 # entry points
 # --------------------------------------------------------------------------
 
@@ -531,9 +607,13 @@ def check_layer_forward_args(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
     bs, off = _check_packing(batch_sizes, offsets, where)
     B, n_rows = int(bs[0]), int(off[-1])
     br = _check_block_rows(block_rows, B, where)
-    X = _float_input(X, "X", where, None, (n_rows, n_in),
-                     "(offsets[-1] rows, spec.n_input columns)")
-    dtype = X.dtype
+    tokens = _is_tokens(X)
+    if tokens:
+        X, dtype = _check_token_input(X, w, n_rows, n_in, where)
+    else:
+        X = _float_input(X, "X", where, None, (n_rows, n_in),
+                         "(offsets[-1] rows, spec.n_input columns)")
+        dtype = X.dtype
     _param_dict(w, "w", shapes, dtype, where, "spec.shapes()", finite=False)
     lstm, gru = spec.cell == "lstm", spec.cell == "gru"
     state = "(batch_sizes[0] sequences, spec.hidden)"
@@ -554,18 +634,21 @@ def check_layer_forward_args(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
          + (n_rows * (gh + spec.gates) if spec.layer_norm else 0)
          + n_blocks * br * gh                         # work
          + B * hidden * (2 + 2 * lstm + (mask is not None))
-         + (n_rows * n_in if _needs_copy(X) else 0))
+         + (n_in * gh if tokens else                  # W_ih transposed
+            n_rows * n_in if _needs_copy(X) else 0))
     _check_memory(n, dtype.itemsize, where,
                   f"{n_rows} rows x {gh} gate units, {B} sequences")
 
-    X = _c_writable(X)
+    if not tokens:
+        X = _c_writable(X)
     if h0 is not None:
         h0 = _c_writable(h0)
     if lstm and c0 is not None:
         c0 = _c_writable(c0)
     if mask is not None:
         mask = _c_writable(mask)
-    _check_finite(where, [("X", X)] + [(f"w[{k!r}]", w[k]) for k in shapes]
+    x_item = ("X.weights", X.weights) if tokens else ("X", X)
+    _check_finite(where, [x_item] + [(f"w[{k!r}]", w[k]) for k in shapes]
                   + [("h0", h0), ("c0", c0 if lstm else None), ("mask", mask)])
     return X, bs, off, h0, c0, mask
 
@@ -589,12 +672,17 @@ def _check_layer_cache(cache, spec, n_in, hidden, gh, where):
         raise TypeError(f"{where}: cache must be the LayerCache returned by "
                         f"layer_forward, got {type(cache).__name__}")
     X = cache.X
-    if not isinstance(X, np.ndarray) or X.dtype not in FLOAT_DTYPES:
+    tokens = _is_tokens(X)
+    if not tokens and (not isinstance(X, np.ndarray)
+                       or X.dtype not in FLOAT_DTYPES):
         raise TypeError(f"{where}: cache.X is not a float32/float64 array; pass "
                         f"the cache returned by layer_forward")
-    dtype = X.dtype
     bs, off = _check_packing(cache.batch_sizes, cache.offsets, where + " (cache)")
     B, n_rows = int(bs[0]), int(off[-1])
+    if tokens:
+        dtype = _check_cache_tokens(X, n_rows, n_in, where, "layer_forward")
+    else:
+        dtype = X.dtype
     br = _integer(cache.block_rows, "cache.block_rows", where)
     _int32(B + br, "batch_sizes[0] + block_rows", where, "use a smaller block_rows")
     lstm, gru, ln = spec.cell == "lstm", spec.cell == "gru", spec.layer_norm
@@ -609,6 +697,8 @@ def _check_layer_cache(cache, spec, n_in, hidden, gh, where):
         "h0": (B, hidden), "c0": (B, hidden) if lstm else None,
         "mask": "mask",
     }
+    if tokens:
+        del expected["X"]
     for name, shape in expected.items():
         a = getattr(cache, name)
         full = f"cache.{name}"
@@ -650,6 +740,11 @@ def check_layer_backward_args(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *
     _param_dict(w, "w", shapes, dtype, where, "spec.shapes()", finite=False)
     _param_dict(grads, "grads", shapes, dtype, where, "spec.shapes()",
                 finite=False)
+    tokens = _is_tokens(cache.X)
+    if tokens and need_dx:
+        raise ValueError(f"{where}: need_dx=True with token input (cache.X is a "
+                         f"TokenInput): token ids have no gradient; pass "
+                         f"need_dx=False")
     lstm = spec.cell == "lstm"
     dH = _float_input(dH, "dH", where, dtype, (n_rows, hidden),
                       "(one row per packed row, spec.hidden)")
@@ -671,6 +766,7 @@ def check_layer_backward_args(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *
          + n_blocks * (3 * hidden * spec.peephole + 2 * gh * spec.layer_norm)
          + n_blocks * br * gh                         # work
          + (n_rows * n_in if need_dx else 0)          # dX
+         + (n_in * gh if tokens else 0)               # dW_ih transposed
          + (n_rows * hidden if _needs_copy(dH) else 0))
     _check_memory(n, dtype.itemsize, where,
                   f"{n_rows} rows x {gh} gate units, {B} sequences")
@@ -737,9 +833,14 @@ def check_jordan_forward_args(spec, ws, w_out, b_out, X, batch_sizes, offsets,
     bs, off = _check_packing(batch_sizes, offsets, where)
     B, n_rows = int(bs[0]), int(off[-1])
     br = _check_block_rows(block_rows, B, where)
-    X = _float_input(X, "X", where, None, (n_rows, n_in),
-                     "(offsets[-1] rows, spec.n_input columns)")
-    dtype = X.dtype
+    tokens = _is_tokens(X)
+    if tokens:
+        w0 = _sequence(ws, "ws", L, where, "dicts of layer parameters")[0]
+        X, dtype = _check_token_input(X, w0, n_rows, n_in, where, "ws[0]")
+    else:
+        X = _float_input(X, "X", where, None, (n_rows, n_in),
+                         "(offsets[-1] rows, spec.n_input columns)")
+        dtype = X.dtype
     if b_out is None:
         raise TypeError(f"{where}: b_out must be an array of shape ({n_out},)")
     ws = _check_jordan_params(spec, ws, w_out, b_out, dtype, hidden, n_out, where)
@@ -768,12 +869,15 @@ def check_jordan_forward_args(spec, ws, w_out, b_out, X, batch_sizes, offsets,
          + n_rows * sum(fed)                          # Fprev
          + (n_rows * (sum(hidden) + L) if spec.layer_norm else 0)
          + n_rows * n_out                             # Y
-         + (n_rows * n_in if _needs_copy(X) else 0))
+         + (n_in * hidden[0] if tokens else            # W_ih transposed
+            n_rows * n_in if _needs_copy(X) else 0))
     _check_memory(n, dtype.itemsize, where,
                   f"{n_rows} rows x {sum(hidden)} hidden units, {B} sequences")
 
-    X = _c_writable(X)
-    finite = [("X", X)] + _jordan_param_items(spec, ws, w_out, b_out)
+    if not tokens:
+        X = _c_writable(X)
+    x_item = ("X.weights", X.weights) if tokens else ("X", X)
+    finite = [x_item] + _jordan_param_items(spec, ws, w_out, b_out)
     for name, items in (("f0", f0), ("drop", drop), ("rmask", rmask)):
         if items is None:
             continue
@@ -792,12 +896,17 @@ def _check_jordan_cache(cache, spec, n_in, hidden, fed, n_out, where):
         raise TypeError(f"{where}: cache must be the JordanCache returned by "
                         f"jordan_forward, got {type(cache).__name__}")
     X = cache.X
-    if not isinstance(X, np.ndarray) or X.dtype not in FLOAT_DTYPES:
+    tokens = _is_tokens(X)
+    if not tokens and (not isinstance(X, np.ndarray)
+                       or X.dtype not in FLOAT_DTYPES):
         raise TypeError(f"{where}: cache.X is not a float32/float64 array; pass "
                         f"the cache returned by jordan_forward")
-    dtype = X.dtype
     bs, off = _check_packing(cache.batch_sizes, cache.offsets, where + " (cache)")
     B, n_rows = int(bs[0]), int(off[-1])
+    if tokens:
+        dtype = _check_cache_tokens(X, n_rows, n_in, where, "jordan_forward")
+    else:
+        dtype = X.dtype
     br = _integer(cache.block_rows, "cache.block_rows", where)
     _int32(B + br, "batch_sizes[0] + block_rows", where, "use a smaller block_rows")
     L = len(hidden)
@@ -825,11 +934,16 @@ def _check_jordan_cache(cache, spec, n_in, hidden, fed, n_out, where):
                              f"entries{fix}")
         return items
 
-    arr(X, "cache.X", (n_rows, n_in))
+    if not tokens:
+        arr(X, "cache.X", (n_rows, n_in))
     arr(cache.Y, "cache.Y", (n_rows, n_out))
     for k in range(L):
         arr(lst(cache.Hs, "Hs")[k], f"cache.Hs[{k}]", (n_rows, hidden[k]))
         arr(lst(cache.Fprev, "Fprev")[k], f"cache.Fprev[{k}]", (n_rows, fed[k]))
+        if k == 0 and tokens:
+            if lst(cache.Xin, "Xin")[0] is not X:
+                raise ValueError(f"{where}: cache.Xin[0] must be cache.X{fix}")
+            continue
         arr(lst(cache.Xin, "Xin")[k], f"cache.Xin[{k}]",
             (n_rows, n_in if k == 0 else hidden[k - 1]))
         if ln:
@@ -866,6 +980,11 @@ def check_jordan_backward_args(spec, ws, w_out, grads, g_out, cache, dZ_in,
                     f"spec.layer_shapes({k})", finite=False)
     _param_dict(g_out, "g_out", {"weight": (n_out, hidden[-1]), "bias": (n_out,)},
                 dtype, where, "the output layer", finite=False)
+    tokens = _is_tokens(cache.X)
+    if tokens and need_dx:
+        raise ValueError(f"{where}: need_dx=True with token input (cache.X is a "
+                         f"TokenInput): token ids have no gradient; pass "
+                         f"need_dx=False")
     dZ_in = _float_input(dZ_in, "dZ_in", where, dtype, (n_rows, n_out),
                          "(one row per packed row, spec.n_output)")
     if df_n is not None:
@@ -889,6 +1008,7 @@ def check_jordan_backward_args(spec, ws, w_out, grads, g_out, cache, dZ_in,
          + (2 * n_blocks * sum(hidden) if spec.layer_norm else 0)
          + n_blocks * 2 * br * size                        # work
          + (n_rows * n_in if need_dx else 0)
+         + (n_in * hidden[0] if tokens else 0)     # dW_ih transposed
          + (n_rows * n_out if _needs_copy(dZ_in) else 0))
     _check_memory(n, dtype.itemsize, where,
                   f"{n_rows} rows x {sum(hidden)} hidden units, {B} sequences")

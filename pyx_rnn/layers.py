@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _cells, _checks, _dense, _jordan
+from .tokens import TokenInput
 
 CELLS = {"rnn": _cells.CELL_RNN, "lstm": _cells.CELL_LSTM, "gru": _cells.CELL_GRU}
 GATES = {"rnn": 1, "lstm": 4, "gru": 3, "jordan": 1}
@@ -107,6 +108,27 @@ def _param(w, name, dtype, ndim=1):
     return w[name] if name in w else _empty(dtype, ndim)
 
 
+def _input_product(X, w_ih, G, n_threads):
+    """``G = X @ w_ih.T``; for token input (a ``TokenInput``: weighted one-hot
+    rows) a gather of the rows of ``w_ih.T``, the same product."""
+    if isinstance(X, TokenInput):
+        _dense.gather_rows(X.ids, X.weights, np.ascontiguousarray(w_ih.T), G,
+                           n_threads)
+    else:
+        _dense.matmul(X, w_ih, G, True, 0.0, n_threads)
+
+
+def _accumulate_input_grad(dG, X, g_ih, n_threads):
+    """``g_ih += dG.T @ X``; for token input a scatter-add of the rows of
+    ``dG`` into the rows of ``g_ih.T`` (same order, deterministic)."""
+    if isinstance(X, TokenInput):
+        dWT = np.zeros((g_ih.shape[1], g_ih.shape[0]), g_ih.dtype)
+        _dense.scatter_add_rows(X.ids, X.weights, np.ascontiguousarray(dG), dWT)
+        g_ih += dWT.T
+    else:
+        _dense.accumulate_outer(dG, X, g_ih, n_threads)
+
+
 def _stops(t_stop, offsets, n_sequences):
     """Per-sequence truncation steps for the kernels (empty: none), and the
     first packed row the weight gradients need. A scalar applies to all."""
@@ -127,8 +149,9 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
     spec : LayerSpec
     w : dict of ndarray
         Parameters by the names of ``spec.shapes()``.
-    X : ndarray of shape (n_rows, n_input)
-        Packed input.
+    X : ndarray of shape (n_rows, n_input) or TokenInput
+        Packed input; a ``TokenInput`` (ids below ``spec.n_input``, weights
+        of the parameters' dtype) stands for its weighted one-hot rows.
     batch_sizes, offsets : ndarray of intp
         The packing (see ``pyx_rnn.packing.Packing``).
     h0, c0 : ndarray of shape (n_sequences, hidden), optional
@@ -151,8 +174,8 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
     X, batch_sizes, offsets, h0, c0, mask = _checks.check_layer_forward_args(
         spec, w, X, batch_sizes, offsets, h0, c0, mask, n_threads=n_threads,
         block_rows=block_rows, pool=pool)
-    dtype = X.dtype
-    n_rows = X.shape[0]
+    dtype = w["weight_ih"].dtype
+    n_rows = len(X)
     B = int(batch_sizes[0])
     H_, gh = spec.hidden, spec.gates * spec.hidden
     if block_rows is None:
@@ -161,7 +184,7 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
     lstm, gru = spec.cell == "lstm", spec.cell == "gru"
 
     G = _take(pool, "G", (n_rows, gh), dtype)
-    _dense.matmul(X, w["weight_ih"], G, True, 0.0, n_threads)
+    _input_product(X, w["weight_ih"], G, n_threads)
     G += w["bias_ih"]
     h = np.zeros((B, H_), dtype) if h0 is None else np.array(h0, dtype, order="C")
     h0 = h.copy()
@@ -212,7 +235,8 @@ def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
         Truncated BPTT: the gradient of sequence ``b`` stops before step
         ``t_stop[b]`` (entries <= 0: not truncated). None: full BPTT.
     need_dx : bool
-        Whether to compute dL/dX (not needed for the first layer).
+        Whether to compute dL/dX (not needed for the first layer; must be
+        False for token input).
     pool : dict, optional
         Buffers to reuse (see ``layer_forward``); ``dX`` lives in it.
 
@@ -225,8 +249,8 @@ def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
     dH, dh_n, dc_n = _checks.check_layer_backward_args(
         spec, w, grads, cache, dH, dh_n, dc_n, t_stop=t_stop, need_dx=need_dx,
         n_threads=n_threads, pool=pool)
-    dtype = cache.X.dtype
-    n_rows = cache.X.shape[0]
+    dtype = cache.G.dtype
+    n_rows = len(cache.X)
     B = cache.h0.shape[0]
     H_, gh = spec.hidden, spec.gates * spec.hidden
     block_rows = cache.block_rows
@@ -260,7 +284,7 @@ def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
         dln_w, dln_b, work, block_rows, n_threads,
     )
     dG_, dGh_ = dG[first:], dGh[first:]
-    _dense.accumulate_outer(dG_, cache.X[first:], grads["weight_ih"], n_threads)
+    _accumulate_input_grad(dG_, cache.X[first:], grads["weight_ih"], n_threads)
     _dense.accumulate_column_sums(dG_, grads["bias_ih"])
     if spec.cell == "gru" and not spec.reset_after:
         # the candidate's recurrent product reads r * m * h, kept in aux
@@ -355,7 +379,9 @@ def jordan_forward(spec, ws, w_out, b_out, X, batch_sizes, offsets, f0=None,
         Parameters of each layer (``spec.layer_shapes(k)``).
     w_out, b_out : ndarray
         Output layer, shapes ``(n_output, hidden[-1])`` and ``(n_output,)``.
-    X : ndarray of shape (n_rows, n_input)
+    X : ndarray of shape (n_rows, n_input) or TokenInput
+        A ``TokenInput`` stands for its weighted one-hot rows (see
+        ``layer_forward``).
     f0 : list of ndarray of shape (n_sequences, fed[l]), optional
         Vectors fed back at ``t = -1`` (zeros by default).
     drop : list of ndarray of shape (n_rows, hidden[l-1]) or None, optional
@@ -374,9 +400,9 @@ def jordan_forward(spec, ws, w_out, b_out, X, batch_sizes, offsets, f0=None,
     X, batch_sizes, offsets, f0, drop, rmask = _checks.check_jordan_forward_args(
         spec, ws, w_out, b_out, X, batch_sizes, offsets, f0, drop, rmask,
         n_threads=n_threads, block_rows=block_rows)
-    dtype = X.dtype
+    dtype = ws[0]["weight_ih"].dtype
     L = len(spec.hidden)
-    n_rows = X.shape[0]
+    n_rows = len(X)
     B = int(batch_sizes[0])
     if block_rows is None:
         block_rows = default_block_rows(B)
@@ -392,7 +418,7 @@ def jordan_forward(spec, ws, w_out, b_out, X, batch_sizes, offsets, f0=None,
             S[k + 1][...] = f0[k]
         y_state[...] = f0[L - 1]
     G = [np.empty((n_rows, h), dtype) for h in spec.hidden]
-    _dense.matmul(X, ws[0]["weight_ih"], G[0], True, 0.0, n_threads)
+    _input_product(X, ws[0]["weight_ih"], G[0], n_threads)
     Hs = [np.empty((n_rows, h), dtype) for h in spec.hidden]
     Xin = [X] + [Hs[k - 1] if drop[k] is None else np.empty_like(Hs[k - 1])
                  for k in range(1, L)]
@@ -432,9 +458,9 @@ def jordan_backward(spec, ws, w_out, grads, g_out, cache, dZ_in, df_n=None, *,
     dZ_in, df_n = _checks.check_jordan_backward_args(
         spec, ws, w_out, grads, g_out, cache, dZ_in, df_n, t_stop=t_stop,
         need_dx=need_dx, n_threads=n_threads)
-    dtype = cache.X.dtype
+    dtype = cache.Y.dtype
     L = len(spec.hidden)
-    n_rows = cache.X.shape[0]
+    n_rows = len(cache.X)
     B = int(cache.batch_sizes[0])
     block_rows = cache.block_rows
     n_blocks = -(-B // block_rows)
@@ -475,8 +501,8 @@ def jordan_backward(spec, ws, w_out, grads, g_out, cache, dZ_in, df_n=None, *,
     _dense.accumulate_column_sums(dZ[first:], g_out["bias"])
     for k in range(L):
         g = grads[k]
-        _dense.accumulate_outer(dG[k][first:], cache.Xin[k][first:],
-                                g["weight_ih"], n_threads)
+        _accumulate_input_grad(dG[k][first:], cache.Xin[k][first:],
+                               g["weight_ih"], n_threads)
         _dense.accumulate_outer(dG[k][first:], cache.Fprev[k][first:],
                                 g["weight_hh"], n_threads)
         _dense.accumulate_column_sums(dG[k][first:], g["bias_ih"])

@@ -254,6 +254,9 @@ class Network:
                 table, X, n_threads=n_threads)
             tokens = TokenInput(ids, weights)
             _dense.gather_rows(ids, weights, table, X, n_threads)
+        elif self.token_input and isinstance(X, TokenInput):
+            # the first layer reads the tokens itself (a row gather)
+            X = TokenInput(X.ids, X.weights.astype(self.dtype, copy=False))
         top, new_states, caches = self._layers_forward(
             X, packing, states, rmasks, dropout, rng, n_threads, block_rows, pool)
         return top, new_states, (caches, tokens)

@@ -212,11 +212,8 @@ class BaseRNN(BaseEstimator):
     def _check_embeddings(self, seqs):
         """Embedding size and pretrained matrix (or None), validated."""
         if self.embeddings is None and self.embedding_dim is None:
-            if seqs.tokens:
-                raise ValueError(
-                    "token sequences (from OneHot or TfidfSequence) are read through "
-                    "an embedding: set embedding_dim (e.g. 32) or embeddings= (a "
-                    "pretrained matrix)")
+            # token sequences without an embedding: the first layer reads the
+            # (weighted) one-hot vectors itself, as a row gather
             if self.freeze_embeddings:
                 raise ValueError("freeze_embeddings=True needs an embedding: set "
                                  "embeddings= (a pretrained matrix) or embedding_dim")

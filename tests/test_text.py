@@ -468,11 +468,21 @@ def test_embedding_on_dense_input_raises():
         rnn().fit(np.zeros((4, 3, 2)), [0, 1, 0, 1])
 
 
-def test_token_sequences_without_embedding_raise():
-    docs, y = toy_task(10)
-    X = OneHot().fit_transform(docs)
-    with pytest.raises(ValueError, match="embedding"):
-        rnn(embedding_dim=None).fit(X, y)
+def test_token_sequences_without_embedding_learn():
+    """Without an embedding the first layer reads the one-hot tokens itself
+    (a row gather of its input weights): the pipeline still learns."""
+    docs, y = toy_task()
+    pipe = make_pipeline(OneHot(analyzer="char"),
+                         rnn(embedding_dim=None)).fit(docs, y)
+    clf = pipe[-1]
+    assert "embedding.weight" not in clf.get_weights()
+    assert clf.get_weights()["weight_ih_l0"].shape[1] == pipe[0].n_features_out_
+    test_docs, test_y = toy_task(40, seed=1)
+    assert pipe.score(docs, y) >= 0.95
+    assert pipe.score(test_docs, test_y) >= 0.9
+    # word tokens too, and float32
+    pipe = make_pipeline(OneHot(), rnn(embedding_dim=None, dtype="float32"))
+    assert pipe.fit(docs, y).score(test_docs, test_y) >= 0.9
 
 
 # ---------------------------------------------------------------------------
