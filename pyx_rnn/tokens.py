@@ -21,6 +21,9 @@ class TokenInput:
     __slots__ = ("ids", "weights")
 
     def __init__(self, ids, weights):
+        ids = np.asarray(ids)
+        if ids.size and ids.dtype.kind not in "iu":
+            raise TypeError(f"TokenInput ids must be integers, got dtype {ids.dtype}")
         self.ids = np.ascontiguousarray(ids, dtype=np.intp)
         self.weights = np.ascontiguousarray(weights)
         if self.ids.ndim != 1 or self.ids.shape != self.weights.shape:
