@@ -12,10 +12,10 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
-from threadpoolctl import threadpool_limits
 
 from pyx_rnn import __version__
 from pyx_rnn._checks import finite_checks
+from pyx_rnn._threads import single_threaded_blas
 from pyx_rnn.network import Network
 from pyx_rnn.optim import SGD, Adam
 
@@ -270,7 +270,7 @@ class BaseRNN(BaseEstimator):
             # one stream for shuffling and dropout masks, derived from random_state
             self._rng = np.random.default_rng(rng.randint(np.iinfo(np.int32).max))
         n_threads = effective_n_threads(self.n_threads)
-        with threadpool_limits(limits=1, user_api="blas"):
+        with single_threaded_blas():
             self._train(seqs, targets, sample_weight, incremental, n_threads)
         return self
 
@@ -523,7 +523,7 @@ class BaseRNN(BaseEstimator):
         # float64 out whatever the network's dtype, as every sklearn estimator
         out = [None] * n if self.return_sequences else np.empty((n, net.n_output),
                                                                  np.float64)
-        with threadpool_limits(limits=1, user_api="blas"):
+        with single_threaded_blas():
             for s in range(0, n, PREDICT_CHUNK):
                 idx = order[s:s + PREDICT_CHUNK]
                 X, packing = seqs.batch(idx, net.dtype)

@@ -1,15 +1,17 @@
 """Thread safety: predicting from several threads at once, and fitting
 several estimators in parallel threads, give exactly the sequential results."""
 
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
-from sklearn.exceptions import ConvergenceWarning
-
 from sklearn_rnn import RNNClassifier, RNNRegressor
+
+# The fits are deliberately short. warnings.catch_warnings is not thread-safe,
+# so the warning is filtered for the whole module instead.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::sklearn.exceptions.ConvergenceWarning")
 
 
 def _data(n=120, seed=0):
@@ -22,10 +24,8 @@ def _data(n=120, seed=0):
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "jordan"])
 def test_concurrent_predict_equals_sequential(cell):
     X, y = _data()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        reg = RNNRegressor(cell=cell, hidden_layer_sizes=(8,), max_iter=3,
-                           random_state=0, n_threads=2).fit(X, y)
+    reg = RNNRegressor(cell=cell, hidden_layer_sizes=(8,), max_iter=3,
+                       random_state=0, n_threads=2).fit(X, y)
     chunks = [X[i::4] for i in range(4)]
     expected = [reg.predict(c) for c in chunks]
     for _ in range(3):
@@ -40,11 +40,9 @@ def test_parallel_fits_equal_sequential_fits():
     labels = (y > 0).astype(int)
 
     def fit(seed):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            clf = RNNClassifier(cell="gru", hidden_layer_sizes=(6,), max_iter=3,
-                                random_state=seed, n_threads=1)
-            return clf.fit(X, labels).predict_proba(X)
+        clf = RNNClassifier(cell="gru", hidden_layer_sizes=(6,), max_iter=3,
+                            random_state=seed, n_threads=1)
+        return clf.fit(X, labels).predict_proba(X)
 
     expected = [fit(seed) for seed in range(4)]
     with ThreadPoolExecutor(max_workers=4) as pool:
