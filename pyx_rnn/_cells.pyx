@@ -20,7 +20,7 @@ from cython.parallel cimport prange
 
 from ._blas cimport gemm
 from ._gates cimport (
-    Dims, RNN, LSTM, GRU, make_dims, ptr1, ptr2, rnn_row, lstm_row, gru_rz_row, gru_n_row,
+    Dims, RNN, LSTM, GRU, first_stop, make_dims, ptr1, ptr2, rnn_row, lstm_row, gru_rz_row, gru_n_row,
     rnn_row_back, lstm_row_back, gru_n_row_back, gru_rz_row_back,
 )
 
@@ -111,14 +111,10 @@ cdef void backward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
     cdef const floating* h_prev
     cdef const floating* c_prev
     cdef bint two_phase = d.cell == GRU and not d.reset_after
-    cdef Py_ssize_t first_stop = 0
-    if t_stop != NULL:
-        first_stop = t_stop[lo]
-        for b in range(lo, hi):
-            first_stop = min(first_stop, t_stop[b])
+    cdef Py_ssize_t lowest_stop = first_stop(t_stop, lo, hi)
     for step in range(d.n_steps):
         t = step if d.reverse else d.n_steps - 1 - step
-        if t < first_stop:
+        if t < lowest_stop:
             break
         nb = <int> (min(<Py_ssize_t> hi, bs[t]) - lo)
         if nb <= 0:

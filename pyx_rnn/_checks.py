@@ -665,26 +665,36 @@ class _CacheHint:
                 f"this same spec ({self.spec})")
 
 
-def _check_layer_cache(cache, spec, n_in, hidden, gh, where):
-    from .layers import LayerCache
-
-    if not isinstance(cache, LayerCache):
-        raise TypeError(f"{where}: cache must be the LayerCache returned by "
-                        f"layer_forward, got {type(cache).__name__}")
+def _check_cache_header(cache, cls, forward, n_in, where):
+    """The parts every cache shares: its type, its input (an array or token
+    rows), its packing and block size. Returns ``X, dtype, batch_sizes,
+    offsets, n_sequences, n_rows, block_rows``."""
+    if not isinstance(cache, cls):
+        raise TypeError(f"{where}: cache must be the {cls.__name__} returned by "
+                        f"{forward}, got {type(cache).__name__}")
     X = cache.X
     tokens = _is_tokens(X)
     if not tokens and (not isinstance(X, np.ndarray)
                        or X.dtype not in FLOAT_DTYPES):
         raise TypeError(f"{where}: cache.X is not a float32/float64 array; pass "
-                        f"the cache returned by layer_forward")
+                        f"the cache returned by {forward}")
     bs, off = _check_packing(cache.batch_sizes, cache.offsets, where + " (cache)")
     B, n_rows = int(bs[0]), int(off[-1])
     if tokens:
-        dtype = _check_cache_tokens(X, n_rows, n_in, where, "layer_forward")
+        dtype = _check_cache_tokens(X, n_rows, n_in, where, forward)
     else:
         dtype = X.dtype
     br = _integer(cache.block_rows, "cache.block_rows", where)
     _int32(B + br, "batch_sizes[0] + block_rows", where, "use a smaller block_rows")
+    return X, dtype, bs, off, B, n_rows, br
+
+
+def _check_layer_cache(cache, spec, n_in, hidden, gh, where):
+    from .layers import LayerCache
+
+    X, dtype, bs, off, B, n_rows, br = _check_cache_header(
+        cache, LayerCache, "layer_forward", n_in, where)
+    tokens = _is_tokens(X)
     lstm, gru, ln = spec.cell == "lstm", spec.cell == "gru", spec.layer_norm
     fix = _CacheHint("layer_forward", spec)
     expected = {
@@ -892,23 +902,9 @@ def check_jordan_forward_args(spec, ws, w_out, b_out, X, batch_sizes, offsets,
 def _check_jordan_cache(cache, spec, n_in, hidden, fed, n_out, where):
     from .layers import JordanCache
 
-    if not isinstance(cache, JordanCache):
-        raise TypeError(f"{where}: cache must be the JordanCache returned by "
-                        f"jordan_forward, got {type(cache).__name__}")
-    X = cache.X
+    X, dtype, bs, off, B, n_rows, br = _check_cache_header(
+        cache, JordanCache, "jordan_forward", n_in, where)
     tokens = _is_tokens(X)
-    if not tokens and (not isinstance(X, np.ndarray)
-                       or X.dtype not in FLOAT_DTYPES):
-        raise TypeError(f"{where}: cache.X is not a float32/float64 array; pass "
-                        f"the cache returned by jordan_forward")
-    bs, off = _check_packing(cache.batch_sizes, cache.offsets, where + " (cache)")
-    B, n_rows = int(bs[0]), int(off[-1])
-    if tokens:
-        dtype = _check_cache_tokens(X, n_rows, n_in, where, "jordan_forward")
-    else:
-        dtype = X.dtype
-    br = _integer(cache.block_rows, "cache.block_rows", where)
-    _int32(B + br, "batch_sizes[0] + block_rows", where, "use a smaller block_rows")
     L = len(hidden)
     ln = spec.layer_norm
     fix = _CacheHint("jordan_forward", spec)

@@ -54,6 +54,18 @@ cdef inline Dims make_dims(int cell, int activation, bint reverse, bint reset_af
     return d
 
 
+cdef inline Py_ssize_t first_stop(const Py_ssize_t* t_stop, int lo,
+                                  int hi) noexcept nogil:
+    """Smallest truncation step of the sequences ``lo..hi`` (0 without
+    truncation): a block's backward pass stops below it."""
+    cdef Py_ssize_t b, stop = 0
+    if t_stop != NULL:
+        stop = t_stop[lo]
+        for b in range(lo, hi):
+            stop = min(stop, t_stop[b])
+    return stop
+
+
 # --------------------------------------------------------------------------
 # Layer normalisation of one gate block (n entries)
 # --------------------------------------------------------------------------

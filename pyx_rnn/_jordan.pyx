@@ -18,7 +18,7 @@ from cython.parallel cimport prange
 
 from ._blas cimport gemm
 from ._gates cimport (
-    Dims, RNN, make_dims, ptr2, rnn_row, rnn_row_back, output_row,
+    Dims, RNN, first_stop, make_dims, ptr2, rnn_row, rnn_row_back, output_row,
     output_row_back,
 )
 
@@ -139,14 +139,10 @@ cdef void backward_block(Net* net, Dims* d, int lo, int hi,
     cdef floating* dmask
     cdef floating* dGl
     cdef Dims dl = d[0]
-    cdef Py_ssize_t first_stop = 0
-    if t_stop != NULL:
-        first_stop = t_stop[lo]
-        for b in range(lo, hi):
-            first_stop = min(first_stop, t_stop[b])
+    cdef Py_ssize_t lowest_stop = first_stop(t_stop, lo, hi)
     for step in range(d.n_steps):
         t = d.n_steps - 1 - step
-        if t < first_stop:
+        if t < lowest_stop:
             break
         nb = <int> (min(<Py_ssize_t> hi, bs[t]) - lo)
         if nb <= 0:

@@ -536,7 +536,7 @@ class Network:
             if idx.size:
                 rows_w = loss_rows[idx] - first
                 if self.bidirectional and not return_sequences:
-                    feats, frows = self._gather_top(top, pw, False)
+                    feats, _ = self._gather_top(top, pw, False)
                     feats, rows_w = feats[idx], np.arange(idx.size)
                 else:
                     feats = top
