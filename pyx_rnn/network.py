@@ -440,7 +440,8 @@ class Network:
         targets : ndarray
             Per row (n_rows, n_output) in packed order with
             ``return_sequences``, else per sequence (n_sequences, n_output) in
-            packed order. One-hot (or multilabel 0/1) for the log losses.
+            packed order. One-hot (or multilabel 0/1) for the log losses; for
+            ``'log_loss'`` also 1-D integer class indices.
         loss : {'squared_error', 'log_loss', 'binary_log_loss'}
         sample_weight : ndarray of shape (n_sequences,), optional
             Per sequence, in packed order.
@@ -671,6 +672,14 @@ def loss_and_gradient(loss, output_activation, Z, Y, T, weight, total_weight):
             log_p = Z - zmax - np.log(np.sum(np.exp(Z - zmax), axis=1, keepdims=True))
         else:
             log_p = np.log(np.clip(Y, np.finfo(Y.dtype).tiny, 1))
+        if T.ndim == 1:
+            # class indices (e.g. the next symbol of a language model): the
+            # one-hot matrix over a large vocabulary is never built
+            rows = np.arange(len(T))
+            value = -float(np.sum(w[:, 0] * log_p[rows, T]))
+            dZ = w * Y
+            dZ[rows, T] -= w[:, 0]
+            return value, dZ
         value = -float(np.sum(w * T * log_p))
         return value, w * (Y - T)
     if output_activation != "sigmoid":

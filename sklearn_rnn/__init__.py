@@ -8,7 +8,8 @@ from pyx_rnn import __version__
 
 from ._classifier import RNNClassifier
 from ._regressor import RNNRegressor
+from .forecast import SequenceForecaster
 from .text import OneHot, TfidfSequence, TokenSequences
 
-__all__ = ["OneHot", "RNNClassifier", "RNNRegressor", "TfidfSequence",
-           "TokenSequences", "__version__"]
+__all__ = ["OneHot", "RNNClassifier", "RNNRegressor", "SequenceForecaster",
+           "TfidfSequence", "TokenSequences", "__version__"]

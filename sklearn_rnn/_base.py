@@ -260,9 +260,19 @@ class BaseRNN(BaseEstimator):
             if not np.any(sample_weight > 0):
                 raise ValueError("Sample weights must contain at least one non-zero "
                                  "number; all sample_weight are zero")
+        return self._fit_validated(sizes, seqs, targets, sample_weight,
+                                   first_call=first_call, incremental=incremental)
+
+    def _fit_validated(self, sizes, seqs, targets, sample_weight, *, first_call,
+                       incremental=False, n_outputs=None):
+        """Build (on the first call) and train the network on validated
+        sequences and targets; ``n_outputs`` defaults to ``targets.shape[1]``
+        (1-D targets are class indices)."""
         rng = check_random_state(self.random_state)
         if first_call:
-            self._build(sizes, targets.shape[1], rng, seqs)
+            if n_outputs is None:
+                n_outputs = targets.shape[1]
+            self._build(sizes, n_outputs, rng, seqs)
         elif self.warm_start and not incremental:
             self._check_same_architecture(sizes)
         self._rng = getattr(self, "_rng", None) if incremental else None
@@ -319,11 +329,7 @@ class BaseRNN(BaseEstimator):
                     f"{self.validation_fraction} of {n} sequences leaves "
                     f"{'no validation' if n_val == 0 else 'no training'} sequence; "
                     "change validation_fraction or turn early_stopping off")
-            stratify = self._stratify_labels(targets) if not self.return_sequences else None
-            train_idx, val_idx = train_test_split(
-                np.arange(n), test_size=self.validation_fraction,
-                random_state=self._rng.integers(np.iinfo(np.int32).max),
-                stratify=stratify)
+            train_idx, val_idx = self._split_validation(n, targets)
         else:
             train_idx, val_idx = np.arange(n), None
         batch_size = self._batch_size(len(train_idx))
@@ -402,6 +408,15 @@ class BaseRNN(BaseEstimator):
         if self.early_stopping and self._best_params is not None:
             net.params[:] = self._best_params
 
+    def _split_validation(self, n, targets):
+        """Indices of the training and validation sequences (early stopping):
+        a random split, stratified by class for classifiers."""
+        stratify = self._stratify_labels(targets) if not self.return_sequences else None
+        return train_test_split(
+            np.arange(n), test_size=self.validation_fraction,
+            random_state=self._rng.integers(np.iinfo(np.int32).max),
+            stratify=stratify)
+
     def _curriculum_length(self, seqs, epoch, max_iter, incremental):
         """With ``curriculum=k``, the first k epochs see only the last
         ``T * (stage + 1) / (k + 1)`` steps of each sequence, growing to the
@@ -449,7 +464,9 @@ class BaseRNN(BaseEstimator):
         T = targets[rows] if self.return_sequences else targets[chosen]
         sw = (np.ones(len(b)) if sample_weight is None
               else sample_weight[chosen]).astype(self._dtype)
-        return X, packing, np.ascontiguousarray(T, self._dtype), sw
+        # class indices stay integers; anything else is cast to the dtype
+        T = np.ascontiguousarray(T, np.intp if T.dtype.kind in "iu" else self._dtype)
+        return X, packing, T, sw
 
     def _schedule(self):
         if self.learning_rate == "invscaling":
