@@ -154,21 +154,25 @@ n_iter_
     >>> t = np.arange(400)
     >>> y = np.sin(2 * np.pi * t / 25)
     >>> fc = SequenceForecaster(window=30, horizon=5, strategy="seq2seq",
-    ...                         hidden_layer_sizes=(16,), max_iter=30,
-    ...                         learning_rate_init=0.01, random_state=0).fit(y)
+    ...                         hidden_layer_sizes=(16,), learning_rate_init=0.01,
+    ...                         tol=1e-3, random_state=0).fit(y)
     >>> fc.predict(5).shape
     (5,)
     >>> lower, upper = fc.predict_interval(5, coverage=0.9)
     >>> bool(np.all(lower <= upper))
     True
+    >>> fc.score(np.sin(2 * np.pi * np.arange(400, 440) / 25)) > 0.99
+    True
 
     A character model:
 
-    >>> lm = SequenceForecaster(window=20, hidden_layer_sizes=(32,),
-    ...                         max_iter=5, batch_size=4, learning_rate_init=0.01,
-    ...                         random_state=0).fit("abcabcabc " * 100)
-    >>> lm.sample(6, prompt="ab", temperature=0)
-    'cabcab'
+    >>> lm = SequenceForecaster(window=20, hidden_layer_sizes=(32,), batch_size=4,
+    ...                         learning_rate_init=0.01, tol=1e-3,
+    ...                         random_state=0).fit("hello world " * 100)
+    >>> lm.sample(12, prompt="hel", temperature=0)
+    'lo world hel'
+    >>> lm.bits_per_symbol("hello world hello") < 0.1
+    True
     """
 
     _parameter_constraints = {
@@ -1025,7 +1029,7 @@ n_iter_
         if count == 0:
             raise ValueError("no symbol to predict: every sequence has fewer than "
                              "two symbols")
-        return total / count
+        return float(total / count)
 
     def sample(self, n_steps, prompt=None, temperature=1.0, random_state=None):
         """Generate symbols.
