@@ -13,3 +13,12 @@ from .text import OneHot, TfidfSequence, TokenSequences
 
 __all__ = ["OneHot", "RNNClassifier", "RNNRegressor", "SequenceForecaster",
            "TfidfSequence", "TokenSequences", "__version__"]
+
+
+def __getattr__(name):
+    # optional interop, imported on first use: importing sklearn_rnn never
+    # imports onnx or torch
+    if name == "to_onnx":
+        from .onnx import to_onnx
+        return to_onnx
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
