@@ -87,6 +87,8 @@ class _Emitter:
 
     def const(self, array, hint="c"):
         array = np.asarray(array)
+        if array.dtype.kind in "iu":
+            array = array.astype(np.int64)  # shapes, axes, indices: int64
         small = array.size <= 16 and array.dtype.kind in "biuf"
         key = (array.dtype.str, array.shape, array.tobytes()) if small else None
         cache = self.__dict__.setdefault("_consts", {})
@@ -592,7 +594,7 @@ def to_onnx_inputs(X, *, variable_length=True):
     """
     from ._sequences import check_sequences
     seqs = check_sequences(X, dtype=np.float64)
-    n, T = len(seqs), int(seqs.lengths.max())
+    T = int(seqs.lengths.max())
     steps = np.arange(T)
     valid = steps[None, :] < seqs.lengths[:, None]
     rows = (seqs.starts[:, None] + np.minimum(steps[None, :],

@@ -268,7 +268,8 @@ def test_to_torch_and_back(kind, params, dtype):
     for name, w in est.get_weights().items():
         assert_array_equal(back.get_weights()[name], w)
     if kind == "reg":
-        assert_array_equal(np.concatenate(back.predict(X)), np.concatenate(est.predict(X)))
+        assert_array_equal(np.concatenate(back.predict(X)),
+                           np.concatenate(est.predict(X)))
     else:
         assert_array_equal(np.concatenate(back.predict_proba(X)),
                            np.concatenate(est.predict_proba(X)))
