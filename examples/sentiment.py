@@ -64,7 +64,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="a third of the sentences, fewer epochs, a small grid")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help=f"folder of the *_labelled.txt files (default {DEFAULT_DATA})")
+                        help="folder of the *_labelled.txt files "
+                             f"(default {DEFAULT_DATA})")
     parser.add_argument("--n-jobs", type=int, default=2)
     args = parser.parse_args(argv)
 

@@ -20,13 +20,13 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
+from pyx_rnn._openmp import effective_n_threads
 from sklearn.metrics import r2_score
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from pyx_rnn._checks import finite_checks
-from pyx_rnn._openmp import effective_n_threads
 from pyx_rnn._threads import single_threaded_blas
 from pyx_rnn.packing import Packing
 from pyx_rnn.tokens import TokenInput
@@ -75,8 +75,9 @@ class SequenceForecaster(BaseRNN):
     of training, and the absolute errors of the forecasts made over it, per
     step ahead and channel, calibrate the interval widths.
 
-    **Symbols.** ``fit(text)`` (a string: characters), ``fit(OneHot().fit_transform(docs))``
-    (words) or ``fit(ids)`` with ``target_type='symbols'`` (integers) learns
+    **Symbols.** ``fit(text)`` (a string: characters),
+    ``fit(OneHot().fit_transform(docs))`` (words) or ``fit(ids)`` with
+    ``target_type='symbols'`` (integers) learns
     the distribution of the next symbol. One long sequence is trained
     statefully: it is cut into ``batch_size`` contiguous streams, read in
     windows of ``window`` steps, and the state is carried from window to
@@ -522,9 +523,11 @@ n_iter_
                 m = len(chunk)
                 packing = Packing.from_lengths(np.full(m, W))
                 # equal lengths: packed row t * m + b is step t of window b
-                X = np.ascontiguousarray(chunk.transpose(1, 0, 2).reshape(-1, chunk.shape[2]),
-                                         dtype=net.dtype)
-                _, Y, _ = net.forward(X, packing, return_sequences=self.return_sequences,
+                X = np.ascontiguousarray(
+                    chunk.transpose(1, 0, 2).reshape(-1, chunk.shape[2]),
+                    dtype=net.dtype)
+                _, Y, _ = net.forward(X, packing,
+                                      return_sequences=self.return_sequences,
                                       n_threads=n_threads)
                 out[s:s + m] = Y[-m:] if self.return_sequences else Y
         return out
@@ -773,7 +776,8 @@ n_iter_
                 raise ValueError(f"the continuation has {len(s)} steps; the "
                                  f"forecasts need at least {need}")
             with np.errstate(over="ignore"):
-                preds.append(self._forecast(full, full_c, origins, h).reshape(-1, self.n_channels_))
+                pred = self._forecast(full, full_c, origins, h)
+            preds.append(pred.reshape(-1, self.n_channels_))
             truths.append(np.stack([full[t + 1:t + 1 + h] for t in origins])
                           .reshape(-1, self.n_channels_))
         return r2_score(np.concatenate(truths), np.concatenate(preds))
@@ -925,7 +929,8 @@ n_iter_
                     total += value * (b - a)
                     self.t_ += 1
                     self._schedule()
-                    if self.verbose and len(spans) >= 20 and (i + 1) % (len(spans) // 10) == 0:
+                    if (self.verbose and len(spans) >= 20
+                            and (i + 1) % (len(spans) // 10) == 0):
                         elapsed = time.perf_counter() - start_time
                         print(f"  epoch {epoch + 1}: {100 * (i + 1) // len(spans)}%, "
                               f"loss {total / b / np.log(2):.3f} bits/symbol, "
@@ -1051,7 +1056,8 @@ n_iter_
         str (text), or ndarray of the symbols (integers, token ids)
         """
         self._check_symbols("sample")
-        if not isinstance(n_steps, Integral) or isinstance(n_steps, bool) or n_steps < 1:
+        if (not isinstance(n_steps, Integral) or isinstance(n_steps, bool)
+                or n_steps < 1):
             raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}")
         if not isinstance(temperature, Real) or not temperature >= 0 or \
                 not np.isfinite(temperature):

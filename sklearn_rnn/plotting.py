@@ -138,9 +138,9 @@ class ForecastDisplay:
                  coverage=None):
         self.history = np.asarray(history, dtype=float).ravel()
         self.forecast = np.asarray(forecast, dtype=float).ravel()
-        self.lower = None if lower is None else np.asarray(lower, dtype=float).ravel()
-        self.upper = None if upper is None else np.asarray(upper, dtype=float).ravel()
-        self.y_true = None if y_true is None else np.asarray(y_true, dtype=float).ravel()
+        self.lower, self.upper, self.y_true = (
+            None if a is None else np.asarray(a, dtype=float).ravel()
+            for a in (lower, upper, y_true))
         self.coverage = coverage
         if (self.lower is None) != (self.upper is None):
             raise ValueError("give both lower and upper, or neither")
