@@ -9,6 +9,7 @@ validation of users' data formats lives in ``sklearn_rnn``.
 """
 
 import math
+import numbers
 import threading
 from collections import deque
 
@@ -166,20 +167,50 @@ class Network:
                                  for layer in self.specs for spec, sfx in layer}
 
     def __getstate__(self):
-        # views and gradients are rebuilt on load: pickles stay small and the
-        # views keep pointing into the flat parameter vector
-        state = self.__dict__.copy()
-        for key in ("weights", "grad_views", "grads", "_pool", "_local"):
-            state.pop(key, None)
+        """The constructor's arguments and the flat parameter vector.
+
+        Plain data only (strings, numbers, a tuple and one array), so that
+        safe formats (``skops.io``, ``sklearn_rnn.persistence``) can store a
+        network; the layer specifications, views, gradients and buffers are
+        rebuilt on load, and the views keep pointing into the parameters.
+        """
+        state = {key: getattr(self, key) for key in _STATE_CONFIG}
+        state["dtype"] = self.dtype.name
+        state["params"] = self.params
         return state
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._pool = {}
-        self._local = threading.local()
-        self.grads = np.zeros_like(self.params)
+        """Rebuild the network from ``__getstate__``'s dict, checking it.
+
+        Also reads the state of earlier versions (the whole ``__dict__``).
+
+        Raises
+        ------
+        ValueError
+            If an entry is missing or has the wrong type, or the parameter
+            vector has the wrong shape or dtype or is not finite.
+        """
+        config = _check_state_config(state)
+        try:
+            self.__init__(**config)
+        except (TypeError, ValueError, OverflowError, MemoryError) as exc:
+            raise ValueError(f"invalid saved Network: {exc}") from exc
+        params = state["params"]
+        if not isinstance(params, np.ndarray) or params.shape != self.params.shape:
+            raise ValueError(
+                f"invalid saved Network: params must be an array of shape "
+                f"{self.params.shape} for this architecture, got "
+                f"{getattr(params, 'shape', type(params).__name__)}")
+        if params.dtype != self.dtype:
+            raise ValueError(f"invalid saved Network: params has dtype "
+                             f"{params.dtype}, expected {self.dtype}")
+        if not np.all(np.isfinite(params)):
+            raise ValueError("invalid saved Network: params contain NaN or infinity")
+        # keep the loaded array itself: an optimiser saved with the network
+        # holds the same array, and a read-only memory map is copied by the
+        # estimator that owns both
+        self.params = params
         self.weights = self._views(self.params)
-        self.grad_views = self._views(self.grads)
 
     def _views(self, flat):
         views, start = {}, 0
@@ -608,6 +639,56 @@ class Network:
 # helpers
 # ----------------------------------------------------------------------
 
+# what Network.__getstate__ stores besides the parameters: the constructor's
+# arguments, with a check of each one's type
+def _is_int(value):
+    return (isinstance(value, numbers.Integral)
+            and not isinstance(value, (bool, np.bool_)))
+
+
+def _is_bool(value):
+    return isinstance(value, (bool, np.bool_))
+
+
+_STATE_CONFIG = {
+    "cell": lambda v: isinstance(v, str),
+    "n_input": _is_int,
+    "hidden_sizes": lambda v: isinstance(v, (tuple, list)) and all(map(_is_int, v)),
+    "n_output": _is_int,
+    "bidirectional": _is_bool,
+    "activation": lambda v: isinstance(v, str),
+    "output_activation": lambda v: isinstance(v, str),
+    "peephole": _is_bool,
+    "reset_after": _is_bool,
+    "layer_norm": _is_bool,
+    "embedding_dim": lambda v: v is None or _is_int(v),
+    "token_input": _is_bool,
+    "dtype": lambda v: isinstance(v, (str, np.dtype)),
+}
+
+
+def _check_state_config(state):
+    """The constructor's arguments from a saved state, type-checked."""
+    if not isinstance(state, dict):
+        raise ValueError(f"invalid saved Network: the state must be a dict, got "
+                         f"{type(state).__name__}")
+    missing = [key for key in (*_STATE_CONFIG, "params") if key not in state]
+    if missing:
+        raise ValueError(f"invalid saved Network: missing {missing}")
+    config = {}
+    for key, valid in _STATE_CONFIG.items():
+        if not valid(state[key]):
+            raise ValueError(f"invalid saved Network: {key}={state[key]!r} has the "
+                             "wrong type")
+        config[key] = state[key]
+    dtype = config["dtype"]
+    if (dtype if isinstance(dtype, str) else dtype.name) not in ("float32", "float64"):
+        raise ValueError(f"invalid saved Network: dtype={dtype!r}; expected "
+                         "float32 or float64")
+    config["hidden_sizes"] = tuple(config["hidden_sizes"])
+    return config
+
+
 def _glorot(rng, shape):
     fan_out, fan_in = shape
     limit = math.sqrt(6.0 / (fan_in + fan_out))
@@ -628,7 +709,10 @@ def _activate(Z, kind):
         return np.tanh(Z)
     if kind == "sigmoid":
         return _sigmoid(Z)
-    e = np.exp(Z - Z.max(axis=1, keepdims=True))
+    with np.errstate(over="ignore"):
+        # Z - max(Z) may overflow to -inf for |Z| near the largest float:
+        # exp then gives 0, the right limit
+        e = np.exp(Z - Z.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
 
 
@@ -669,7 +753,9 @@ def loss_and_gradient(loss, output_activation, Z, Y, T, weight, total_weight):
             raise ValueError("log_loss needs output_activation='softmax'")
         if Z is not None:
             zmax = Z.max(axis=1, keepdims=True)
-            log_p = Z - zmax - np.log(np.sum(np.exp(Z - zmax), axis=1, keepdims=True))
+            with np.errstate(over="ignore"):  # as in _activate
+                shifted = Z - zmax
+            log_p = shifted - np.log(np.sum(np.exp(shifted), axis=1, keepdims=True))
         else:
             log_p = np.log(np.clip(Y, np.finfo(Y.dtype).tiny, 1))
         if T.ndim == 1:
@@ -680,7 +766,12 @@ def loss_and_gradient(loss, output_activation, Z, Y, T, weight, total_weight):
             dZ = w * Y
             dZ[rows, T] -= w[:, 0]
             return value, dZ
-        value = -float(np.sum(w * T * log_p))
+        # classes of zero target weight add nothing, even where log_p is
+        # -inf (Z - zmax overflows for |Z| near the largest float): t log p
+        # tends to 0 as t does, and 0 * -inf would make the loss NaN
+        terms = np.zeros(log_p.shape, log_p.dtype)
+        np.multiply(T, log_p, out=terms, where=T != 0)
+        value = -float(np.sum(w * terms))
         return value, w * (Y - T)
     if output_activation != "sigmoid":
         raise ValueError("binary_log_loss needs output_activation='sigmoid'")

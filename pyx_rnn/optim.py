@@ -4,6 +4,8 @@ Each works on the whole parameter vector of a ``Network`` at once, so a step
 is a handful of vectorised operations whatever the number of layers.
 """
 
+import numbers
+
 import numpy as np
 
 
@@ -29,6 +31,14 @@ class SGD:
             self.params += self.momentum * v - self.learning_rate * grads
         else:
             self.params += v
+
+    def __getstate__(self):
+        return dict(vars(self))
+
+    def __setstate__(self, state):
+        """Restore a saved state, checking its entries (see ``_check_state``)."""
+        _check_state(self, state, floats=("learning_rate", "momentum"),
+                     bools=("nesterov",), ints=(), moments=("velocity",))
 
 
 class Adam:
@@ -65,5 +75,80 @@ class Adam:
         denom += self.epsilon
         self.params -= step_size * (self.m / denom)
 
+    def __getstate__(self):
+        # the scratch buffer is not state
+        state = dict(vars(self))
+        state.pop("_buf", None)
+        return state
+
+    def __setstate__(self, state):
+        """Restore a saved state, checking its entries (see ``_check_state``)."""
+        _check_state(self, state, floats=("learning_rate", "beta_1", "beta_2",
+                                          "epsilon"),
+                     bools=(), ints=("t",), moments=("m", "v"), nonnegative=("v",))
+        self._buf = np.empty_like(self.params)
+
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+
+
+def _check_state(opt, state, *, floats, bools, ints, moments, nonnegative=()):
+    """Set an optimiser's saved state after checking it.
+
+    The state holds the parameter vector the optimiser updates (an owner such
+    as an estimator points it back at its network's parameters after
+    loading), numbers of the right types, and moment arrays of the
+    parameters' shape and dtype, all finite (and those in ``nonnegative``
+    at least 0).
+
+    Raises
+    ------
+    ValueError
+        Naming the first missing or invalid entry.
+    """
+    name = type(opt).__name__
+    if not isinstance(state, dict):
+        raise ValueError(f"invalid saved {name}: the state must be a dict")
+    expected = ("params", *floats, *bools, *ints, *moments)
+    missing = [key for key in expected if key not in state]
+    if missing:
+        raise ValueError(f"invalid saved {name}: missing {missing}")
+    params = state["params"]
+    if not isinstance(params, np.ndarray) or params.ndim != 1 or params.dtype not in (
+            np.float32, np.float64):
+        raise ValueError(f"invalid saved {name}: params must be a 1-D float array")
+    values = {"params": params}
+    for key in floats:
+        value = state[key]
+        if (not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_))
+                or not np.isfinite(value)):
+            raise ValueError(f"invalid saved {name}: {key}={value!r} must be a "
+                             "finite number")
+        values[key] = float(value)
+    for key in bools:
+        if not isinstance(state[key], (bool, np.bool_)):
+            raise ValueError(f"invalid saved {name}: {key}={state[key]!r} must be "
+                             "a bool")
+        values[key] = bool(state[key])
+    for key in ints:
+        value = state[key]
+        if (not isinstance(value, numbers.Integral)
+                or isinstance(value, (bool, np.bool_)) or value < 0):
+            raise ValueError(f"invalid saved {name}: {key}={value!r} must be a "
+                             "non-negative integer")
+        values[key] = int(value)
+    for key in moments:
+        a = state[key]
+        if (not isinstance(a, np.ndarray) or a.shape != params.shape
+                or a.dtype != params.dtype):
+            raise ValueError(
+                f"invalid saved {name}: {key} must be an array of the parameters' "
+                f"shape {params.shape} and dtype {params.dtype}, got "
+                f"{getattr(a, 'shape', type(a).__name__)} "
+                f"{getattr(a, 'dtype', '')}".rstrip())
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"invalid saved {name}: {key} contains NaN or infinity")
+        if key in nonnegative and np.any(a < 0):
+            raise ValueError(f"invalid saved {name}: {key} has negative entries")
+        values[key] = a
+    opt.__dict__.update(values)

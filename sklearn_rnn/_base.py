@@ -19,7 +19,9 @@ from pyx_rnn._threads import single_threaded_blas
 from pyx_rnn.network import Network
 from pyx_rnn.optim import SGD, Adam
 
+from . import _state
 from ._sequences import Sequences, check_sequences
+from ._state import warn_if_other_version
 
 # Sequences per forward pass at prediction: bounds the memory of the caches.
 PREDICT_CHUNK = 256
@@ -603,32 +605,141 @@ class BaseRNN(BaseEstimator):
             current[name][...] = a
         return self
 
+    # attributes that only a running fit uses, left out of saved models
+    _unsaved_attributes = ()
+
     def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("_rng", None)
+        """Parameters and fitted attributes, as plain data.
+
+        A copy of ``__dict__`` in which the dtype is a string and the random
+        stream of ``partial_fit`` is its bit generator's state (a dict of
+        integers), so that safe formats (``skops.io``,
+        ``sklearn_rnn.persistence``) store only data, arrays and our own
+        types (``sklearn_rnn.persistence.TRUSTED_TYPES``).
+        """
+        state = dict(super().__getstate__())  # a copy: never change self
+        for key in self._unsaved_attributes:
+            state.pop(key, None)
+        if isinstance(state.get("_dtype"), np.dtype):
+            state["_dtype"] = state["_dtype"].name
+        rng = state.pop("_rng", None)
+        if rng is not None:
+            state["_rng_state"] = rng.bit_generator.state
         return state
 
     def __setstate__(self, state):
-        saved = state.get("_sklearn_rnn_version")
-        if saved is not None and saved != __version__:
-            warnings.warn(
-                f"This model was saved with sklearn-rnn {saved} and is loaded with "
-                f"{__version__}; results may differ.", UserWarning)
+        """Restore a saved state, checking the fitted part of it.
+
+        Warns if the model was saved with another version of sklearn-rnn.
+
+        Raises
+        ------
+        ValueError
+            If the state is inconsistent (as a damaged or edited file gives):
+            the message names the attribute.
+        """
+        if not isinstance(state, dict):
+            raise ValueError(f"invalid saved {type(self).__name__}: the state must "
+                             f"be a dict, got {type(state).__name__}")
+        warn_if_other_version(state.get("_sklearn_rnn_version"))
+        state = dict(state)
+        if "_rng_state" in state:
+            state["_rng"] = _generator_from_state(self, state.pop("_rng_state"))
+        if "_dtype" in state:
+            dtype = state["_dtype"]
+            if not isinstance(dtype, (str, np.dtype)) or str(dtype) not in (
+                    "float32", "float64"):
+                raise _state.invalid(self, f"_dtype={dtype!r} must be float32 or "
+                                           "float64")
+            state["_dtype"] = np.dtype(dtype)
         super().__setstate__(state)
         net = self.__dict__.get("_network")
-        if net is not None and not net.params.flags.writeable:
+        if net is None:
+            return
+        if not isinstance(net, Network):
+            raise _state.invalid(self, f"_network is a {type(net).__name__}, not a "
+                                       "pyx_rnn Network")
+        if not net.params.flags.writeable:
             # loaded from a read-only memory map (joblib.load(mmap_mode='r')):
             # the kernels and the optimiser write into the parameters, so work
-            # on a copy, and point the optimiser at it
+            # on a copy
             net_state = net.__getstate__()
             net_state["params"] = np.array(net.params)
             net.__setstate__(net_state)
-            opt = self.__dict__.get("_optimizer")
-            if opt is not None:
-                for key, value in vars(opt).items():
-                    if isinstance(value, np.ndarray) and not value.flags.writeable:
-                        setattr(opt, key, np.array(value))
-                opt.params = net.params
+        opt = self.__dict__.get("_optimizer")
+        if opt is not None:
+            for key, value in vars(opt).items():
+                if isinstance(value, np.ndarray) and not value.flags.writeable:
+                    setattr(opt, key, np.array(value))
+        self._check_fitted_state()
+        if opt is not None:
+            # the optimiser updates the network's parameters in place
+            opt.params = net.params
+
+    def _check_fitted_state(self):
+        """Check that the fitted attributes of the training loop agree with
+        each other and with the network; subclasses add their own checks.
+
+        Raises
+        ------
+        ValueError
+            Naming the first attribute that disagrees.
+        """
+        net = self._network
+        missing = [key for key in ("_dtype", "_optimizer", "n_iter_", "t_",
+                                   "loss_curve_", "_lr") if key not in self.__dict__]
+        if missing:
+            raise _state.invalid(self, f"a fitted model needs {missing}")
+        if self._dtype != net.dtype:
+            raise _state.invalid(self, f"_dtype={self._dtype} but the network is "
+                                       f"{net.dtype}")
+        for key in ("_best_params", "_best_loss_params"):
+            value = self.__dict__.get(key)
+            if value is not None:
+                _state.check_array(self, key, value, shape=net.params.shape,
+                                   dtype=net.dtype)
+        opt = self._optimizer
+        if opt is not None:
+            if not isinstance(opt, (SGD, Adam)):
+                raise _state.invalid(self, f"_optimizer is a {type(opt).__name__}")
+            if opt.params.shape != net.params.shape or opt.params.dtype != net.dtype:
+                raise _state.invalid(self, "the optimiser's state does not match the "
+                                           "network's parameters")
+        _state.check_int(self, "n_iter_", self.n_iter_)
+        _state.check_int(self, "t_", self.t_)
+        _state.check_number(self, "_lr", self._lr, finite=True)
+        if (not isinstance(self.loss_curve_, list)
+                or len(self.loss_curve_) != self.n_iter_):
+            raise _state.invalid(self, "loss_curve_ must be a list of one loss per "
+                                       "epoch (n_iter_)")
+        for value in self.loss_curve_:
+            _state.check_number(self, "loss_curve_", value)
+
+    def _check_input_output_sizes(self):
+        """``n_features_in_`` and ``n_outputs_`` must be the network's (for
+        estimators whose network reads the features and predicts the outputs
+        directly)."""
+        net = self._network
+        for key, size in (("n_features_in_", net.n_input),
+                          ("n_outputs_", net.n_output)):
+            if key not in self.__dict__:
+                raise _state.invalid(self, f"a fitted model needs {key}")
+            if _state.check_int(self, key, self.__dict__[key], 1) != size:
+                raise _state.invalid(self, f"{key}={self.__dict__[key]} but the "
+                                           f"network has {size}")
+
+
+def _generator_from_state(owner, state):
+    """The random stream of ``partial_fit`` from its saved bit-generator state."""
+    if not isinstance(state, dict) or state.get("bit_generator") != "PCG64":
+        raise _state.invalid(owner, "_rng_state must be the state of a PCG64 bit "
+                                    "generator")
+    bit_generator = np.random.PCG64()
+    try:
+        bit_generator.state = state
+    except (TypeError, ValueError, KeyError, OverflowError) as exc:
+        raise _state.invalid(owner, f"_rng_state: {exc}") from exc
+    return np.random.Generator(bit_generator)
 
 
 def _suffixes(seqs, idx, limit):

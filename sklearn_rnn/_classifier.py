@@ -12,6 +12,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted
 
+from . import _state
 from ._base import BaseRNN
 from ._sequences import check_step_targets
 
@@ -268,6 +269,33 @@ of shape (n_steps_i, n_features), or array of shape (n_sequences, n_steps)
             return accuracy_score(self._labels[rows],
                                   self._decode(np.concatenate(out)))
         return accuracy_score(self._labels[val_idx], self._decode(out))
+
+    # the training labels, used during fit only, are not saved with the model
+    _unsaved_attributes = ("_labels",)
+
+    def _check_fitted_state(self):
+        super()._check_fitted_state()
+        self._check_input_output_sizes()
+        binarizer = self.__dict__.get("_label_binarizer")
+        if not isinstance(binarizer, LabelBinarizer):
+            raise _state.invalid(self, "_label_binarizer must be a fitted "
+                                       "LabelBinarizer")
+        classes = _state.check_array(self, "classes_", self.__dict__.get("classes_"))
+        kind = getattr(binarizer, "y_type_", None)
+        if (kind not in ("binary", "multiclass", "multilabel-indicator")
+                or classes.ndim != 1 or len(classes) < 2
+                or not np.array_equal(getattr(binarizer, "classes_", None), classes)):
+            raise _state.invalid(self, "classes_ and the label binarizer disagree")
+        multilabel = kind == "multilabel-indicator"
+        n_outputs = 1 if not multilabel and len(classes) == 2 else len(classes)
+        if self.n_outputs_ != n_outputs:
+            raise _state.invalid(self, f"{len(classes)} classes need {n_outputs} "
+                                       f"outputs, not {self.n_outputs_}")
+        multiclass = _state.check_bool(self, "_multiclass",
+                                       self.__dict__.get("_multiclass"))
+        if multiclass != (not multilabel and len(classes) > 2):
+            raise _state.invalid(self, f"_multiclass={multiclass} disagrees with "
+                                       f"{len(classes)} {kind} classes")
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -6,6 +6,7 @@ from sklearn.metrics import r2_score
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_array
 
+from . import _state
 from ._base import BaseRNN
 from ._sequences import check_step_targets
 
@@ -254,6 +255,14 @@ of shape (n_steps_i, n_features), or array of shape (n_sequences, n_steps)
         if self.return_sequences:
             return r2_score(targets[seqs.rows(val_idx)], np.concatenate(pred))
         return r2_score(targets[val_idx], pred)
+
+    def _check_fitted_state(self):
+        super()._check_fitted_state()
+        self._check_input_output_sizes()
+        one_d = _state.check_bool(self, "_y_one_d", self.__dict__.get("_y_one_d"))
+        if one_d and self.n_outputs_ != 1:
+            raise _state.invalid(self, f"_y_one_d=True but n_outputs_="
+                                       f"{self.n_outputs_}")
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

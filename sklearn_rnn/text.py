@@ -20,6 +20,10 @@ from sklearn.utils import murmurhash3_32
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from pyx_rnn import __version__
+
+from . import _state
+
 __all__ = ["OneHot", "TfidfSequence", "TokenSequences"]
 
 
@@ -163,7 +167,52 @@ class _TextSequencer(TransformerMixin, BaseEstimator):
         self._tokens = tokens
         self.n_features_out_ = len(tokens) + self.n_oov_buckets
         self.n_features_in_ = 1
+        self._sklearn_rnn_version = __version__
         return self
+
+    # the vectorizer class a fitted transformer holds
+    _vectorizer_class = CountVectorizer
+
+    def __setstate__(self, state):
+        """Restore a saved state, checking the fitted part of it.
+
+        Warns if the transformer was saved with another version of
+        sklearn-rnn.
+
+        Raises
+        ------
+        ValueError
+            If the vocabulary, the token list, the feature count or the idf
+            disagree (as a damaged or edited file gives).
+        """
+        if not isinstance(state, dict):
+            raise _state.invalid(self, "the state must be a dict")
+        _state.warn_if_other_version(state.get("_sklearn_rnn_version"))
+        super().__setstate__(state)
+        if "vocabulary_" in self.__dict__:
+            self._check_fitted_state()
+
+    def _check_fitted_state(self):
+        vocab = self.vocabulary_
+        if not isinstance(vocab, dict) or not all(
+                isinstance(t, str) and isinstance(i, numbers.Integral)
+                for t, i in vocab.items()):
+            raise _state.invalid(self, "vocabulary_ must map tokens (str) to ids")
+        tokens = _state.check_array(self, "_tokens", self.__dict__.get("_tokens"),
+                                    shape=(len(vocab),))
+        if sorted(vocab.values()) != list(range(len(vocab))) or any(
+                tokens[i] != t for t, i in vocab.items()):
+            raise _state.invalid(self, "vocabulary_ and _tokens disagree: the ids "
+                                       "must be 0 .. n_tokens - 1, in _tokens' order")
+        n_oov = _state.check_int(self, "n_oov_buckets", self.n_oov_buckets)
+        n_out = _state.check_int(self, "n_features_out_",
+                                 self.__dict__.get("n_features_out_"))
+        if n_out != len(vocab) + n_oov:
+            raise _state.invalid(self, f"n_features_out_={n_out}, expected "
+                                       f"{len(vocab)} tokens + {n_oov} buckets")
+        if not isinstance(self.__dict__.get("_vectorizer"), self._vectorizer_class):
+            raise _state.invalid(self, f"_vectorizer must be a "
+                                       f"{self._vectorizer_class.__name__}")
 
     def _token_ids(self, tokens):
         """Ids of a document's tokens; unknown tokens hash into the buckets
@@ -383,6 +432,15 @@ class TfidfSequence(_TextSequencer):
         else:
             self.idf_ = np.ones(self.n_features_out_)
         return self
+
+    _vectorizer_class = TfidfVectorizer
+
+    def _check_fitted_state(self):
+        super()._check_fitted_state()
+        idf = _state.check_array(self, "idf_", self.__dict__.get("idf_"),
+                                 shape=(self.n_features_out_,), dtype=np.float64)
+        if np.any(idf <= 0):
+            raise _state.invalid(self, "idf_ must be positive")
 
     def _weights(self, ids):
         # tf-idf of each distinct token of the document, normalised over the
