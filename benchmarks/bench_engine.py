@@ -51,9 +51,9 @@ def _our_modules():
 
 def _batches_fixed(X, idx, Packing):
     """Packed rows of the fixed-length sequences ``idx``."""
-    n, T, I = len(idx), X.shape[1], X.shape[2]
+    n, T, n_in = len(idx), X.shape[1], X.shape[2]
     packing = Packing.from_lengths(np.full(n, T))
-    rows = np.ascontiguousarray(X[idx].transpose(1, 0, 2)).reshape(n * T, I)
+    rows = np.ascontiguousarray(X[idx].transpose(1, 0, 2)).reshape(n * T, n_in)
     return rows, packing
 
 
@@ -123,7 +123,8 @@ def estimator_epoch_times(workload, n_threads, repeats):
     X, y, _ = workload_data(workload)
     times = []
     for r in range(repeats + 1):
-        est = RNNRegressor(cell=workload["cell"], hidden_layer_sizes=(workload["hidden"],),
+        est = RNNRegressor(cell=workload["cell"],
+                           hidden_layer_sizes=(workload["hidden"],),
                            batch_size=workload["batch"], max_iter=1, clip_norm=1.0,
                            random_state=r, n_threads=n_threads, tol=0)
         t0 = time.perf_counter()
@@ -172,7 +173,8 @@ def run(names, n_threads, repeats, packed, onnx, estimator):
                     "onnxruntime_inference_s", "torch_packed_train_epoch_s"):
             value = theirs.get(key)
             row[key] = _median(value) if isinstance(value, list) else value
-        row["train_ratio"] = _ratio(row.get("torch_train_epoch_s"), row["train_epoch_s"])
+        row["train_ratio"] = _ratio(row.get("torch_train_epoch_s"),
+                                    row["train_epoch_s"])
         anchors = [v for v in (row.get("torch_inference_s"),
                                row.get("onnxruntime_inference_s")) if v]
         row["inference_ratio"] = _ratio(min(anchors) if anchors else None,
@@ -181,7 +183,8 @@ def run(names, n_threads, repeats, packed, onnx, estimator):
             row["packed_train_ratio"] = _ratio(row.get("torch_packed_train_epoch_s"),
                                                row.get("packed_train_epoch_s"))
         if "estimator_epoch_s" in row:
-            row["estimator_overhead"] = row["estimator_epoch_s"] / row["train_epoch_s"] - 1
+            row["estimator_overhead"] = (row["estimator_epoch_s"]
+                                         / row["train_epoch_s"] - 1)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -234,14 +237,15 @@ def _fmt(value, digits=3, suffix=""):
 
 def markdown_table(rows):
     lines = [
-        "| workload | ours train s/epoch | PyTorch train | train ratio | ours inference s "
-        "| PyTorch inference | onnxruntime | inference ratio |",
+        "| workload | ours train s/epoch | PyTorch train | train ratio "
+        "| ours inference s | PyTorch inference | onnxruntime | inference ratio |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['workload']} | {_fmt(r['train_epoch_s'])} | "
-            f"{_fmt(r.get('torch_train_epoch_s'))} | {_fmt(r['train_ratio'], 2, '×')} | "
+            f"{_fmt(r.get('torch_train_epoch_s'))} | "
+            f"{_fmt(r['train_ratio'], 2, '×')} | "
             f"{_fmt(r['inference_s'])} | {_fmt(r.get('torch_inference_s'))} | "
             f"{_fmt(r.get('onnxruntime_inference_s'))} | "
             f"{_fmt(r['inference_ratio'], 2, '×')} |")

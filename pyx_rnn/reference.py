@@ -276,7 +276,10 @@ def rnn_forward(x, params, h0=None, *, activation="tanh", layer_norm=False, mask
     dtype = x.dtype
     T = x.shape[0]
     h_prev = _vector(h0, n_hidden, dtype, "h0")
-    m = _vector(mask, n_hidden, dtype, "mask") if mask is not None else np.ones(n_hidden, dtype)
+    if mask is not None:
+        m = _vector(mask, n_hidden, dtype, "mask")
+    else:
+        m = np.ones(n_hidden, dtype)
 
     hs = np.zeros((T, n_hidden), dtype=dtype)
     steps = []
@@ -290,8 +293,8 @@ def rnn_forward(x, params, h0=None, *, activation="tanh", layer_norm=False, mask
         steps.append({"masked_h_prev": masked_h_prev, "ln": ln_cache, "preact": a})
         h_prev = h
 
-    cache = {"x": x, "params": p, "mask": m, "hs": hs, "steps": steps, "activation": activation,
-             "layer_norm": layer_norm}
+    cache = {"x": x, "params": p, "mask": m, "hs": hs, "steps": steps,
+             "activation": activation, "layer_norm": layer_norm}
     return hs, cache
 
 
@@ -375,7 +378,8 @@ def lstm_forward(x, params, h0=None, c0=None, *, layer_norm=False, mask=None):
         Cell states ``c_0 .. c_{T-1}``.
     cache : dict
     """
-    x, p, n_hidden = _prepare(x, params, 4, layer_norm, allow_peephole=True, name="lstm")
+    x, p, n_hidden = _prepare(x, params, 4, layer_norm, allow_peephole=True,
+                              name="lstm")
     dtype = x.dtype
     T = x.shape[0]
     Hn = n_hidden
@@ -383,7 +387,8 @@ def lstm_forward(x, params, h0=None, c0=None, *, layer_norm=False, mask=None):
     c_prev = _vector(c0, Hn, dtype, "c0")
     m = _vector(mask, Hn, dtype, "mask") if mask is not None else np.ones(Hn, dtype)
     if "peephole" in p:
-        p_i, p_f, p_o = p["peephole"][:Hn], p["peephole"][Hn:2 * Hn], p["peephole"][2 * Hn:]
+        peephole = p["peephole"]
+        p_i, p_f, p_o = peephole[:Hn], peephole[Hn:2 * Hn], peephole[2 * Hn:]
     else:
         p_i = p_f = p_o = np.zeros(Hn, dtype=dtype)
 
@@ -454,7 +459,8 @@ def lstm_backward(dH, dh_last, dc_last, cache):
     dc_next = _vector(dc_last, Hn, dtype, "dc_last")
     for t in reversed(range(T)):
         st = cache["steps"][t]
-        i, f, g, o, tanh_c, c_prev = st["i"], st["f"], st["g"], st["o"], st["tanh_c"], st["c_prev"]
+        i, f, g, o = st["i"], st["f"], st["g"], st["o"]
+        tanh_c, c_prev = st["tanh_c"], st["c_prev"]
         ln_i, ln_f, ln_g, ln_o = st["ln"]
         c = cache["cs"][t]
 
@@ -748,7 +754,8 @@ def jordan_forward(x, layers, output, y0=None, *, activation="tanh",
     f0 = list(f0)
     if y0 is not None:
         if f0[-1] is not None:
-            raise ValueError("give the initial output either as y0 or as f0[-1], not both")
+            raise ValueError("give the initial output either as y0 or as f0[-1], "
+                             "not both")
         f0[-1] = y0
     f0 = [_vector(f0[l], fed_sizes[l], dtype, f"f0[{l}]") for l in range(L)]
     if masks is None:
@@ -765,7 +772,8 @@ def jordan_forward(x, layers, output, y0=None, *, activation="tanh",
         step = {"input": [], "masked_fed": [], "ln": [], "preact": []}
         layer_input = x[t]
         for l in range(L):
-            # the vector fed back to layer l: h^{l+1}_{t-1}, or y_{t-1} for the top layer
+            # the vector fed back to layer l: h^{l+1}_{t-1},
+            # or y_{t-1} for the top layer
             if t == 0:
                 fed = f0[l]
             elif l < L - 1:
@@ -818,7 +826,8 @@ def jordan_backward(dY, cache):
     df0 : list of ndarray of shape (F_l,)
         Gradients with respect to the initial fed-back vectors ``f0``.
     """
-    x, ps, ms, Hs, Y = cache["x"], cache["layers"], cache["masks"], cache["Hs"], cache["Y"]
+    x, ps, ms = cache["x"], cache["layers"], cache["masks"]
+    Hs, Y = cache["Hs"], cache["Y"]
     W_out = cache["output"]["weight"]
     dtype = x.dtype
     T = x.shape[0]
@@ -826,7 +835,8 @@ def jordan_backward(dY, cache):
     dY = _upstream(dY, T, Y.shape[1], dtype)
 
     layer_grads = [_zero_grads(p) for p in ps]
-    output_grads = {"weight": np.zeros_like(W_out), "bias": np.zeros_like(cache["output"]["bias"])}
+    output_grads = {"weight": np.zeros_like(W_out),
+                    "bias": np.zeros_like(cache["output"]["bias"])}
     dx = np.zeros_like(x)
     # dfed[l] = dL/d f^l_t, the gradient arriving from step t + 1 through the
     # vector fed back to layer l (h^{l+1}_t, or y_t for the top layer)
@@ -864,7 +874,8 @@ def jordan_backward(dY, cache):
 # Random parameters for tests
 # ---------------------------------------------------------------------------
 
-def init_params(cell, n_input, n_hidden, *, peephole=False, layer_norm=False, rng, dtype=np.float64):
+def init_params(cell, n_input, n_hidden, *, peephole=False, layer_norm=False, rng,
+                dtype=np.float64):
     """Random parameters of one cell, for tests.
 
     Parameters
@@ -908,7 +919,8 @@ def init_params(cell, n_input, n_hidden, *, peephole=False, layer_norm=False, rn
     return params
 
 
-def jordan_init(n_input, hidden_sizes, n_output, *, layer_norm=False, rng, dtype=np.float64):
+def jordan_init(n_input, hidden_sizes, n_output, *, layer_norm=False, rng,
+                dtype=np.float64):
     """Random parameters of a Jordan network, for tests.
 
     Returns

@@ -63,7 +63,8 @@ class Sequences:
 
     def rows(self, idx):
         """Rows of ``data`` of the sequences ``idx``, in that order."""
-        return np.concatenate([np.arange(self.starts[i], self.starts[i] + self.lengths[i])
+        return np.concatenate([np.arange(self.starts[i],
+                                         self.starts[i] + self.lengths[i])
                                for i in idx])
 
     def subset(self, idx):
@@ -232,7 +233,8 @@ def check_step_targets(y, seqs, *, dtype=None):
     ``seqs.data``: an array (n_sequences, n_steps[, n_targets]) or a list of
     per-sequence arrays (n_steps_i[, n_targets]). Returns a 2-D array
     (total_steps, n_targets) and whether y was 1-D per step."""
-    if isinstance(y, (list, tuple)) or (hasattr(y, "dtype") and np.asarray(y).dtype == object):
+    if isinstance(y, (list, tuple)) or (hasattr(y, "dtype")
+                                        and np.asarray(y).dtype == object):
         parts = [np.asarray(p) for p in y]
     else:
         arr = np.asarray(y)

@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
+
 from sklearn_rnn import RNNClassifier, RNNRegressor
 
 # The fits are deliberately short. warnings.catch_warnings is not thread-safe,

@@ -157,9 +157,11 @@ JORDAN_CASES = [
 ]
 
 
-def make_jordan_case(seed, hidden, *, layer_norm=False, masked=False, n_out=3, dtype=np.float64):
+def make_jordan_case(seed, hidden, *, layer_norm=False, masked=False, n_out=3,
+                     dtype=np.float64):
     rng = np.random.default_rng(seed)
-    layers, output = ref.jordan_init(I, hidden, n_out, layer_norm=layer_norm, rng=rng, dtype=dtype)
+    layers, output = ref.jordan_init(I, hidden, n_out, layer_norm=layer_norm,
+                                     rng=rng, dtype=dtype)
     x = rng.standard_normal((T, I)).astype(dtype)
     fed_sizes = list(hidden[1:]) + [n_out]
     f0 = [rng.uniform(-0.5, 0.5, F).astype(dtype) for F in fed_sizes]
@@ -220,7 +222,8 @@ def test_mask_of_ones_is_no_mask(case):
     cell, opts, init = case
     _, params, x, h0, c0, _ = make_cell_case(cell, 1, **init)
     hs_a, fin_a, cache_a = cell_forward(cell, x, params, h0, c0, dict(opts, mask=None))
-    hs_b, fin_b, cache_b = cell_forward(cell, x, params, h0, c0, dict(opts, mask=np.ones(H)))
+    hs_b, fin_b, cache_b = cell_forward(cell, x, params, h0, c0,
+                                        dict(opts, mask=np.ones(H)))
     assert_allclose(hs_a, hs_b, rtol=0, atol=0)
     dH = np.random.default_rng(2).standard_normal(hs_a.shape)
     ga = cell_backward(cell, dH, [None] * len(fin_a), cache_a)
@@ -260,8 +263,8 @@ def test_jordan_softmax_outputs_are_distributions_and_y0_is_f0_top():
     assert Y.shape == (T, 3) and [h.shape for h in Hs] == [(T, 4), (T, 3)]
     assert_allclose(Y.sum(axis=1), 1.0, rtol=1e-14)
     assert np.all(Y > 0)
-    Y2, _, _ = ref.jordan_forward(x, layers, output, f0[-1], output_activation="softmax",
-                                  f0=[f0[0], None])
+    Y2, _, _ = ref.jordan_forward(x, layers, output, f0[-1],
+                                  output_activation="softmax", f0=[f0[0], None])
     assert_allclose(Y, Y2, rtol=0, atol=0)
     with pytest.raises(ValueError):
         ref.jordan_forward(x, layers, output, f0[-1], f0=f0)
@@ -270,10 +273,12 @@ def test_jordan_softmax_outputs_are_distributions_and_y0_is_f0_top():
 @pytest.mark.parametrize("case", CELL_CASES, ids=_case_id)
 def test_computes_in_the_dtype_of_x(case):
     cell, opts, init = case
-    _, params, x, h0, c0, mask = make_cell_case(cell, 7, masked=True, layer_norm=True, **init)
+    _, params, x, h0, c0, mask = make_cell_case(cell, 7, masked=True,
+                                                layer_norm=True, **init)
     opts = dict(opts, layer_norm=True, mask=mask)
     hs64, fin64, cache64 = cell_forward(cell, x, params, h0, c0, opts)
-    hs32, fin32, cache32 = cell_forward(cell, x.astype(np.float32), params, h0, c0, opts)
+    x32 = x.astype(np.float32)
+    hs32, fin32, cache32 = cell_forward(cell, x32, params, h0, c0, opts)
     assert hs32.dtype == np.float32
     assert_allclose(hs32, hs64, rtol=1e-4, atol=1e-5)
     dH = np.ones_like(hs64)
@@ -366,7 +371,8 @@ def test_reverse_direction_matches_torch_bidirectional(cell, activation):
     _copy_into(torch, module, p_bwd, "l0_reverse")
 
     hs_f, fin_f, _ = _ref_run(cell, activation, x, p_fwd, h0, c0)
-    hs_b_flipped, fin_b, cache_b = _ref_run(cell, activation, x[::-1].copy(), p_bwd, h0_b, c0_b)
+    hs_b_flipped, fin_b, cache_b = _ref_run(cell, activation, x[::-1].copy(), p_bwd,
+                                            h0_b, c0_b)
     hs_b = hs_b_flipped[::-1]
 
     xt = torch.tensor(x[:, None, :], requires_grad=True)
@@ -421,7 +427,8 @@ def test_stacked_bidirectional_matches_torch(cell):
     inp = x
     finals = []
     for layer in (0, 1):
-        hs_f, fin_f, _ = _ref_run(cell, None, inp, layer_params[f"l{layer}"], None, None)
+        hs_f, fin_f, _ = _ref_run(cell, None, inp, layer_params[f"l{layer}"],
+                                  None, None)
         hs_b, fin_b, _ = _ref_run(cell, None, inp[::-1].copy(),
                                   layer_params[f"l{layer}_reverse"], None, None)
         inp = np.concatenate([hs_f, hs_b[::-1]], axis=1)
@@ -451,11 +458,13 @@ def _torch_doc_cell(torch, cell, x, p, h0, c0, mask, *, activation="tanh",
     hs, cs = [], []
     for t in range(x.shape[0]):
         if cell == "rnn":
-            s = p["weight_ih"] @ x[t] + p["bias_ih"] + p["weight_hh"] @ (m * h) + p["bias_hh"]
+            s = (p["weight_ih"] @ x[t] + p["bias_ih"]
+                 + p["weight_hh"] @ (m * h) + p["bias_hh"])
             s = _torch_ln(torch, s, p, 0, layer_norm)
             h = torch.tanh(s) if activation == "tanh" else torch.relu(s)
         elif cell == "lstm":
-            s = p["weight_ih"] @ x[t] + p["bias_ih"] + p["weight_hh"] @ (m * h) + p["bias_hh"]
+            s = (p["weight_ih"] @ x[t] + p["bias_ih"]
+                 + p["weight_hh"] @ (m * h) + p["bias_hh"])
             s_i, s_f, s_g, s_o = s.split(H)
             pp = p.get("peephole", torch.zeros(3 * H, dtype=torch.float64))
             p_i, p_f, p_o = pp.split(H)
@@ -478,8 +487,8 @@ def _torch_doc_cell(torch, cell, x, p, h0, c0, mask, *, activation="tanh",
             if reset_after:
                 n = torch.tanh(_torch_ln(torch, x_n + r * a_n, p, 2, layer_norm))
             else:
-                n = torch.tanh(_torch_ln(torch, x_n + W[2 * H:] @ (r * m * h) + b[2 * H:],
-                                         p, 2, layer_norm))
+                s_n = x_n + W[2 * H:] @ (r * m * h) + b[2 * H:]
+                n = torch.tanh(_torch_ln(torch, s_n, p, 2, layer_norm))
             h = (1 - z) * n + z * h
         hs.append(h)
     return torch.stack(hs), (torch.stack(cs) if cs else None)
@@ -493,8 +502,9 @@ DOC_CASES = [
 ]
 
 
-@pytest.mark.parametrize("cell,opts,init,layer_norm,masked", DOC_CASES,
-                         ids=[f"{_case_id(c[:3])}-ln={c[3]}-mask={c[4]}" for c in DOC_CASES])
+@pytest.mark.parametrize(
+    "cell,opts,init,layer_norm,masked", DOC_CASES,
+    ids=[f"{_case_id(c[:3])}-ln={c[3]}-mask={c[4]}" for c in DOC_CASES])
 def test_matches_torch_transcription_of_docs(cell, opts, init, layer_norm, masked):
     torch = pytest.importorskip("torch")
     _, params, x, h0, c0, mask = make_cell_case(cell, 41, layer_norm=layer_norm,
@@ -529,7 +539,8 @@ def test_matches_torch_transcription_of_docs(cell, opts, init, layer_norm, maske
         assert_allclose(grads[k], expected[k], rtol=0, atol=1e-10, err_msg=k)
 
 
-def _torch_doc_jordan(torch, x, layers, output, f0, masks, activation, out_act, layer_norm):
+def _torch_doc_jordan(torch, x, layers, output, f0, masks, activation, out_act,
+                      layer_norm):
     L = len(layers)
     act = torch.tanh if activation == "tanh" else torch.relu
     fed = list(f0)  # fed[l] = f^l_{t-1}
@@ -540,10 +551,11 @@ def _torch_doc_jordan(torch, x, layers, output, f0, masks, activation, out_act, 
         for l, p in enumerate(layers):
             m = torch.ones(fed[l].shape[0], dtype=torch.float64) if masks is None \
                 else torch.from_numpy(masks[l])
-            s = p["weight_ih"] @ inp + p["bias_ih"] + p["weight_hh"] @ (m * fed[l]) + p["bias_hh"]
+            s = (p["weight_ih"] @ inp + p["bias_ih"]
+                 + p["weight_hh"] @ (m * fed[l]) + p["bias_hh"])
             if layer_norm:
-                s = torch.nn.functional.layer_norm(s, s.shape, p["ln_weight"], p["ln_bias"],
-                                                   eps=1e-5)
+                s = torch.nn.functional.layer_norm(s, s.shape, p["ln_weight"],
+                                                   p["ln_bias"], eps=1e-5)
             inp = act(s)
             hs_t.append(inp)
             Hs[l].append(inp)
@@ -558,18 +570,21 @@ def _torch_doc_jordan(torch, x, layers, output, f0, masks, activation, out_act, 
 @pytest.mark.parametrize("layer_norm,masked", [(False, False), (True, True)])
 @pytest.mark.parametrize("hidden,out_act", JORDAN_CASES,
                          ids=[f"L{len(h)}-{a}" for h, a in JORDAN_CASES])
-def test_jordan_matches_torch_transcription_of_docs(hidden, out_act, layer_norm, masked):
+def test_jordan_matches_torch_transcription_of_docs(hidden, out_act, layer_norm,
+                                                    masked):
     torch = pytest.importorskip("torch")
-    _, layers, output, x, f0, masks = make_jordan_case(51, hidden, layer_norm=layer_norm,
-                                                       masked=masked)
+    _, layers, output, x, f0, masks = make_jordan_case(
+        51, hidden, layer_norm=layer_norm, masked=masked)
     kw = dict(activation="tanh", output_activation=out_act, layer_norm=layer_norm)
     Y, Hs, cache = ref.jordan_forward(x, layers, output, masks=masks, f0=f0, **kw)
 
-    tl = [{k: torch.tensor(v, requires_grad=True) for k, v in p.items()} for p in layers]
+    tl = [{k: torch.tensor(v, requires_grad=True) for k, v in p.items()}
+          for p in layers]
     to = {k: torch.tensor(v, requires_grad=True) for k, v in output.items()}
     xt = torch.tensor(x, requires_grad=True)
     f0t = [torch.tensor(f, requires_grad=True) for f in f0]
-    Yt, Hst = _torch_doc_jordan(torch, xt, tl, to, f0t, masks, "tanh", out_act, layer_norm)
+    Yt, Hst = _torch_doc_jordan(torch, xt, tl, to, f0t, masks, "tanh", out_act,
+                                layer_norm)
     assert_allclose(Yt.detach().numpy(), Y, rtol=0, atol=1e-12)
     for h_t, h in zip(Hst, Hs):
         assert_allclose(h_t.detach().numpy(), h, rtol=0, atol=1e-12)
@@ -582,7 +597,8 @@ def test_jordan_matches_torch_transcription_of_docs(hidden, out_act, layer_norm,
         for k in p_t:
             assert_allclose(g[k], p_t[k].grad.numpy(), rtol=0, atol=1e-10, err_msg=k)
     for k in to:
-        assert_allclose(output_grads[k], to[k].grad.numpy(), rtol=0, atol=1e-10, err_msg=k)
+        assert_allclose(output_grads[k], to[k].grad.numpy(), rtol=0, atol=1e-10,
+                        err_msg=k)
     assert_allclose(dx, xt.grad.numpy(), rtol=0, atol=1e-10)
     for d, f_t in zip(df0, f0t):
         assert_allclose(d, f_t.grad.numpy(), rtol=0, atol=1e-10)

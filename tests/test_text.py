@@ -267,7 +267,8 @@ def test_tfidf_weights_match_tfidfvectorizer(norm, smooth_idf, sublinear_tf, use
         assert tokens_of(seq, X, i) == analyze(doc)
         np.testing.assert_allclose(w, expected, rtol=0, atol=1e-12)
     if use_idf:
-        np.testing.assert_allclose(seq.idf_[:len(vec.idf_)], vec.idf_, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(seq.idf_[:len(vec.idf_)], vec.idf_,
+                                   rtol=0, atol=1e-12)
 
 
 def test_tfidf_weights_with_unseen_documents():
@@ -433,7 +434,8 @@ def test_grid_search_on_raw_documents():
     grid = GridSearchCV(pipe, {"onehot__max_len": [2, None]}, cv=2).fit(docs, y)
     assert set(grid.cv_results_["param_onehot__max_len"]) == {2, None}
     assert grid.predict(docs).shape == (40,)
-    assert grid.best_estimator_.steps[0][1].vocabulary_ == grid.best_estimator_[0].vocabulary_
+    best = grid.best_estimator_
+    assert best.steps[0][1].vocabulary_ == best[0].vocabulary_
 
 
 def test_pretrained_and_frozen_embeddings():

@@ -11,8 +11,14 @@ import pytest
 from numpy.testing import assert_allclose
 
 from pyx_rnn import _dense
-from pyx_rnn.layers import (JordanSpec, LayerSpec, jordan_backward,
-                            jordan_forward, layer_backward, layer_forward)
+from pyx_rnn.layers import (
+    JordanSpec,
+    LayerSpec,
+    jordan_backward,
+    jordan_forward,
+    layer_backward,
+    layer_forward,
+)
 from pyx_rnn.network import Network
 from pyx_rnn.packing import Packing
 from pyx_rnn.tokens import TokenInput
