@@ -31,6 +31,7 @@ from pyx_rnn._threads import single_threaded_blas
 from pyx_rnn.packing import Packing
 from pyx_rnn.tokens import TokenInput
 
+from . import _state
 from ._base import PREDICT_CHUNK, BaseRNN
 from ._sequences import Sequences
 from .text import TokenSequences
@@ -404,6 +405,7 @@ n_iter_
         self.n_features_in_ = inputs.shape[2]
         self.n_outputs_ = targets.shape[1]
         self._fit_validated(sizes, seqs, targets, None, first_call=True)
+        del self._window_position      # only the validation split needs it
         # the ends of the series: predict() forecasts from there
         keep = W + d
         self._tails = [s[-keep:].copy() for s in series]
@@ -1090,6 +1092,79 @@ n_iter_
                 logp = logp[-1]
         symbols = self.symbols_[np.asarray(out)]
         return "".join(symbols) if self._alphabet == "chars" else symbols
+
+
+    # ------------------------------------------------------------------
+    # saved state
+    # ------------------------------------------------------------------
+
+    def _check_fitted_state(self):
+        """The checks of a loaded model (see ``BaseRNN.__setstate__``): the
+        fitted attributes must agree with each other and with the network,
+        so that a damaged or edited file fails to load rather than predict
+        garbage."""
+        super()._check_fitted_state()
+        self._check_input_output_sizes()
+        kind = self.__dict__.get("target_type_")
+        if kind == "symbols":
+            self._check_symbol_state()
+        elif kind == "continuous":
+            self._check_series_state()
+        else:
+            raise _state.invalid(self, f"target_type_={kind!r} must be "
+                                       "'continuous' or 'symbols'")
+
+    def _check_symbol_state(self):
+        d = self.__dict__
+        V = self._network.n_output
+        if d.get("_alphabet") not in ("chars", "tokens", "integers"):
+            raise _state.invalid(self, f"_alphabet={d.get('_alphabet')!r}")
+        symbols = _state.check_array(self, "symbols_", d.get("symbols_"), shape=(V,))
+        if d["_alphabet"] == "chars" and symbols.dtype.kind != "U":
+            raise _state.invalid(self, "symbols_ of a character model must be "
+                                       "strings")
+        if d["_alphabet"] != "chars" and symbols.dtype.kind not in "iu":
+            raise _state.invalid(self, "symbols_ must be integers")
+        unigram = _state.check_array(self, "_unigram", d.get("_unigram"), shape=(V,))
+        if np.any(unigram < 0) or not np.isclose(unigram.sum(), 1):
+            raise _state.invalid(self, "_unigram must be a probability vector")
+
+    def _check_series_state(self):
+        d = self.__dict__
+        for key in ("n_series_", "n_channels_", "n_covariates_"):
+            _state.check_int(self, key, d.get(key), 1 if key != "n_covariates_" else 0)
+        C, K = self.n_channels_, self.n_covariates_
+        for key in ("_single", "_one_d"):
+            _state.check_bool(self, key, d.get(key))
+        for key, size in (("_mean", C), ("_std", C), ("_cov_mean", K),
+                          ("_cov_std", K)):
+            _state.check_array(self, key, d.get(key), shape=(size,))
+        future = _state.check_array(self, "_future_cols", d.get("_future_cols"))
+        past = _state.check_array(self, "_past_cols", d.get("_past_cols"))
+        cols = np.concatenate([future, past])
+        if cols.dtype.kind not in "iu" or sorted(cols.tolist()) != list(range(K)):
+            raise _state.invalid(self, "_future_cols and _past_cols must split the "
+                                       f"{K} covariate columns")
+        tails, cov_tails = d.get("_tails"), d.get("_cov_tails")
+        keep = self.window + self.difference
+        for key, value, width in (("_tails", tails, C), ("_cov_tails", cov_tails, K)):
+            if not isinstance(value, list) or len(value) != self.n_series_:
+                raise _state.invalid(self, f"{key} must be a list of one array per "
+                                           "series")
+            for a in value:
+                _state.check_array(self, key, a, shape=(keep, width))
+        n_in = C + len(past) + len(future) * self._h_in
+        if self.n_features_in_ != n_in or self.n_outputs_ != self._h_out * C:
+            raise _state.invalid(self, "the network's inputs and outputs do not "
+                                       "match the channels, covariates, strategy "
+                                       "and horizon")
+        scores = d.get("conformity_scores_")
+        if scores is not None:
+            _state.check_array(self, "conformity_scores_", scores)
+            if scores.ndim != 3 or scores.shape[1:] != (self.horizon, C) or \
+                    np.any(scores < 0):
+                raise _state.invalid(self, "conformity_scores_ must be "
+                                           "non-negative, (n, horizon, n_channels)")
 
 
 # ----------------------------------------------------------------------

@@ -26,9 +26,10 @@ sklearn-rnn models:
     Objects are rebuilt only from a fixed allow-list of classes
     (:data:`NATIVE_TYPES`: ours, the scikit-learn classes they hold, and
     ``Pipeline``), never by importing a name read from the file. It covers
-    RNNRegressor, RNNClassifier, OneHot, TfidfSequence and pipelines made of
-    them; other objects (another scikit-learn step, a callable analyzer)
-    raise a ValueError at :func:`save` that points to skops.
+    RNNRegressor, RNNClassifier, SequenceForecaster, OneHot, TfidfSequence and
+    pipelines made of them; other objects (another scikit-learn step, a
+    callable analyzer) raise a ValueError at :func:`save` that points to
+    skops.
 
 Both formats go through the ``__setstate__`` of our classes, which check the
 state: a damaged or edited file raises a ValueError that names the problem,
@@ -72,6 +73,7 @@ from pyx_rnn.optim import SGD, Adam
 from ._classifier import RNNClassifier
 from ._regressor import RNNRegressor
 from ._state import version_message
+from .forecast import SequenceForecaster
 from .text import OneHot, TfidfSequence
 
 __all__ = ["NATIVE_TYPES", "TRUSTED_TYPES", "load", "save"]
@@ -85,7 +87,8 @@ def _type_name(cls):
 # of the estimators' base class, or a transformer, whose state is data,
 # arrays and the types below), add its class here: both formats then store
 # it, and TRUSTED_TYPES lists it.
-_ESTIMATORS = (RNNRegressor, RNNClassifier, OneHot, TfidfSequence)
+_ESTIMATORS = (RNNRegressor, RNNClassifier, SequenceForecaster, OneHot,
+               TfidfSequence)
 # our types that the estimators hold
 _INTERNALS = (Network, Adam, SGD)
 
@@ -131,7 +134,8 @@ def save(obj, file):
 
     Parameters
     ----------
-    obj : RNNRegressor, RNNClassifier, OneHot, TfidfSequence or Pipeline
+    obj : RNNRegressor, RNNClassifier, SequenceForecaster, OneHot, TfidfSequence
+        or Pipeline
         Fitted or not. A pipeline's steps must all be of these types.
     file : str, path-like or binary file object
         A path is written atomically: an existing file is replaced only once

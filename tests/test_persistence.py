@@ -38,7 +38,14 @@ from sklearn.preprocessing import StandardScaler
 
 import sklearn_rnn
 from pyx_rnn.network import Network
-from sklearn_rnn import OneHot, RNNClassifier, RNNRegressor, TfidfSequence, persistence
+from sklearn_rnn import (
+    OneHot,
+    RNNClassifier,
+    RNNRegressor,
+    SequenceForecaster,
+    TfidfSequence,
+    persistence,
+)
 from sklearn_rnn.persistence import NATIVE_TYPES, TRUSTED_TYPES, load, save
 
 pytestmark = pytest.mark.filterwarnings(
@@ -258,9 +265,11 @@ def sio():
     return pytest.importorskip("skops.io")
 
 
+@pytest.mark.filterwarnings("ignore:only \\d+ forecast origins")
 def test_skops_untrusted_types_are_exactly_ours(fitted, sio, tmp_path):
     reported = set()
-    for name, (model, X, y) in fitted.items():
+    models = {**fitted, **_forecasters()}
+    for name, (model, X, y) in models.items():
         path = tmp_path / f"{name}.skops"
         sio.dump(model, path)
         untrusted = set(sio.get_untrusted_types(file=path))
@@ -663,8 +672,9 @@ def test_unsupported_objects_are_refused_and_the_old_file_kept(fitted, tmp_path)
         (make_pipeline(StandardScaler(), RNNRegressor()),
          r"cannot save Pipeline\.steps\[0\]\[1\]: it is a "
          r"sklearn\.preprocessing\._data\.StandardScaler"),
-        ({"model": model}, r"save stores RNNRegressor, RNNClassifier, OneHot, "
-                           r"TfidfSequence and pipelines of them, not a dict"),
+        ({"model": model}, r"save stores RNNRegressor, RNNClassifier, "
+                           r"SequenceForecaster, OneHot, TfidfSequence and "
+                           r"pipelines of them, not a dict"),
     ]
     for obj, match in cases:
         with pytest.raises(ValueError, match=match):
@@ -700,7 +710,72 @@ def test_type_lists():
     assert TRUSTED_TYPES == sorted([
         "pyx_rnn.network.Network", "pyx_rnn.optim.Adam", "pyx_rnn.optim.SGD",
         "sklearn_rnn._classifier.RNNClassifier",
-        "sklearn_rnn._regressor.RNNRegressor", "sklearn_rnn.text.OneHot",
+        "sklearn_rnn._regressor.RNNRegressor",
+        "sklearn_rnn.forecast.SequenceForecaster", "sklearn_rnn.text.OneHot",
         "sklearn_rnn.text.TfidfSequence"])
     assert set(TRUSTED_TYPES) < set(NATIVE_TYPES)
     assert "sklearn.pipeline.Pipeline" in NATIVE_TYPES
+
+
+# ---------------------------------------------------------------------------
+# SequenceForecaster: series (with covariates) and symbols
+# ---------------------------------------------------------------------------
+
+def _forecasters():
+    rng = np.random.RandomState(0)
+    x = rng.normal(size=(120, 2))
+    y = np.cumsum(rng.normal(size=120)) + 2 * x[:, 0]
+    series = SequenceForecaster(window=6, horizon=3, strategy="seq2seq",
+                                difference=1, future_covariates=[0],
+                                **FAST).fit(x, y)
+    chars = SequenceForecaster(window=5, batch_size=4, **FAST).fit("abcab cabca " * 20)
+    panel = SequenceForecaster(window=4, horizon=2, strategy="direct",
+                               dtype="float64", **FAST).fit(
+        [np.sin(np.arange(60) / 3), np.cos(np.arange(80) / 4)])
+    return {"series": (series, x, y), "chars": (chars, None, None),
+            "panel": (panel, None, None)}
+
+
+def _forecaster_outputs(model, x):
+    if model.target_type_ == "symbols":
+        return [np.array(list(model.sample(20, prompt="ab", random_state=1))),
+                np.array([model.bits_per_symbol("abcab cab")])]
+    kw = {} if x is None else dict(X_future=x[:3])
+    return [model.predict(3 if x is not None else 2, **kw),
+            *model.predict_interval(3 if x is not None else 2, 0.8, **kw)]
+
+
+@pytest.mark.filterwarnings("ignore:only \\d+ forecast origins")
+@pytest.mark.parametrize("fmt", ["native", "skops", "pickle"])
+def test_forecaster_round_trips(fmt, tmp_path):
+    if fmt == "skops":
+        sio = pytest.importorskip("skops.io")
+    for name, (model, x, _) in _forecasters().items():
+        path = tmp_path / f"{name}.bin"
+        if fmt == "native":
+            save(model, path)
+            loaded = load(path)
+        elif fmt == "skops":
+            sio.dump(model, path)
+            assert set(sio.get_untrusted_types(file=path)) <= set(TRUSTED_TYPES)
+            loaded = sio.load(path, trusted=TRUSTED_TYPES)
+        else:
+            loaded = pickle.loads(pickle.dumps(model))
+        for a, b in zip(_forecaster_outputs(loaded, x), _forecaster_outputs(model, x)):
+            assert_array_equal(a, b)
+        assert not hasattr(loaded, "_window_position")
+
+
+@pytest.mark.filterwarnings("ignore:only \\d+ forecast origins")
+def test_forecaster_state_is_checked():
+    model = _forecasters()["series"][0]
+    state = model.__getstate__()
+    for key, value, match in [
+            ("_tails", state["_tails"][:0], "_tails must be a list"),
+            ("conformity_scores_", -state["conformity_scores_"], "non-negative"),
+            ("_future_cols", np.array([1]), "split the"),
+            ("target_type_", "text", "target_type_"),
+            ("_mean", np.zeros(3), "_mean has shape")]:
+        bad = dict(state, **{key: value})
+        with pytest.raises(ValueError, match=match):
+            pickle.loads(pickle.dumps(model)).__setstate__(bad)
