@@ -3,9 +3,10 @@
 # Every equation of docs/engine.md is written here once, for float and double,
 # and shared by the kernels of _cells.pyx (rnn, lstm, gru) and _jordan.pyx.
 from cython cimport floating
+from libc.math cimport sqrt
 
 from ._math cimport (
-    sigmoid, tanh_, sqrt_, exp_, sigmoid_inplace, tanh_inplace,
+    sigmoid, tanh_, exp_, sigmoid_inplace, tanh_inplace,
 )
 
 cdef enum:
@@ -73,9 +74,13 @@ cdef inline Py_ssize_t first_stop(const Py_ssize_t* t_stop, int lo,
 cdef inline void ln_forward(floating* s, int n, const floating* w,
                             const floating* b, floating* xhat,
                             floating* rstd) noexcept nogil:
-    """Normalise ``s`` in place: ``s = w * (s - mean) / std + b``."""
+    """Normalise ``s`` in place: ``s = w * (s - mean) / std + b``.
+
+    The mean and variance are accumulated in double whatever the dtype: in
+    float32 the squares of deviations above about 1.8e19 would overflow and
+    turn every gate into its shift ``b``."""
     cdef int j
-    cdef floating mean = 0, var = 0, dev, r
+    cdef double mean = 0, var = 0, dev, r
     for j in range(n):
         mean = mean + s[j]
     mean = mean / n
@@ -83,10 +88,10 @@ cdef inline void ln_forward(floating* s, int n, const floating* w,
         dev = s[j] - mean
         var = var + dev * dev
     var = var / n
-    r = 1 / sqrt_(var + <floating> 1e-5)
-    rstd[0] = r
+    r = 1 / sqrt(var + 1e-5)
+    rstd[0] = <floating> r
     for j in range(n):
-        xhat[j] = (s[j] - mean) * r
+        xhat[j] = <floating> ((s[j] - mean) * r)
         s[j] = w[j] * xhat[j] + b[j]
 
 

@@ -11,8 +11,8 @@
    (0, 1, +-1, tanh of integers), and every gradient through a saturated
    gate is exactly 0, never NaN. Partly saturated layers match the float64
    NumPy reference, huge gradients included.
-3. Layer normalisation is scale-invariant: LN(s v) == LN(v) for s up to 1e30
-   (a known float32 failure above ~1e19 is marked xfail, see the test).
+3. Layer normalisation is scale-invariant: LN(s v) == LN(v) for s up to 1e30,
+   in float32 too (its mean and variance are accumulated in double).
 4. Whole networks (a huge output layer over a saturated stack, softmax,
    sigmoid and Jordan heads): finite loss equal to the exact value, finite
    gradients.
@@ -321,17 +321,8 @@ def test_partly_saturated_cells_match_the_reference(cell, reset_after, peephole,
 # 3. layer normalisation
 # ---------------------------------------------------------------------------
 
-LN_FLOAT32_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="pyx_rnn/_gates.pxd ln_forward accumulates the variance as sum of "
-           "(s - mean)**2 in the kernel's dtype: in float32 that overflows to "
-           "inf for deviations above ~1.8e19 (sqrt(FLT_MAX / H)), so rstd = 0 and "
-           "the normalised gates are silently replaced by ln_bias")
-
-
 @pytest.mark.parametrize("dtype, scale", [
-    (np.float32, 1e4), (np.float64, 1e4), (np.float64, 1e30),
-    pytest.param(np.float32, 1e30, marks=LN_FLOAT32_BUG)])
+    (np.float32, 1e4), (np.float64, 1e4), (np.float64, 1e30), (np.float32, 1e30)])
 @pytest.mark.parametrize("cell, reset_after, peephole",
                          [("rnn", True, False), ("lstm", True, False)])
 def test_layer_norm_is_scale_invariant(cell, reset_after, peephole, scale, dtype):
