@@ -30,6 +30,38 @@ def default_block_rows(n_sequences):
     return int(min(64, max(16, -(-n_sequences // 2))))
 
 
+#: How the per-step recurrent product ``h_{t-1} @ W_hh.T`` (and its transpose
+#: in the backward pass) is computed: "packed" (``pyx_rnn/_pgemm.h``: W_hh is
+#: packed once per layer call and every row is summed in a fixed order,
+#: whatever the other rows of its block), "blas" (one BLAS call per block and
+#: step), or "auto" (packed where it is measured to be faster).
+RECURRENT_PRODUCT = "auto"
+
+
+def use_packed_product(spec, block_rows, backward):
+    """Whether the recurrent product of this layer uses the packed kernel;
+    depends only on the sizes, never on the thread count.
+
+    Measured (benchmarks/OPTIMISATIONS.md): the packed kernel is faster in
+    both passes from 5 to 512 hidden units at blocks of up to 64 rows, and in
+    the backward pass at 1024 units; BLAS's cache blocking wins the forward
+    product from about 1024 units or 256-row blocks.
+    """
+    if RECURRENT_PRODUCT != "auto":
+        return RECURRENT_PRODUCT == "packed"
+    return backward or (spec.hidden <= 512 and block_rows <= 128)
+
+
+def _wpack(spec, block_rows, dtype, pool, backward):
+    """The buffer the kernels pack W_hh into (empty: BLAS products)."""
+    if not use_packed_product(spec, block_rows, backward):
+        return _empty(dtype, 1)
+    n = _cells.recurrent_pack_length(CELLS[spec.cell], spec.reset_after,
+                                     spec.hidden, np.dtype(dtype).itemsize,
+                                     backward)
+    return _take(pool, "wpack_b" if backward else "wpack", (n,), dtype)
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     """Static description of one layer in one direction."""
@@ -209,7 +241,8 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
         spec.reset_after, spec.layer_norm, spec.peephole, batch_sizes, offsets,
         G, w["weight_hh"], w["bias_hh"], _param(w, "peephole", dtype),
         _param(w, "ln_weight", dtype), _param(w, "ln_bias", dtype), mask, h, c,
-        H, C, Hprev, aux, xhat, rstd, work, block_rows, n_threads,
+        H, C, Hprev, aux, xhat, rstd, work,
+        _wpack(spec, block_rows, dtype, pool, False), block_rows, n_threads,
     )
     cache = LayerCache(X, G, H, C, Hprev, aux, xhat, rstd, h0, c0, mask,
                        batch_sizes, offsets, block_rows)
@@ -281,7 +314,8 @@ def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
         _param(w, "peephole", dtype), _param(w, "ln_weight", dtype), cache.mask,
         cache.h0, cache.c0, cache.H, cache.C, cache.Hprev, cache.aux, cache.xhat,
         cache.rstd, np.ascontiguousarray(dH, dtype), dh, dc, dG, dGh, dpeep,
-        dln_w, dln_b, work, block_rows, n_threads,
+        dln_w, dln_b, work, _wpack(spec, block_rows, dtype, pool, True),
+        block_rows, n_threads,
     )
     dG_, dGh_ = dG[first:], dGh[first:]
     _accumulate_input_grad(dG_, cache.X[first:], grads["weight_ih"], n_threads)
