@@ -90,6 +90,11 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
     cdef int step, t, nb, i, j, ncols
     cdef Py_ssize_t r0, r, b
     cdef bint two_phase = d.cell == GRU and not d.reset_after
+    # Hprev NULL (inference without a mask): the product reads h directly
+    cdef bint keep = Hprev != NULL
+    # rnn and lstm add the product to G in place; the gru needs it apart
+    cdef bint fused = d.cell != GRU
+    cdef const floating* A
     for step in range(d.n_steps):
         t = d.n_steps - 1 - step if d.reverse else step
         nb = <int> (min(<Py_ssize_t> hi, bs[t]) - lo)
@@ -98,29 +103,37 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
         r0 = off[t] + lo
         # The recurrent product reads the masked previous state, which is
         # also kept (Hprev) for the weight gradient.
-        for i in range(nb):
-            b = lo + i
-            for j in range(H):
+        if keep:
+            for i in range(nb):
+                b = lo + i
                 if d.has_mask:
-                    Hprev[(r0 + i) * H + j] = h[b * H + j] * mask[b * H + j]
+                    for j in range(H):
+                        Hprev[(r0 + i) * H + j] = h[b * H + j] * mask[b * H + j]
                 else:
-                    Hprev[(r0 + i) * H + j] = h[b * H + j]
+                    for j in range(H):
+                        Hprev[(r0 + i) * H + j] = h[b * H + j]
+            A = Hprev + r0 * H
+        else:
+            A = h + lo * H
         ncols = 2 * H if two_phase else GH
-        rgemm(nb, ncols, H, Hprev + r0 * H, H, P1, True, W_hh, H, False,
-              work, GH)
+        if fused:
+            rgemm(nb, ncols, H, A, H, P1, True, W_hh, H, True, G + r0 * GH, GH)
+        else:
+            rgemm(nb, ncols, H, A, H, P1, True, W_hh, H, False, work, GH)
         for i in range(nb):
             r = r0 + i
             b = lo + i
             if d.cell == RNN:
-                rnn_row(d, G + r * GH, work + i * GH, b_hh, ln_w, ln_b,
+                rnn_row(d, G + r * GH, NULL, b_hh, ln_w, ln_b,
                         xhat + r * GH, rstd + r * G_, H_out + r * H, h + b * H)
             elif d.cell == LSTM:
-                lstm_row(d, G + r * GH, work + i * GH, b_hh, peep, ln_w, ln_b,
+                lstm_row(d, G + r * GH, NULL, b_hh, peep, ln_w, ln_b,
                          xhat + r * GH, rstd + r * G_, H_out + r * H,
-                         C_out + r * H, h + b * H, c + b * H)
+                         C_out + r * H if C_out != NULL else NULL, h + b * H,
+                         c + b * H)
             else:
                 gru_rz_row(d, G + r * GH, work + i * GH, b_hh, ln_w, ln_b,
-                           xhat + r * GH, rstd + r * G_, Hprev + r * H,
+                           xhat + r * GH, rstd + r * G_, A + i * H,
                            aux + r * H)
         if d.cell != GRU:
             continue
@@ -259,6 +272,8 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
     on entry and the final state of every sequence on exit. ``H_out``,
     ``C_out``, ``Hprev``, ``aux``, ``xhat`` and ``rstd`` are filled for the
     backward pass. ``work`` has shape ``(n_blocks, block_rows * gates * hidden)``.
+    For inference ``Hprev`` may be empty when there is no mask and ``C_out``
+    may be empty: they are then not kept.
     ``wpack`` (``recurrent_pack_length`` elements) receives the packed
     ``W_hh`` for the packed recurrent product; empty: BLAS is used instead.
     Arrays a cell does not use may have size zero.

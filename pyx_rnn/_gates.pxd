@@ -117,9 +117,14 @@ cdef inline void rnn_row(Dims* d, floating* g, const floating* hh,
                          const floating* b_hh, const floating* ln_w,
                          const floating* ln_b, floating* xhat, floating* rstd,
                          floating* h_out, floating* h) noexcept nogil:
+    """``hh`` NULL: the recurrent product is already added to ``g``."""
     cdef int j, H = d.hidden
-    for j in range(H):
-        g[j] = g[j] + hh[j] + b_hh[j]
+    if hh != NULL:
+        for j in range(H):
+            g[j] = g[j] + hh[j] + b_hh[j]
+    else:
+        for j in range(H):
+            g[j] = g[j] + b_hh[j]
     if d.layer_norm:
         ln_forward(g, H, ln_w, ln_b, xhat, rstd)
     if d.activation == RELU:
@@ -137,9 +142,15 @@ cdef inline void lstm_row(Dims* d, floating* g, const floating* hh,
                           const floating* ln_w, const floating* ln_b,
                           floating* xhat, floating* rstd, floating* h_out,
                           floating* c_out, floating* h, floating* c) noexcept nogil:
+    """``hh`` NULL: the recurrent product is already added to ``g``;
+    ``c_out`` NULL: the cell state is not kept (inference)."""
     cdef int j, k, H = d.hidden
-    for j in range(4 * H):
-        g[j] = g[j] + hh[j] + b_hh[j]
+    if hh != NULL:
+        for j in range(4 * H):
+            g[j] = g[j] + hh[j] + b_hh[j]
+    else:
+        for j in range(4 * H):
+            g[j] = g[j] + b_hh[j]
     if d.peephole:
         for j in range(H):
             g[j] = g[j] + peep[j] * c[j]
@@ -152,7 +163,9 @@ cdef inline void lstm_row(Dims* d, floating* g, const floating* hh,
     tanh_inplace(g + 2 * H, H)         # g
     for j in range(H):
         c[j] = g[H + j] * c[j] + g[j] * g[2 * H + j]
-        c_out[j] = c[j]
+    if c_out != NULL:
+        for j in range(H):
+            c_out[j] = c[j]
     if d.peephole:
         for j in range(H):
             g[3 * H + j] = g[3 * H + j] + peep[2 * H + j] * c[j]

@@ -173,7 +173,8 @@ def _stops(t_stop, offsets, n_sequences):
 
 
 def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
-                  mask=None, *, n_threads=1, block_rows=None, pool=None):
+                  mask=None, *, n_threads=1, block_rows=None, pool=None,
+                  keep_cache=True):
     """Forward pass of one layer over a packed batch.
 
     Parameters
@@ -193,6 +194,9 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
     pool : dict, optional
         Buffers to reuse from call to call (see ``_take``); the returned
         arrays then live in it until the next call with the same pool.
+    keep_cache : bool
+        False for inference: what only the backward pass needs (the previous
+        states, the cell states) is not stored, and ``cache`` is None.
 
     Returns
     -------
@@ -201,11 +205,11 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
     h_n, c_n : ndarray of shape (n_sequences, hidden)
         State after the last step of every sequence (``c_n`` is empty except
         for the LSTM).
-    cache : LayerCache
+    cache : LayerCache or None
     """
     X, batch_sizes, offsets, h0, c0, mask = _checks.check_layer_forward_args(
         spec, w, X, batch_sizes, offsets, h0, c0, mask, n_threads=n_threads,
-        block_rows=block_rows, pool=pool)
+        block_rows=block_rows, pool=pool, keep_cache=keep_cache)
     dtype = w["weight_ih"].dtype
     n_rows = len(X)
     B = int(batch_sizes[0])
@@ -219,15 +223,16 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
     _input_product(X, w["weight_ih"], G, n_threads)
     G += w["bias_ih"]
     h = np.zeros((B, H_), dtype) if h0 is None else np.array(h0, dtype, order="C")
-    h0 = h.copy()
+    h0 = h.copy() if keep_cache else None
     if lstm:
         c = np.zeros((B, H_), dtype) if c0 is None else np.array(c0, dtype, order="C")
-        c0 = c.copy()
-        C = _take(pool, "C", (n_rows, H_), dtype)
+        c0 = c.copy() if keep_cache else None
+        C = _take(pool, "C", (n_rows, H_), dtype) if keep_cache else _empty(dtype)
     else:
         c = c0 = C = _empty(dtype)
     H = _take(pool, "H", (n_rows, H_), dtype)
-    Hprev = _take(pool, "Hprev", (n_rows, H_), dtype)
+    Hprev = (_take(pool, "Hprev", (n_rows, H_), dtype)
+             if keep_cache or mask is not None else _empty(dtype))
     aux = _take(pool, "aux", (n_rows, H_), dtype) if gru else _empty(dtype)
     if spec.layer_norm:
         xhat = _take(pool, "xhat", (n_rows, gh), dtype)
@@ -244,6 +249,8 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
         H, C, Hprev, aux, xhat, rstd, work,
         _wpack(spec, block_rows, dtype, pool, False), block_rows, n_threads,
     )
+    if not keep_cache:
+        return H, h, c, None
     cache = LayerCache(X, G, H, C, Hprev, aux, xhat, rstd, h0, c0, mask,
                        batch_sizes, offsets, block_rows)
     return H, h, c, cache

@@ -943,3 +943,22 @@ def test_packed_product_independent_of_batch(c, dtype, monkeypatch):
                 else:
                     assert_array_equal(part[k], batch[k][subset], err_msg=k,
                                        strict=True)
+
+
+@pytest.mark.parametrize("c", REPRESENTATIVE + [cfg("lstm"), cfg("rnn")], ids=cfg_id)
+def test_layer_forward_without_cache(c):
+    """Inference (``keep_cache=False``) gives bitwise the same outputs and
+    final states as the training forward pass, and keeps no cache."""
+    pb = layer_problem(c, THREAD_LENGTHS, seed=63)
+    spec = spec_of(c)
+    X, pk = pack(pb["seqs"], np.float32)
+    w = {k: v.astype(np.float32) for k, v in pb["params"].items()}
+    args = [_sel(pb[k], pk.order, np.float32) for k in ("h0", "c0", "mask")]
+    runs = [layer_forward(spec, w, X, pk.batch_sizes, pk.offsets, *args,
+                          n_threads=2, block_rows=8, keep_cache=keep)
+            for keep in (True, False)]
+    assert runs[1][3] is None
+    for a, b in zip(runs[0][:3], runs[1][:3]):
+        assert_array_equal(a, b, strict=True)
+    with pytest.raises(TypeError, match="keep_cache"):
+        layer_forward(spec, w, X, pk.batch_sizes, pk.offsets, keep_cache=None)
