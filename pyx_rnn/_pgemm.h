@@ -10,8 +10,8 @@
  *     P[p * K * NR + k * NR + j] = B(k, p * NR + j)     (0 past the last column)
  *
  * and sr_pgemm_* computes C (=, or +=) A @ B from it with a register-blocked
- * micro-kernel: MR rows of A times one panel, accumulated in 2 * MR vector
- * registers.
+ * micro-kernel: MR rows of A times one panel, accumulated in MR * NV vector
+ * registers (AVX-512: 8 x 2 zmm; AVX2: 3 x 4 ymm; baseline: 1 x 8 xmm).
  *
  * Exactness: every output element is the sum over k = 0, 1, ..., K-1, in that
  * order, of A[i, k] * B(k, j), accumulated from zero in a single accumulator
@@ -63,8 +63,7 @@ SR_DEFINE_PACK(sr_pack_d, double)
 #define SR_STORE_ROW(T, NR, acc, c, ncols, accumulate)                        \
     do {                                                                      \
         T sr_tmp_[NR];                                                        \
-        memcpy(sr_tmp_, &(acc)[0], sizeof(T) * NR / 2);                       \
-        memcpy(sr_tmp_ + NR / 2, &(acc)[1], sizeof(T) * NR / 2);              \
+        memcpy(sr_tmp_, (acc), sizeof(T) * NR);                               \
         if (accumulate) {                                                     \
             for (int j_ = 0; j_ < (ncols); j_++) (c)[j_] += sr_tmp_[j_];      \
         } else {                                                              \
@@ -73,31 +72,38 @@ SR_DEFINE_PACK(sr_pack_d, double)
     } while (0)
 
 #if defined(__GNUC__)
-/* GCC / clang vector extensions: V holds half a panel row (64 bytes). */
-typedef float sr_vf __attribute__((vector_size(64)));
-typedef double sr_vd __attribute__((vector_size(64)));
+/* GCC / clang vector extensions, one type per register width: a panel row is
+ * NV = SR_PANEL_BYTES / sizeof(V) vectors (a vector type wider than the
+ * hardware's would be kept in memory). */
+typedef float sr_vf16 __attribute__((vector_size(64)));
+typedef double sr_vd8 __attribute__((vector_size(64)));
+typedef float sr_vf8 __attribute__((vector_size(32)));
+typedef double sr_vd4 __attribute__((vector_size(32)));
+typedef float sr_vf4 __attribute__((vector_size(16)));
+typedef double sr_vd2 __attribute__((vector_size(16)));
+
+/* Loops over registers are unrolled, so that the accumulators live in
+ * registers rather than in an array in memory. */
+#define SR_UNROLL _Pragma("GCC unroll 16")
 
 /* MR rows of A (stride lda) times one K x NR panel. */
 #define SR_DEFINE_MICRO(NAME, T, V, MR, ATTR)                                 \
 ATTR static inline void NAME(int K, const T *A, long lda, const T *Pp,        \
                              T *C, long ldc, int ncols, int accumulate) {     \
-    enum { NR = SR_PANEL_BYTES / sizeof(T) };                                 \
-    V acc[MR][2];                                                             \
-    for (int r = 0; r < MR; r++) {                                            \
-        acc[r][0] = (V){0};                                                   \
-        acc[r][1] = (V){0};                                                   \
-    }                                                                         \
+    enum { NR = SR_PANEL_BYTES / sizeof(T), NV = SR_PANEL_BYTES / sizeof(V) }; \
+    V acc[MR][NV];                                                            \
+    SR_UNROLL for (int r = 0; r < MR; r++)                                    \
+        SR_UNROLL for (int v = 0; v < NV; v++) acc[r][v] = (V){0};            \
     for (int k = 0; k < K; k++) {                                             \
-        V w0, w1;                                                             \
-        memcpy(&w0, Pp + (long) k * NR, sizeof(V));                           \
-        memcpy(&w1, Pp + (long) k * NR + NR / 2, sizeof(V));                  \
-        for (int r = 0; r < MR; r++) {                                        \
+        V w[NV];                                                              \
+        SR_UNROLL for (int v = 0; v < NV; v++)                                \
+            memcpy(&w[v], Pp + (long) k * NR + v * (NR / NV), sizeof(V));     \
+        SR_UNROLL for (int r = 0; r < MR; r++) {                              \
             T a = A[r * lda + k];                                             \
-            acc[r][0] += a * w0;                                              \
-            acc[r][1] += a * w1;                                              \
+            SR_UNROLL for (int v = 0; v < NV; v++) acc[r][v] += a * w[v];     \
         }                                                                     \
     }                                                                         \
-    for (int r = 0; r < MR; r++)                                              \
+    SR_UNROLL for (int r = 0; r < MR; r++)                                    \
         SR_STORE_ROW(T, NR, acc[r], C + r * ldc, ncols, accumulate);          \
 }
 #else
@@ -117,8 +123,8 @@ static void NAME(int K, const T *A, long lda, const T *Pp, T *C, long ldc,    \
             C[r * ldc + j] = accumulate ? C[r * ldc + j] + acc[j] : acc[j];   \
     }                                                                         \
 }
-typedef float sr_vf;
-typedef double sr_vd;
+typedef float sr_vf4;
+typedef double sr_vd2;
 #endif
 
 /* C[m, n] (=, or += with accumulate) A[m, K] @ B, B packed in P. Panels are
@@ -151,17 +157,17 @@ ATTR static void NAME(int m, int n, int K, const T *A, int lda,               \
     }                                                                         \
 }
 
-SR_DEFINE_GEMM(sr_pgemm_f_base, float, sr_vf, 2, )
-SR_DEFINE_GEMM(sr_pgemm_d_base, double, sr_vd, 2, )
+SR_DEFINE_GEMM(sr_pgemm_f_base, float, sr_vf4, 1, )
+SR_DEFINE_GEMM(sr_pgemm_d_base, double, sr_vd2, 1, )
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(SKLEARN_RNN_NO_ISA_DISPATCH)
 #define SR_PGEMM_DISPATCH 1
 #define SR_AVX2 __attribute__((target("avx2,fma")))
 #define SR_AVX512 __attribute__((target("avx512f,fma")))
-SR_DEFINE_GEMM(sr_pgemm_f_avx2, float, sr_vf, 2, SR_AVX2)
-SR_DEFINE_GEMM(sr_pgemm_d_avx2, double, sr_vd, 2, SR_AVX2)
-SR_DEFINE_GEMM(sr_pgemm_f_avx512, float, sr_vf, 8, SR_AVX512)
-SR_DEFINE_GEMM(sr_pgemm_d_avx512, double, sr_vd, 8, SR_AVX512)
+SR_DEFINE_GEMM(sr_pgemm_f_avx2, float, sr_vf8, 3, SR_AVX2)
+SR_DEFINE_GEMM(sr_pgemm_d_avx2, double, sr_vd4, 3, SR_AVX2)
+SR_DEFINE_GEMM(sr_pgemm_f_avx512, float, sr_vf16, 8, SR_AVX512)
+SR_DEFINE_GEMM(sr_pgemm_d_avx512, double, sr_vd8, 8, SR_AVX512)
 #endif
 
 /* 0: baseline, 1: AVX2 + FMA, 2: AVX-512. Set once at module load. */
