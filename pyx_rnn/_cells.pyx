@@ -18,7 +18,7 @@ threads: results are bitwise identical with 1 thread or many.
 from cython cimport floating
 from cython.parallel cimport prange
 
-from ._blas cimport gemm
+from ._blas cimport pack_b, rgemm, sr_pack_length, sr_pgemm_init
 from ._gates cimport (
     Dims, RNN, LSTM, GRU, first_stop, make_dims, ptr1, ptr2, rnn_row, lstm_row, gru_rz_row, gru_n_row,
     rnn_row_back, lstm_row_back, gru_n_row_back, gru_rz_row_back,
@@ -29,6 +29,48 @@ CELL_LSTM = 1
 CELL_GRU = 2
 ACT_TANH = 0
 ACT_RELU = 1
+PGEMM_ISA = sr_pgemm_init()   # 0 baseline, 1 AVX2 + FMA, 2 AVX-512
+
+
+def recurrent_pack_length(int cell, bint reset_after, int hidden,
+                          int itemsize, bint backward):
+    """Length of the ``wpack`` buffer of ``recurrent_forward`` (or, with
+    ``backward``, of ``recurrent_backward``) for the packed recurrent product:
+    the weight matrix in the panels of ``pyx_rnn/_pgemm.h``."""
+    cdef int gates = 1 if cell == RNN else (4 if cell == LSTM else 3)
+    cdef int H = hidden
+    if cell == GRU and not reset_after:
+        if backward:     # W_hh[:2H] (2H x H) and W_hh[2H:] (H x H), untransposed
+            return sr_pack_length(H, 2 * H, itemsize) + sr_pack_length(H, H, itemsize)
+        return sr_pack_length(2 * H, H, itemsize) + sr_pack_length(H, H, itemsize)
+    if backward:
+        return sr_pack_length(H, gates * H, itemsize)
+    return sr_pack_length(gates * H, H, itemsize)
+
+
+cdef void pack_recurrent(Dims* d, bint backward, const floating* W_hh,
+                         floating* wpack, floating** P1,
+                         floating** P2) noexcept nogil:
+    """Pack W_hh for the products of the forward pass (``W_hh.T``) or of the
+    backward pass (``W_hh``); ``P2`` is the GRU candidate's block when the
+    reset is applied before the product."""
+    cdef int H = d.hidden, GH = d.gates * d.hidden
+    cdef bint two_phase = d.cell == GRU and not d.reset_after
+    cdef int n1 = 2 * H if two_phase else GH
+    P1[0] = P2[0] = NULL
+    if wpack == NULL:
+        return
+    P1[0] = wpack
+    if backward:
+        pack_b(False, n1, H, W_hh, H, wpack)
+        if two_phase:
+            P2[0] = wpack + sr_pack_length(H, n1, sizeof(floating))
+            pack_b(False, H, H, W_hh + 2 * H * H, H, P2[0])
+    else:
+        pack_b(True, H, n1, W_hh, H, wpack)
+        if two_phase:
+            P2[0] = wpack + sr_pack_length(n1, H, sizeof(floating))
+            pack_b(True, H, H, W_hh + 2 * H * H, H, P2[0])
 
 # --------------------------------------------------------------------------
 # Forward pass of one block of sequences through all steps
@@ -36,7 +78,8 @@ ACT_RELU = 1
 
 cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
                         const Py_ssize_t* off, floating* G,
-                        const floating* W_hh, const floating* b_hh,
+                        const floating* W_hh, const floating* P1,
+                        const floating* P2, const floating* b_hh,
                         const floating* peep, const floating* ln_w,
                         const floating* ln_b, const floating* mask,
                         floating* h, floating* c, floating* H_out,
@@ -47,6 +90,11 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
     cdef int step, t, nb, i, j, ncols
     cdef Py_ssize_t r0, r, b
     cdef bint two_phase = d.cell == GRU and not d.reset_after
+    # Hprev NULL (inference without a mask): the product reads h directly
+    cdef bint keep = Hprev != NULL
+    # rnn and lstm add the product to G in place; the gru needs it apart
+    cdef bint fused = d.cell != GRU
+    cdef const floating* A
     for step in range(d.n_steps):
         t = d.n_steps - 1 - step if d.reverse else step
         nb = <int> (min(<Py_ssize_t> hi, bs[t]) - lo)
@@ -55,36 +103,44 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
         r0 = off[t] + lo
         # The recurrent product reads the masked previous state, which is
         # also kept (Hprev) for the weight gradient.
-        for i in range(nb):
-            b = lo + i
-            for j in range(H):
+        if keep:
+            for i in range(nb):
+                b = lo + i
                 if d.has_mask:
-                    Hprev[(r0 + i) * H + j] = h[b * H + j] * mask[b * H + j]
+                    for j in range(H):
+                        Hprev[(r0 + i) * H + j] = h[b * H + j] * mask[b * H + j]
                 else:
-                    Hprev[(r0 + i) * H + j] = h[b * H + j]
+                    for j in range(H):
+                        Hprev[(r0 + i) * H + j] = h[b * H + j]
+            A = Hprev + r0 * H
+        else:
+            A = h + lo * H
         ncols = 2 * H if two_phase else GH
-        gemm(False, True, nb, ncols, H, <floating> 1, Hprev + r0 * H, H,
-             W_hh, H, <floating> 0, work, GH)
+        if fused:
+            rgemm(nb, ncols, H, A, H, P1, True, W_hh, H, True, G + r0 * GH, GH)
+        else:
+            rgemm(nb, ncols, H, A, H, P1, True, W_hh, H, False, work, GH)
         for i in range(nb):
             r = r0 + i
             b = lo + i
             if d.cell == RNN:
-                rnn_row(d, G + r * GH, work + i * GH, b_hh, ln_w, ln_b,
+                rnn_row(d, G + r * GH, NULL, b_hh, ln_w, ln_b,
                         xhat + r * GH, rstd + r * G_, H_out + r * H, h + b * H)
             elif d.cell == LSTM:
-                lstm_row(d, G + r * GH, work + i * GH, b_hh, peep, ln_w, ln_b,
+                lstm_row(d, G + r * GH, NULL, b_hh, peep, ln_w, ln_b,
                          xhat + r * GH, rstd + r * G_, H_out + r * H,
-                         C_out + r * H, h + b * H, c + b * H)
+                         C_out + r * H if C_out != NULL else NULL, h + b * H,
+                         c + b * H)
             else:
                 gru_rz_row(d, G + r * GH, work + i * GH, b_hh, ln_w, ln_b,
-                           xhat + r * GH, rstd + r * G_, Hprev + r * H,
+                           xhat + r * GH, rstd + r * G_, A + i * H,
                            aux + r * H)
         if d.cell != GRU:
             continue
         if two_phase:
             # candidate's recurrent product: W_hn (r * m * h)
-            gemm(False, True, nb, H, H, <floating> 1, aux + r0 * H, H,
-                 W_hh + 2 * H * H, H, <floating> 0, work + 2 * H, GH)
+            rgemm(nb, H, H, aux + r0 * H, H, P2, True, W_hh + 2 * H * H, H,
+                  False, work + 2 * H, GH)
         for i in range(nb):
             r = r0 + i
             gru_n_row(d, G + r * GH, work + i * GH, b_hh, ln_w, ln_b,
@@ -95,7 +151,8 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
 cdef void backward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
                          const Py_ssize_t* off, const Py_ssize_t* t_stop,
                          const floating* G,
-                         const floating* W_hh, const floating* peep,
+                         const floating* W_hh, const floating* P1,
+                         const floating* P2, const floating* peep,
                          const floating* ln_w, const floating* mask,
                          const floating* h0, const floating* c0,
                          const floating* H_out, const floating* C_out,
@@ -167,8 +224,8 @@ cdef void backward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
         ncols = GH
         if two_phase:
             # d(r * m * h) = dg_n @ W_hn, needed by the reset gate
-            gemm(False, False, nb, H, H, <floating> 1, dG + r0 * GH + 2 * H,
-                 GH, W_hh + 2 * H * H, H, <floating> 0, work, H)
+            rgemm(nb, H, H, dG + r0 * GH + 2 * H, GH, P2, False,
+                  W_hh + 2 * H * H, H, False, work, H)
             for i in range(nb):
                 r = r0 + i
                 gru_rz_row_back(d, G + r * GH, aux + r * H, Hprev + r * H,
@@ -179,8 +236,8 @@ cdef void backward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
                     work[i * H + j] = work[i * H + j] * G[r * GH + j]
             ncols = 2 * H
         # gradient w.r.t. the masked previous state
-        gemm(False, False, nb, H, ncols, <floating> 1, dGh + r0 * GH, GH,
-             W_hh, H, <floating> (1 if two_phase else 0), work, H)
+        rgemm(nb, H, ncols, dGh + r0 * GH, GH, P1, False, W_hh, H, two_phase,
+              work, H)
         for i in range(nb):
             b = lo + i
             for j in range(H):
@@ -207,7 +264,7 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
                       floating[:, ::1] C_out, floating[:, ::1] Hprev,
                       floating[:, ::1] aux, floating[:, ::1] xhat,
                       floating[:, ::1] rstd, floating[:, ::1] work,
-                      int block_rows, int n_threads):
+                      floating[::1] wpack, int block_rows, int n_threads):
     """Run one layer in one direction over a packed batch.
 
     ``G`` holds the input projection ``W_ih x + b_ih`` of every row on entry
@@ -215,6 +272,10 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
     on entry and the final state of every sequence on exit. ``H_out``,
     ``C_out``, ``Hprev``, ``aux``, ``xhat`` and ``rstd`` are filled for the
     backward pass. ``work`` has shape ``(n_blocks, block_rows * gates * hidden)``.
+    For inference ``Hprev`` may be empty when there is no mask and ``C_out``
+    may be empty: they are then not kept.
+    ``wpack`` (``recurrent_pack_length`` elements) receives the packed
+    ``W_hh`` for the packed recurrent product; empty: BLAS is used instead.
     Arrays a cell does not use may have size zero.
     """
     cdef int n_steps = batch_sizes.shape[0]
@@ -243,11 +304,14 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
     cdef floating* prs = ptr2(rstd)
     cdef floating* pwork = ptr2(work)
     cdef Py_ssize_t wstride = work.shape[1]
+    cdef floating* P1
+    cdef floating* P2
+    pack_recurrent(&d, False, pW, ptr1(wpack), &P1, &P2)
     for k in prange(n_blocks, nogil=True, schedule="dynamic",
                     num_threads=min(n_threads, n_blocks)):
         lo = k * block_rows
         hi = min(lo + block_rows, B)
-        forward_block(&d, lo, hi, pbs, poff, pG, pW, pb, ppeep, plnw, plnb,
+        forward_block(&d, lo, hi, pbs, poff, pG, pW, P1, P2, pb, ppeep, plnw, plnb,
                       pmask, ph, pc, pH, pC, pHp, paux, pxh, prs,
                       pwork + k * wstride)
 
@@ -268,7 +332,7 @@ def recurrent_backward(int cell, int activation, bint reverse,
                        floating[:, ::1] dG, floating[:, ::1] dGh,
                        floating[:, ::1] dpeep, floating[:, ::1] dln_w,
                        floating[:, ::1] dln_b, floating[:, ::1] work,
-                       int block_rows, int n_threads):
+                       floating[::1] wpack, int block_rows, int n_threads):
     """Back-propagate one layer in one direction through time.
 
     ``dH`` is dL/dh at every row from above. ``dh`` (and ``dc``) hold the
@@ -280,6 +344,7 @@ def recurrent_backward(int cell, int activation, bint reverse,
     ``dpeep``, ``dln_w`` and ``dln_b`` have one row per block and receive
     partial sums (they must be zero on entry), to be added in block order by
     the caller so that the total does not depend on the thread count.
+    ``wpack`` is as for ``recurrent_forward`` (with ``backward=True``).
     """
     cdef int n_steps = batch_sizes.shape[0]
     cdef int B = <int> batch_sizes[0] if n_steps > 0 else 0
@@ -316,11 +381,14 @@ def recurrent_backward(int cell, int activation, bint reverse,
     cdef Py_ssize_t pstride = dpeep.shape[1]
     cdef Py_ssize_t lstride = dln_w.shape[1]
     cdef const Py_ssize_t* pstop = &t_stop[0] if t_stop.shape[0] > 0 else NULL
+    cdef floating* P1
+    cdef floating* P2
+    pack_recurrent(&d, True, pW, ptr1(wpack), &P1, &P2)
     for k in prange(n_blocks, nogil=True, schedule="dynamic",
                     num_threads=min(n_threads, n_blocks)):
         lo = k * block_rows
         hi = min(lo + block_rows, B)
-        backward_block(&d, lo, hi, pbs, poff, pstop, pG, pW, ppeep, plnw,
+        backward_block(&d, lo, hi, pbs, poff, pstop, pG, pW, P1, P2, ppeep, plnw,
                        pmask, ph0, pc0, pH, pC, pHp, paux, pxh, prs, pdH, pdh,
                        pdc, pdG, pdGh,
                        pdpeep + k * pstride if pdpeep != NULL else NULL,

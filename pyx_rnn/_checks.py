@@ -594,7 +594,7 @@ def _check_cache_tokens(X, n_rows, n_in, where, forward):
 
 def check_layer_forward_args(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
                              mask=None, *, n_threads=1, block_rows=None,
-                             pool=None):
+                             pool=None, keep_cache=True):
     """Validate the arguments of ``layer_forward``.
 
     Returns ``X, batch_sizes, offsets, h0, c0, mask``: C-contiguous writable
@@ -624,6 +624,9 @@ def check_layer_forward_args(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
     if mask is not None:
         mask = _float_input(mask, "mask", where, dtype, (B, hidden), state)
     _check_pool(pool, where)
+    if not isinstance(keep_cache, (bool, np.bool_)):
+        raise TypeError(f"{where}: keep_cache must be a bool, got "
+                        f"{type(keep_cache).__name__} {keep_cache!r}")
 
     _int32(br * gh, "block_rows * gates * hidden", where, "use a smaller block_rows")
     _int32(n_rows * max(n_in, gh), "rows * max(n_input, gates * hidden)", where,

@@ -1,4 +1,6 @@
 # Gate math of the cells, one row (one sequence at one step) at a time.
+# Index arithmetic is in Py_ssize_t: Python builds with -fwrapv, under which
+# an int offset such as H + j may wrap, and GCC then leaves the loop scalar.
 #
 # Every equation of docs/engine.md is written here once, for float and double,
 # and shared by the kernels of _cells.pyx (rnn, lstm, gru) and _jordan.pyx.
@@ -79,7 +81,7 @@ cdef inline void ln_forward(floating* s, int n, const floating* w,
     The mean and variance are accumulated in double whatever the dtype: in
     float32 the squares of deviations above about 1.8e19 would overflow and
     turn every gate into its shift ``b``."""
-    cdef int j
+    cdef Py_ssize_t j
     cdef double mean = 0, var = 0, dev, r
     for j in range(n):
         mean = mean + s[j]
@@ -100,7 +102,7 @@ cdef inline void ln_backward(floating* ds, int n, const floating* w,
                              floating* dw, floating* db) noexcept nogil:
     """Turn the gradient w.r.t. the normalised output into the gradient w.r.t.
     the input, in place, and accumulate the gain and shift gradients."""
-    cdef int j
+    cdef Py_ssize_t j
     cdef floating m1 = 0, m2 = 0, dx
     for j in range(n):
         dw[j] += ds[j] * xhat[j]
@@ -122,9 +124,14 @@ cdef inline void rnn_row(Dims* d, floating* g, const floating* hh,
                          const floating* b_hh, const floating* ln_w,
                          const floating* ln_b, floating* xhat, floating* rstd,
                          floating* h_out, floating* h) noexcept nogil:
-    cdef int j, H = d.hidden
-    for j in range(H):
-        g[j] = g[j] + hh[j] + b_hh[j]
+    """``hh`` NULL: the recurrent product is already added to ``g``."""
+    cdef Py_ssize_t j, H = d.hidden
+    if hh != NULL:
+        for j in range(H):
+            g[j] = g[j] + hh[j] + b_hh[j]
+    else:
+        for j in range(H):
+            g[j] = g[j] + b_hh[j]
     if d.layer_norm:
         ln_forward(g, H, ln_w, ln_b, xhat, rstd)
     if d.activation == RELU:
@@ -142,9 +149,15 @@ cdef inline void lstm_row(Dims* d, floating* g, const floating* hh,
                           const floating* ln_w, const floating* ln_b,
                           floating* xhat, floating* rstd, floating* h_out,
                           floating* c_out, floating* h, floating* c) noexcept nogil:
-    cdef int j, k, H = d.hidden
-    for j in range(4 * H):
-        g[j] = g[j] + hh[j] + b_hh[j]
+    """``hh`` NULL: the recurrent product is already added to ``g``;
+    ``c_out`` NULL: the cell state is not kept (inference)."""
+    cdef Py_ssize_t j, k, H = d.hidden
+    if hh != NULL:
+        for j in range(4 * H):
+            g[j] = g[j] + hh[j] + b_hh[j]
+    else:
+        for j in range(4 * H):
+            g[j] = g[j] + b_hh[j]
     if d.peephole:
         for j in range(H):
             g[j] = g[j] + peep[j] * c[j]
@@ -157,7 +170,9 @@ cdef inline void lstm_row(Dims* d, floating* g, const floating* hh,
     tanh_inplace(g + 2 * H, H)         # g
     for j in range(H):
         c[j] = g[H + j] * c[j] + g[j] * g[2 * H + j]
-        c_out[j] = c[j]
+    if c_out != NULL:
+        for j in range(H):
+            c_out[j] = c[j]
     if d.peephole:
         for j in range(H):
             g[3 * H + j] = g[3 * H + j] + peep[2 * H + j] * c[j]
@@ -183,7 +198,7 @@ cdef inline void gru_rz_row(Dims* d, floating* g, const floating* hh,
     reset after: ``aux = a_n`` and ``g_n += r * a_n``.
     reset before: ``aux = r * m * h``, to be multiplied by ``W_hn`` next.
     """
-    cdef int j, H = d.hidden
+    cdef Py_ssize_t j, H = d.hidden
     for j in range(2 * H):
         g[j] = g[j] + hh[j] + b_hh[j]
     if d.layer_norm:
@@ -203,7 +218,7 @@ cdef inline void gru_n_row(Dims* d, floating* g, const floating* hh,
                            const floating* b_hh, const floating* ln_w,
                            const floating* ln_b, floating* xhat, floating* rstd,
                            floating* h_out, floating* h) noexcept nogil:
-    cdef int j, H = d.hidden
+    cdef Py_ssize_t j, H = d.hidden
     if not d.reset_after:
         for j in range(H):
             g[2 * H + j] = g[2 * H + j] + hh[2 * H + j] + b_hh[2 * H + j]
@@ -226,7 +241,7 @@ cdef inline void rnn_row_back(Dims* d, const floating* h_out,
                               const floating* ln_w, const floating* xhat,
                               floating rstd, floating* dh, floating* dg,
                               floating* dln_w, floating* dln_b) noexcept nogil:
-    cdef int j, H = d.hidden
+    cdef Py_ssize_t j, H = d.hidden
     cdef floating v
     for j in range(H):
         v = h_out[j]
@@ -245,7 +260,7 @@ cdef inline void lstm_row_back(Dims* d, const floating* g, const floating* c,
                                const floating* rstd, floating* dh,
                                floating* dc, floating* dg, floating* dpeep,
                                floating* dln_w, floating* dln_b) noexcept nogil:
-    cdef int j, k, H = d.hidden
+    cdef Py_ssize_t j, k, H = d.hidden
     cdef floating i_, f_, g_, o_, tc, dct
     # tanh(c_t), kept in dg's g block until that block is written
     for j in range(H):
@@ -290,7 +305,7 @@ cdef inline void gru_n_row_back(Dims* d, const floating* g,
                                 floating* dln_b) noexcept nogil:
     """Candidate and update gate: fills dg_n (w.r.t. the candidate's
     pre-activation) and dg_z before its layer norm; dh becomes z * dh_t."""
-    cdef int j, H = d.hidden
+    cdef Py_ssize_t j, H = d.hidden
     cdef floating z_, n_
     for j in range(H):
         z_ = g[H + j]
@@ -311,7 +326,7 @@ cdef inline void gru_rz_row_back(Dims* d, const floating* g,
                                  floating* dln_b) noexcept nogil:
     """Reset gate, then both layer norms of r and z; fills the hidden-side
     gradient ``dgh`` (equal to ``dg`` except for the reset-after candidate)."""
-    cdef int j, H = d.hidden
+    cdef Py_ssize_t j, H = d.hidden
     cdef floating r_
     for j in range(H):
         r_ = g[j]
@@ -342,7 +357,7 @@ cdef enum:
 
 cdef inline void output_row(int kind, floating* z, int n) noexcept nogil:
     """Apply the output activation to ``z`` in place."""
-    cdef int j
+    cdef Py_ssize_t j
     cdef floating top, total
     if kind == OUT_TANH:
         for j in range(n):
@@ -367,7 +382,7 @@ cdef inline void output_row_back(int kind, const floating* y,
                                  const floating* dy, floating* dz,
                                  int n) noexcept nogil:
     """``dz += J(y)^T dy``: the gradient w.r.t. the pre-activation."""
-    cdef int j
+    cdef Py_ssize_t j
     cdef floating dot
     if kind == OUT_IDENTITY:
         for j in range(n):

@@ -30,6 +30,38 @@ def default_block_rows(n_sequences):
     return int(min(64, max(16, -(-n_sequences // 2))))
 
 
+#: How the per-step recurrent product ``h_{t-1} @ W_hh.T`` (and its transpose
+#: in the backward pass) is computed: "packed" (``pyx_rnn/_pgemm.h``: W_hh is
+#: packed once per layer call and every row is summed in a fixed order,
+#: whatever the other rows of its block), "blas" (one BLAS call per block and
+#: step), or "auto" (packed where it is measured to be faster).
+RECURRENT_PRODUCT = "auto"
+
+
+def use_packed_product(spec, block_rows, backward):
+    """Whether the recurrent product of this layer uses the packed kernel;
+    depends only on the sizes, never on the thread count.
+
+    Measured (benchmarks/OPTIMISATIONS.md): the packed kernel is faster in
+    both passes from 5 to 512 hidden units at blocks of up to 64 rows, and in
+    the backward pass at 1024 units; BLAS's cache blocking wins the forward
+    product from about 1024 units or 256-row blocks.
+    """
+    if RECURRENT_PRODUCT != "auto":
+        return RECURRENT_PRODUCT == "packed"
+    return backward or (spec.hidden <= 512 and block_rows <= 128)
+
+
+def _wpack(spec, block_rows, dtype, pool, backward):
+    """The buffer the kernels pack W_hh into (empty: BLAS products)."""
+    if not use_packed_product(spec, block_rows, backward):
+        return _empty(dtype, 1)
+    n = _cells.recurrent_pack_length(CELLS[spec.cell], spec.reset_after,
+                                     spec.hidden, np.dtype(dtype).itemsize,
+                                     backward)
+    return _take(pool, "wpack_b" if backward else "wpack", (n,), dtype)
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     """Static description of one layer in one direction."""
@@ -141,7 +173,8 @@ def _stops(t_stop, offsets, n_sequences):
 
 
 def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
-                  mask=None, *, n_threads=1, block_rows=None, pool=None):
+                  mask=None, *, n_threads=1, block_rows=None, pool=None,
+                  keep_cache=True):
     """Forward pass of one layer over a packed batch.
 
     Parameters
@@ -161,6 +194,9 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
     pool : dict, optional
         Buffers to reuse from call to call (see ``_take``); the returned
         arrays then live in it until the next call with the same pool.
+    keep_cache : bool
+        False for inference: what only the backward pass needs (the previous
+        states, the cell states) is not stored, and ``cache`` is None.
 
     Returns
     -------
@@ -169,11 +205,11 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
     h_n, c_n : ndarray of shape (n_sequences, hidden)
         State after the last step of every sequence (``c_n`` is empty except
         for the LSTM).
-    cache : LayerCache
+    cache : LayerCache or None
     """
     X, batch_sizes, offsets, h0, c0, mask = _checks.check_layer_forward_args(
         spec, w, X, batch_sizes, offsets, h0, c0, mask, n_threads=n_threads,
-        block_rows=block_rows, pool=pool)
+        block_rows=block_rows, pool=pool, keep_cache=keep_cache)
     dtype = w["weight_ih"].dtype
     n_rows = len(X)
     B = int(batch_sizes[0])
@@ -187,15 +223,16 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
     _input_product(X, w["weight_ih"], G, n_threads)
     G += w["bias_ih"]
     h = np.zeros((B, H_), dtype) if h0 is None else np.array(h0, dtype, order="C")
-    h0 = h.copy()
+    h0 = h.copy() if keep_cache else None
     if lstm:
         c = np.zeros((B, H_), dtype) if c0 is None else np.array(c0, dtype, order="C")
-        c0 = c.copy()
-        C = _take(pool, "C", (n_rows, H_), dtype)
+        c0 = c.copy() if keep_cache else None
+        C = _take(pool, "C", (n_rows, H_), dtype) if keep_cache else _empty(dtype)
     else:
         c = c0 = C = _empty(dtype)
     H = _take(pool, "H", (n_rows, H_), dtype)
-    Hprev = _take(pool, "Hprev", (n_rows, H_), dtype)
+    Hprev = (_take(pool, "Hprev", (n_rows, H_), dtype)
+             if keep_cache or mask is not None else _empty(dtype))
     aux = _take(pool, "aux", (n_rows, H_), dtype) if gru else _empty(dtype)
     if spec.layer_norm:
         xhat = _take(pool, "xhat", (n_rows, gh), dtype)
@@ -209,8 +246,11 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
         spec.reset_after, spec.layer_norm, spec.peephole, batch_sizes, offsets,
         G, w["weight_hh"], w["bias_hh"], _param(w, "peephole", dtype),
         _param(w, "ln_weight", dtype), _param(w, "ln_bias", dtype), mask, h, c,
-        H, C, Hprev, aux, xhat, rstd, work, block_rows, n_threads,
+        H, C, Hprev, aux, xhat, rstd, work,
+        _wpack(spec, block_rows, dtype, pool, False), block_rows, n_threads,
     )
+    if not keep_cache:
+        return H, h, c, None
     cache = LayerCache(X, G, H, C, Hprev, aux, xhat, rstd, h0, c0, mask,
                        batch_sizes, offsets, block_rows)
     return H, h, c, cache
@@ -281,7 +321,8 @@ def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
         _param(w, "peephole", dtype), _param(w, "ln_weight", dtype), cache.mask,
         cache.h0, cache.c0, cache.H, cache.C, cache.Hprev, cache.aux, cache.xhat,
         cache.rstd, np.ascontiguousarray(dH, dtype), dh, dc, dG, dGh, dpeep,
-        dln_w, dln_b, work, block_rows, n_threads,
+        dln_w, dln_b, work, _wpack(spec, block_rows, dtype, pool, True),
+        block_rows, n_threads,
     )
     dG_, dGh_ = dG[first:], dGh[first:]
     _accumulate_input_grad(dG_, cache.X[first:], grads["weight_ih"], n_threads)

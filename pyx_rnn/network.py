@@ -271,10 +271,11 @@ class Network:
         return masks
 
     def _stack_forward(self, X, packing, states, rmasks, dropout, rng, n_threads,
-                       block_rows, pool=None):
+                       block_rows, pool=None, keep_cache=True):
         """Run the stack over packed rows ``X`` (a ``TokenInput`` for token
         networks); returns the top output (the hidden states of the top layer,
-        or the output ``Y`` for Jordan), the final states and a cache."""
+        or the output ``Y`` for Jordan), the final states and a cache (for
+        the backward pass; not kept with ``keep_cache=False``)."""
         tokens = None
         if self.embedding_dim is not None:
             table = self.weights["embedding.weight"]
@@ -289,11 +290,12 @@ class Network:
             # the first layer reads the tokens itself (a row gather)
             X = TokenInput(X.ids, X.weights.astype(self.dtype, copy=False))
         top, new_states, caches = self._layers_forward(
-            X, packing, states, rmasks, dropout, rng, n_threads, block_rows, pool)
+            X, packing, states, rmasks, dropout, rng, n_threads, block_rows, pool,
+            keep_cache)
         return top, new_states, (caches, tokens)
 
     def _layers_forward(self, X, packing, states, rmasks, dropout, rng, n_threads,
-                        block_rows, pool):
+                        block_rows, pool, keep_cache=True):
         bs, off = packing.batch_sizes, packing.offsets
         keep = 1.0 - dropout
         if self.jordan is not None:
@@ -322,7 +324,8 @@ class Network:
                 H, h_n, c_n, cache = layer_forward(
                     spec, self._layer(self.weights, sfx), inp, bs, off, h0, c0,
                     mask, n_threads=n_threads, block_rows=block_rows,
-                    pool=None if pool is None else pool.setdefault(sfx, {}))
+                    pool=None if pool is None else pool.setdefault(sfx, {}),
+                    keep_cache=keep_cache)
                 outs.append(H)
                 layer_states.append((h_n, c_n))
                 layer_caches.append(cache)
@@ -452,7 +455,7 @@ class Network:
         with _checks.finite_checks(False):
             top, states, _ = self._stack_forward(
                 X, packing, initial_state, None, 0.0, None, n_threads, block_rows,
-                pool)
+                pool, keep_cache=False)
         feats, rows = self._gather_top(top, packing, return_sequences)
         Z, Y = self._head(feats, rows)
         return Z, Y, states

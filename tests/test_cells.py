@@ -886,3 +886,79 @@ def test_jordan_default_states(jc):
     with_zero_dfn, _, _ = kernel_jordan(
         jc, dict(pb, dfn=[np.zeros((B, f)) for f in spec.fed]), use_dfn=True)
     assert_identical(with_zero_dfn, none_run)
+
+
+# ---------------------------------------------------------------------------
+# 7. the recurrent product: packed kernel (pyx_rnn/_pgemm.h) and BLAS
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(params=["blas", "packed"])
+def product(request, monkeypatch):
+    from pyx_rnn import layers
+    monkeypatch.setattr(layers, "RECURRENT_PRODUCT", request.param)
+    return request.param
+
+
+@DTYPES
+@pytest.mark.parametrize("hidden", [5, 37])
+@pytest.mark.parametrize("c", REPRESENTATIVE, ids=cfg_id)
+def test_layer_recurrent_product_matches_reference(c, hidden, dtype, product,
+                                                    monkeypatch):
+    """Both ways of computing the recurrent product match the reference, with
+    several column panels (37 hidden units: 2 to 10 panels, the last partial)
+    and blocks that exercise every micro-kernel row count (19 = 8 + 8 + 2 + 1)."""
+    monkeypatch.setitem(globals(), "HIDDEN", hidden)
+    # short sequences: the relu rnn's gradients grow with the length, past
+    # float32's tolerances whatever the product
+    lengths = [min(n, 6) for n in THREAD_LENGTHS[:23]]
+    pb = round_to(layer_problem(c, lengths, seed=61), dtype)
+    got, _, _ = kernel_layer(c, pb, dtype, block_rows=19, n_threads=2)
+    assert_dtype(got, dtype)
+    assert_close(got, reference_layer(c, pb), **TOL[dtype])
+
+
+@DTYPES
+@pytest.mark.parametrize("c", REPRESENTATIVE + [cfg("rnn")], ids=cfg_id)
+def test_packed_product_independent_of_batch(c, dtype, monkeypatch):
+    """With the packed product every row is summed in a fixed order: a
+    sequence's outputs and state gradients are bitwise the same in any batch
+    and any block (default block_rows), not only with ``block_rows=1``. (dX
+    and the weight gradients are BLAS products over all rows: excluded.)"""
+    from pyx_rnn import layers
+    monkeypatch.setattr(layers, "RECURRENT_PRODUCT", "packed")
+    monkeypatch.setitem(globals(), "HIDDEN", 37)
+    pb = layer_problem(c, THREAD_LENGTHS, seed=62)
+    keys = ["H", "hn", "dh0"] + (["cn", "dc0"] if c["cell"] == "lstm" else [])
+    with threadpool_limits(1, user_api="blas"):
+        batch, _, _ = kernel_layer(c, pb, dtype, block_rows=None, n_threads=2)
+        subsets = [[0], [5, 17], list(range(3, 40, 3))]
+        for subset in subsets:
+            part, _, _ = kernel_layer(c, pb, dtype, block_rows=None, n_threads=1,
+                                      seq_subset=subset)
+            for k in keys:
+                if k == "H":       # one array per sequence
+                    for i, b in enumerate(subset):
+                        assert_array_equal(part[k][i], batch[k][b], err_msg=k,
+                                           strict=True)
+                else:
+                    assert_array_equal(part[k], batch[k][subset], err_msg=k,
+                                       strict=True)
+
+
+@pytest.mark.parametrize("c", REPRESENTATIVE + [cfg("lstm"), cfg("rnn")], ids=cfg_id)
+def test_layer_forward_without_cache(c):
+    """Inference (``keep_cache=False``) gives bitwise the same outputs and
+    final states as the training forward pass, and keeps no cache."""
+    pb = layer_problem(c, THREAD_LENGTHS, seed=63)
+    spec = spec_of(c)
+    X, pk = pack(pb["seqs"], np.float32)
+    w = {k: v.astype(np.float32) for k, v in pb["params"].items()}
+    args = [_sel(pb[k], pk.order, np.float32) for k in ("h0", "c0", "mask")]
+    runs = [layer_forward(spec, w, X, pk.batch_sizes, pk.offsets, *args,
+                          n_threads=2, block_rows=8, keep_cache=keep)
+            for keep in (True, False)]
+    assert runs[1][3] is None
+    for a, b in zip(runs[0][:3], runs[1][:3]):
+        assert_array_equal(a, b, strict=True)
+    with pytest.raises(TypeError, match="keep_cache"):
+        layer_forward(spec, w, X, pk.batch_sizes, pk.offsets, keep_cache=None)

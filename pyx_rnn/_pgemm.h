@@ -1,0 +1,221 @@
+/* The per-step recurrent product with a pre-packed weight matrix.
+ *
+ * At every time step each block of sequences multiplies its (masked) previous
+ * state, a few dozen rows, by the recurrent weight matrix. A BLAS call packs
+ * the whole weight matrix again each time, which costs more than the product
+ * itself at these sizes. Here the matrix is packed once per layer call
+ * (sr_pack_*) into panels of SR_PANEL_BYTES / sizeof(T) output columns,
+ * each panel stored reduction-index-major:
+ *
+ *     P[p * K * NR + k * NR + j] = B(k, p * NR + j)     (0 past the last column)
+ *
+ * and sr_pgemm_* computes C (=, or +=) A @ B from it with a register-blocked
+ * micro-kernel: MR rows of A times one panel, accumulated in MR * NV vector
+ * registers (AVX-512: 8 x 2 zmm; AVX2: 3 x 4 ymm; baseline: 1 x 8 xmm).
+ *
+ * Exactness: every output element is the sum over k = 0, 1, ..., K-1, in that
+ * order, of A[i, k] * B(k, j), accumulated from zero in a single accumulator
+ * (a fused multiply-add where the instruction set has one). That order does
+ * not depend on the row's position in the block, on the number of rows, on
+ * the micro-kernel's row count or on the thread count: a sequence's result is
+ * bitwise the same whichever sequences share its block. With accumulate, the
+ * finished sum is then added to C.
+ *
+ * One version of the kernel per instruction set (AVX-512, AVX2 + FMA,
+ * baseline) is compiled with GCC's target attribute and picked once at load
+ * time (sr_pgemm_init); other compilers get the portable baseline. Each is
+ * written once for float and double through the SR_* macros below.
+ */
+#ifndef SKLEARN_RNN_PGEMM_H
+#define SKLEARN_RNN_PGEMM_H
+
+#include <string.h>
+
+#define SR_PANEL_BYTES 128
+
+/* Length (in elements) of the packing of a K x N matrix of elements of
+ * `itemsize` bytes. */
+static inline long sr_pack_length(long n, long k, long itemsize) {
+    long nr = SR_PANEL_BYTES / itemsize;
+    return ((n + nr - 1) / nr) * nr * k;
+}
+
+/* B(k, n) = trans ? B[n * ldb + k] : B[k * ldb + n], for k < K, n < N. */
+#define SR_DEFINE_PACK(NAME, T)                                               \
+static void NAME(const T *B, int ldb, int trans, int K, int N, T *P) {        \
+    const int nr = SR_PANEL_BYTES / (int) sizeof(T);                          \
+    for (int p = 0; p * nr < N; p++) {                                        \
+        T *panel = P + (long) p * K * nr;                                     \
+        for (int k = 0; k < K; k++) {                                         \
+            for (int j = 0; j < nr; j++) {                                    \
+                int n = p * nr + j;                                           \
+                panel[(long) k * nr + j] = n >= N ? (T) 0                     \
+                    : trans ? B[(long) n * ldb + k] : B[(long) k * ldb + n];  \
+            }                                                                 \
+        }                                                                     \
+    }                                                                         \
+}
+
+SR_DEFINE_PACK(sr_pack_f, float)
+SR_DEFINE_PACK(sr_pack_d, double)
+
+/* Write the finished sums of one row of one panel (ncols valid columns). */
+#define SR_STORE_ROW(T, NR, acc, c, ncols, accumulate)                        \
+    do {                                                                      \
+        T sr_tmp_[NR];                                                        \
+        memcpy(sr_tmp_, (acc), sizeof(T) * NR);                               \
+        if (accumulate) {                                                     \
+            for (int j_ = 0; j_ < (ncols); j_++) (c)[j_] += sr_tmp_[j_];      \
+        } else {                                                              \
+            memcpy((c), sr_tmp_, sizeof(T) * (size_t) (ncols));               \
+        }                                                                     \
+    } while (0)
+
+#if defined(__GNUC__)
+/* GCC / clang vector extensions, one type per register width: a panel row is
+ * NV = SR_PANEL_BYTES / sizeof(V) vectors (a vector type wider than the
+ * hardware's would be kept in memory). */
+typedef float sr_vf16 __attribute__((vector_size(64)));
+typedef double sr_vd8 __attribute__((vector_size(64)));
+typedef float sr_vf8 __attribute__((vector_size(32)));
+typedef double sr_vd4 __attribute__((vector_size(32)));
+typedef float sr_vf4 __attribute__((vector_size(16)));
+typedef double sr_vd2 __attribute__((vector_size(16)));
+
+/* Loops over registers are unrolled, so that the accumulators live in
+ * registers rather than in an array in memory. */
+#define SR_UNROLL _Pragma("GCC unroll 16")
+
+/* MR rows of A (stride lda) times one K x NR panel. */
+#define SR_DEFINE_MICRO(NAME, T, V, MR, ATTR)                                 \
+ATTR static inline void NAME(int K, const T *A, long lda, const T *Pp,        \
+                             T *C, long ldc, int ncols, int accumulate) {     \
+    enum { NR = SR_PANEL_BYTES / sizeof(T), NV = SR_PANEL_BYTES / sizeof(V) }; \
+    V acc[MR][NV];                                                            \
+    SR_UNROLL for (int r = 0; r < MR; r++)                                    \
+        SR_UNROLL for (int v = 0; v < NV; v++) acc[r][v] = (V){0};            \
+    for (int k = 0; k < K; k++) {                                             \
+        V w[NV];                                                              \
+        SR_UNROLL for (int v = 0; v < NV; v++)                                \
+            memcpy(&w[v], Pp + (long) k * NR + v * (NR / NV), sizeof(V));     \
+        SR_UNROLL for (int r = 0; r < MR; r++) {                              \
+            T a = A[r * lda + k];                                             \
+            SR_UNROLL for (int v = 0; v < NV; v++) acc[r][v] += a * w[v];     \
+        }                                                                     \
+    }                                                                         \
+    SR_UNROLL for (int r = 0; r < MR; r++)                                    \
+        SR_STORE_ROW(T, NR, acc[r], C + r * ldc, ncols, accumulate);          \
+}
+#else
+/* Portable fallback: the same order of operations, one scalar at a time. */
+#define SR_DEFINE_MICRO(NAME, T, V, MR, ATTR)                                 \
+static void NAME(int K, const T *A, long lda, const T *Pp, T *C, long ldc,    \
+                 int ncols, int accumulate) {                                 \
+    enum { NR = SR_PANEL_BYTES / sizeof(T) };                                 \
+    for (int r = 0; r < MR; r++) {                                            \
+        T acc[NR];                                                            \
+        for (int j = 0; j < NR; j++) acc[j] = 0;                              \
+        for (int k = 0; k < K; k++) {                                         \
+            T a = A[r * lda + k];                                             \
+            for (int j = 0; j < NR; j++) acc[j] += a * Pp[(long) k * NR + j]; \
+        }                                                                     \
+        for (int j = 0; j < ncols; j++)                                       \
+            C[r * ldc + j] = accumulate ? C[r * ldc + j] + acc[j] : acc[j];   \
+    }                                                                         \
+}
+typedef float sr_vf4;
+typedef double sr_vd2;
+#endif
+
+/* C[m, n] (=, or += with accumulate) A[m, K] @ B, B packed in P. Panels are
+ * the outer loop so that one panel stays in cache across all the rows. */
+#define SR_DEFINE_GEMM(NAME, T, V, MR, ATTR)                                  \
+SR_DEFINE_MICRO(NAME##_m1, T, V, 1, ATTR)                                     \
+SR_DEFINE_MICRO(NAME##_m2, T, V, 2, ATTR)                                     \
+SR_DEFINE_MICRO(NAME##_m4, T, V, 4, ATTR)                                     \
+SR_DEFINE_MICRO(NAME##_mr, T, V, MR, ATTR)                                    \
+ATTR static void NAME(int m, int n, int K, const T *A, int lda,               \
+                      const T *P, T *C, int ldc, int accumulate) {            \
+    enum { NR = SR_PANEL_BYTES / sizeof(T) };                                 \
+    for (int p = 0; p * NR < n; p++) {                                        \
+        const T *Pp = P + (long) p * K * NR;                                  \
+        int ncols = n - p * NR < NR ? n - p * NR : NR;                        \
+        T *Cp = C + p * NR;                                                   \
+        int i = 0;                                                            \
+        for (; i + MR <= m; i += MR)                                          \
+            NAME##_mr(K, A + (long) i * lda, lda, Pp, Cp + (long) i * ldc,    \
+                      ldc, ncols, accumulate);                                \
+        for (; i + 4 <= m; i += 4)                                            \
+            NAME##_m4(K, A + (long) i * lda, lda, Pp, Cp + (long) i * ldc,    \
+                      ldc, ncols, accumulate);                                \
+        for (; i + 2 <= m; i += 2)                                            \
+            NAME##_m2(K, A + (long) i * lda, lda, Pp, Cp + (long) i * ldc,    \
+                      ldc, ncols, accumulate);                                \
+        for (; i < m; i++)                                                    \
+            NAME##_m1(K, A + (long) i * lda, lda, Pp, Cp + (long) i * ldc,    \
+                      ldc, ncols, accumulate);                                \
+    }                                                                         \
+}
+
+SR_DEFINE_GEMM(sr_pgemm_f_base, float, sr_vf4, 1, )
+SR_DEFINE_GEMM(sr_pgemm_d_base, double, sr_vd2, 1, )
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(SKLEARN_RNN_NO_ISA_DISPATCH)
+#define SR_PGEMM_DISPATCH 1
+#define SR_AVX2 __attribute__((target("avx2,fma")))
+#define SR_AVX512 __attribute__((target("avx512f,fma")))
+SR_DEFINE_GEMM(sr_pgemm_f_avx2, float, sr_vf8, 3, SR_AVX2)
+SR_DEFINE_GEMM(sr_pgemm_d_avx2, double, sr_vd4, 3, SR_AVX2)
+SR_DEFINE_GEMM(sr_pgemm_f_avx512, float, sr_vf16, 8, SR_AVX512)
+SR_DEFINE_GEMM(sr_pgemm_d_avx512, double, sr_vd8, 8, SR_AVX512)
+#endif
+
+/* 0: baseline, 1: AVX2 + FMA, 2: AVX-512. Set once at module load. */
+static int sr_pgemm_isa = 0;
+
+static inline int sr_pgemm_init(void) {
+#if defined(SR_PGEMM_DISPATCH)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f"))
+        sr_pgemm_isa = 2;
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        sr_pgemm_isa = 1;
+    else
+        sr_pgemm_isa = 0;
+#endif
+    return sr_pgemm_isa;
+}
+
+static void sr_pgemm_f(int m, int n, int K, const float *A, int lda,
+                       const float *P, float *C, int ldc, int accumulate) {
+    if (m <= 0 || n <= 0) return;
+#if defined(SR_PGEMM_DISPATCH)
+    if (sr_pgemm_isa == 2) {
+        sr_pgemm_f_avx512(m, n, K, A, lda, P, C, ldc, accumulate);
+        return;
+    }
+    if (sr_pgemm_isa == 1) {
+        sr_pgemm_f_avx2(m, n, K, A, lda, P, C, ldc, accumulate);
+        return;
+    }
+#endif
+    sr_pgemm_f_base(m, n, K, A, lda, P, C, ldc, accumulate);
+}
+
+static void sr_pgemm_d(int m, int n, int K, const double *A, int lda,
+                       const double *P, double *C, int ldc, int accumulate) {
+    if (m <= 0 || n <= 0) return;
+#if defined(SR_PGEMM_DISPATCH)
+    if (sr_pgemm_isa == 2) {
+        sr_pgemm_d_avx512(m, n, K, A, lda, P, C, ldc, accumulate);
+        return;
+    }
+    if (sr_pgemm_isa == 1) {
+        sr_pgemm_d_avx2(m, n, K, A, lda, P, C, ldc, accumulate);
+        return;
+    }
+#endif
+    sr_pgemm_d_base(m, n, K, A, lda, P, C, ldc, accumulate);
+}
+
+#endif
