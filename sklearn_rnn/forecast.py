@@ -58,17 +58,19 @@ class SequenceForecaster(BaseRNN):
     learns, by one of three strategies:
 
     * ``'recursive'``: a one-step model (trained to predict the next value at
-      every step of each window) fed its own predictions ``h`` times. Any
-      horizon at prediction; errors compound, so it wins on short horizons,
-      smooth dynamics and short series.
+      every step of each window) fed its own predictions ``h`` times; any
+      horizon at prediction. It wins when one step explains the dynamics
+      (autoregressions, deterministic maps), where its errors compound least.
     * ``'direct'``: the ``horizon`` next values at once, from the state after
-      the last step of the window. No compounding; each window gives one
-      training target, so it needs more data, and it wins on long horizons
-      and noisy series where recursion drifts.
+      the last step of the window. Nothing compounds, but each window gives
+      one training target; it wins when one-step errors would compound (it
+      was best on the monthly CO2 series).
     * ``'seq2seq'``: the ``horizon`` next values at every step of the window,
       ``window`` times more training signal than 'direct' from the same
-      data; the usual winner when the series is long enough for windows of
-      useful length, and the default choice for multi-step forecasts.
+      data; it wins on short series.
+
+    Measurements behind these rules are in ``docs/forecasting.md`` and
+    ``benchmarks/STRATEGIES.md``.
 
     ``predict(h)`` forecasts from the end of the training series (or of a
     ``history`` you give). ``predict_interval`` adds split-conformal
