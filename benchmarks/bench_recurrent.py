@@ -35,13 +35,13 @@ SHAPES = {
 
 
 def make(name, dtype, seed=0):
-    cell, B, T, I, H = SHAPES[name]
-    spec = LayerSpec(cell, I, H)
+    cell, B, T, n_in, H = SHAPES[name]
+    spec = LayerSpec(cell, n_in, H)
     rng = np.random.default_rng(seed)
     w = {k: (rng.standard_normal(s) / np.sqrt(H)).astype(dtype)
          for k, s in spec.shapes().items()}
     pk = Packing.from_lengths(np.full(B, T))
-    X = rng.standard_normal((pk.n_rows, I)).astype(dtype)
+    X = rng.standard_normal((pk.n_rows, n_in)).astype(dtype)
     dH = rng.standard_normal((pk.n_rows, H)).astype(dtype)
     return spec, w, pk, X, dH
 
@@ -86,8 +86,9 @@ def main(argv=None):
                 line += (f" | {m}: fwd {1e3 * best[m][0]:8.2f} ms"
                          f" bwd {1e3 * best[m][1]:8.2f} ms")
             if len(modes) == 2:
-                line += (f" | packed speed-up fwd {best['blas'][0] / best['packed'][0]:.2f}x"
-                         f" bwd {best['blas'][1] / best['packed'][1]:.2f}x")
+                ref, new = best["blas"], best["packed"]
+                line += (f" | packed speed-up fwd {ref[0] / new[0]:.2f}x"
+                         f" bwd {ref[1] / new[1]:.2f}x")
             print(line, flush=True)
 
 

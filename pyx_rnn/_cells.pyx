@@ -20,8 +20,8 @@ from cython.parallel cimport prange
 
 from ._blas cimport pack_b, rgemm, sr_pack_length, sr_pgemm_init
 from ._gates cimport (
-    Dims, RNN, LSTM, GRU, first_stop, make_dims, ptr1, ptr2, rnn_row, lstm_row, gru_rz_row, gru_n_row,
-    rnn_row_back, lstm_row_back, gru_n_row_back, gru_rz_row_back,
+    Dims, RNN, LSTM, GRU, first_stop, make_dims, ptr1, ptr2, rnn_row, lstm_row,
+    gru_rz_row, gru_n_row, rnn_row_back, lstm_row_back, gru_n_row_back, gru_rz_row_back,
 )
 
 CELL_RNN = 0

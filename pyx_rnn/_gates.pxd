@@ -41,8 +41,8 @@ cdef inline floating* ptr2(floating[:, ::1] a) noexcept nogil:
 
 
 cdef inline Dims make_dims(int cell, int activation, bint reverse, bint reset_after,
-                    bint layer_norm, bint peephole, bint has_mask, int n_steps,
-                    int hidden) noexcept:
+                           bint layer_norm, bint peephole, bint has_mask,
+                           int n_steps, int hidden) noexcept:
     cdef Dims d
     d.cell = cell
     d.activation = activation

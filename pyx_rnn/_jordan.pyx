@@ -48,8 +48,8 @@ cdef void forward_block(Net* net, Dims* d, int lo, int hi,
                         const Py_ssize_t* rstd, const floating* W_out,
                         const floating* b_out, floating* y_state,
                         floating* Y) noexcept nogil:
-    cdef int L = net.n_layers, O = net.n_out
-    cdef int step, t, nb, i, j, l, Hl, Fl, Il
+    cdef int L = net.n_layers, n_out = net.n_out
+    cdef int step, t, nb, i, j, layer, Hl, Fl, Il
     cdef Py_ssize_t r0, r, b
     cdef floating tag = 0
     cdef floating* fed_state
@@ -64,54 +64,58 @@ cdef void forward_block(Net* net, Dims* d, int lo, int hi,
         if nb <= 0:
             break
         r0 = off[t] + lo
-        for l in range(L):
-            Hl = <int> net.hidden[l]
-            Fl = <int> net.fed[l]
+        for layer in range(L):
+            Hl = <int> net.hidden[layer]
+            Fl = <int> net.fed[layer]
             dl.hidden = Hl
-            if l > 0:
-                # input of layer l: h^{l-1}_t, after dropout between layers
-                Il = <int> net.hidden[l - 1]
-                src = at(Hs, l - 1, tag) + r0 * Il
-                dst = at(Xin, l, tag) + r0 * Il
-                dmask = at(drop, l, tag)
+            if layer > 0:
+                # input of this layer: h^{l-1}_t, after dropout between layers
+                Il = <int> net.hidden[layer - 1]
+                src = at(Hs, layer - 1, tag) + r0 * Il
+                dst = at(Xin, layer, tag) + r0 * Il
+                dmask = at(drop, layer, tag)
                 if dmask != NULL:
                     for i in range(nb * Il):
                         dst[i] = src[i] * dmask[r0 * Il + i]
                 gemm(False, True, nb, Hl, Il, <floating> 1,
-                     dst if dmask != NULL else src, Il, at(W_ih, l, tag), Il,
-                     <floating> 0, at(G, l, tag) + r0 * Hl, Hl)
+                     dst if dmask != NULL else src, Il, at(W_ih, layer, tag), Il,
+                     <floating> 0, at(G, layer, tag) + r0 * Hl, Hl)
             # fed-back vector of step t-1, masked
-            fed_state = at(S, l + 1, tag) if l + 1 < L else y_state
-            mask = at(rmask, l, tag)
-            dst = at(Fprev, l, tag)
+            fed_state = at(S, layer + 1, tag) if layer + 1 < L else y_state
+            mask = at(rmask, layer, tag)
+            dst = at(Fprev, layer, tag)
             for i in range(nb):
                 b = lo + i
                 for j in range(Fl):
                     if mask != NULL:
-                        dst[(r0 + i) * Fl + j] = fed_state[b * Fl + j] * mask[b * Fl + j]
+                        dst[(r0 + i) * Fl + j] = (fed_state[b * Fl + j]
+                                                  * mask[b * Fl + j])
                     else:
                         dst[(r0 + i) * Fl + j] = fed_state[b * Fl + j]
             gemm(False, True, nb, Hl, Fl, <floating> 1, dst + r0 * Fl, Fl,
-                 at(W_hh, l, tag), Fl, <floating> 1, at(G, l, tag) + r0 * Hl, Hl)
+                 at(W_hh, layer, tag), Fl, <floating> 1,
+                 at(G, layer, tag) + r0 * Hl, Hl)
             for i in range(nb):
                 r = r0 + i
                 # rnn_row adds its second and third arguments: both biases
-                rnn_row(&dl, at(G, l, tag) + r * Hl, at(b_ih, l, tag),
-                        at(b_hh, l, tag), at(ln_w, l, tag), at(ln_b, l, tag),
-                        at(xhat, l, tag) + r * Hl if d.layer_norm else NULL,
-                        at(rstd, l, tag) + r if d.layer_norm else NULL,
-                        at(Hs, l, tag) + r * Hl, at(S, l, tag) + (lo + i) * Hl)
+                rnn_row(&dl, at(G, layer, tag) + r * Hl, at(b_ih, layer, tag),
+                        at(b_hh, layer, tag), at(ln_w, layer, tag),
+                        at(ln_b, layer, tag),
+                        at(xhat, layer, tag) + r * Hl if d.layer_norm else NULL,
+                        at(rstd, layer, tag) + r if d.layer_norm else NULL,
+                        at(Hs, layer, tag) + r * Hl,
+                        at(S, layer, tag) + (lo + i) * Hl)
         # output layer: y_t = out_act(W_out h^L_t + b_out)
         Hl = <int> net.hidden[L - 1]
-        gemm(False, True, nb, O, Hl, <floating> 1, at(Hs, L - 1, tag) + r0 * Hl,
-             Hl, W_out, Hl, <floating> 0, Y + r0 * O, O)
+        gemm(False, True, nb, n_out, Hl, <floating> 1, at(Hs, L - 1, tag) + r0 * Hl,
+             Hl, W_out, Hl, <floating> 0, Y + r0 * n_out, n_out)
         for i in range(nb):
             r = r0 + i
-            for j in range(O):
-                Y[r * O + j] = Y[r * O + j] + b_out[j]
-            output_row(net.out_kind, Y + r * O, O)
-            for j in range(O):
-                y_state[(lo + i) * O + j] = Y[r * O + j]
+            for j in range(n_out):
+                Y[r * n_out + j] = Y[r * n_out + j] + b_out[j]
+            output_row(net.out_kind, Y + r * n_out, n_out)
+            for j in range(n_out):
+                y_state[(lo + i) * n_out + j] = Y[r * n_out + j]
 
 
 cdef void backward_block(Net* net, Dims* d, int lo, int hi,
@@ -128,8 +132,8 @@ cdef void backward_block(Net* net, Dims* d, int lo, int hi,
     """``dF[l]`` holds, per sequence, dL/d(fed-back vector of layer l) coming
     from the next step: on entry w.r.t. the final states, on exit w.r.t. the
     initial ones. ``dln_w``/``dln_b`` point at this block's partial sums."""
-    cdef int L = net.n_layers, O = net.n_out
-    cdef int step, t, nb, i, j, l, Hl, Fl, Il
+    cdef int L = net.n_layers, n_out = net.n_out
+    cdef int step, t, nb, i, j, layer, Hl, Fl, Il
     cdef Py_ssize_t r0, r, b
     cdef floating tag = 0
     cdef floating* dh = work                 # nb x H_l: dL/dh^l_t
@@ -156,41 +160,41 @@ cdef void backward_block(Net* net, Dims* d, int lo, int hi,
             if t_stop != NULL and t < t_stop[b]:
                 # truncated: nothing flows into this sequence's step t, so
                 # with zero carries every gradient below comes out zero
-                for l in range(L):
-                    for j in range(<int> net.fed[l]):
-                        at(dF, l, tag)[b * net.fed[l] + j] = 0
-                for j in range(O):
-                    dZ[r * O + j] = 0
+                for layer in range(L):
+                    for j in range(<int> net.fed[layer]):
+                        at(dF, layer, tag)[b * net.fed[layer] + j] = 0
+                for j in range(n_out):
+                    dZ[r * n_out + j] = 0
                 continue
-            for j in range(O):
-                dZ[r * O + j] = dZ_in[r * O + j]
-            output_row_back(net.out_kind, Y + r * O, carry + b * O,
-                            dZ + r * O, O)
+            for j in range(n_out):
+                dZ[r * n_out + j] = dZ_in[r * n_out + j]
+            output_row_back(net.out_kind, Y + r * n_out, carry + b * n_out,
+                            dZ + r * n_out, n_out)
         Hl = <int> net.hidden[L - 1]
-        gemm(False, False, nb, Hl, O, <floating> 1, dZ + r0 * O, O, W_out, Hl,
-             <floating> 0, dh, Hl)
-        for l in range(L - 1, -1, -1):
-            Hl = <int> net.hidden[l]
-            Fl = <int> net.fed[l]
+        gemm(False, False, nb, Hl, n_out, <floating> 1, dZ + r0 * n_out, n_out,
+             W_out, Hl, <floating> 0, dh, Hl)
+        for layer in range(L - 1, -1, -1):
+            Hl = <int> net.hidden[layer]
+            Fl = <int> net.fed[layer]
             dl.hidden = Hl
-            if l >= 1:
+            if layer >= 1:
                 # h^l_t also feeds layer l-1 at step t+1
-                carry = at(dF, l - 1, tag)
+                carry = at(dF, layer - 1, tag)
                 for i in range(nb * Hl):
                     dh[i] += carry[lo * Hl + i]
-            dGl = at(dG, l, tag)
+            dGl = at(dG, layer, tag)
             for i in range(nb):
                 r = r0 + i
-                rnn_row_back(&dl, at(Hs, l, tag) + r * Hl, at(ln_w, l, tag),
-                             at(xhat, l, tag) + r * Hl if d.layer_norm else NULL,
-                             at(rstd, l, tag)[r] if d.layer_norm else 0,
+                rnn_row_back(&dl, at(Hs, layer, tag) + r * Hl, at(ln_w, layer, tag),
+                             at(xhat, layer, tag) + r * Hl if d.layer_norm else NULL,
+                             at(rstd, layer, tag)[r] if d.layer_norm else 0,
                              dh + i * Hl, dGl + r * Hl,
-                             at(dln_w, l, tag), at(dln_b, l, tag))
+                             at(dln_w, layer, tag), at(dln_b, layer, tag))
             # into the fed-back vector of step t-1
             gemm(False, False, nb, Fl, Hl, <floating> 1, dGl + r0 * Hl, Hl,
-                 at(W_hh, l, tag), Fl, <floating> 0, tmp, Fl)
-            mask = at(rmask, l, tag)
-            carry = at(dF, l, tag)
+                 at(W_hh, layer, tag), Fl, <floating> 0, tmp, Fl)
+            mask = at(rmask, layer, tag)
+            carry = at(dF, layer, tag)
             for i in range(nb):
                 b = lo + i
                 for j in range(Fl):
@@ -198,12 +202,12 @@ cdef void backward_block(Net* net, Dims* d, int lo, int hi,
                         carry[b * Fl + j] = tmp[i * Fl + j] * mask[b * Fl + j]
                     else:
                         carry[b * Fl + j] = tmp[i * Fl + j]
-            if l >= 1:
-                # into the input of layer l, h^{l-1}_t
-                Il = <int> net.hidden[l - 1]
+            if layer >= 1:
+                # into the input of this layer, h^{l-1}_t
+                Il = <int> net.hidden[layer - 1]
                 gemm(False, False, nb, Il, Hl, <floating> 1, dGl + r0 * Hl, Hl,
-                     at(W_ih, l, tag), Il, <floating> 0, dh, Il)
-                dmask = at(drop, l, tag)
+                     at(W_ih, layer, tag), Il, <floating> 0, dh, Il)
+                dmask = at(drop, layer, tag)
                 if dmask != NULL:
                     for i in range(nb * Il):
                         dh[i] = dh[i] * dmask[r0 * Il + i]

@@ -306,7 +306,8 @@ def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
            else dG)
     dh = np.zeros((B, H_), dtype) if dh_n is None else np.array(dh_n, dtype, order="C")
     if lstm:
-        dc = np.zeros((B, H_), dtype) if dc_n is None else np.array(dc_n, dtype, order="C")
+        dc = (np.zeros((B, H_), dtype) if dc_n is None
+              else np.array(dc_n, dtype, order="C"))
     else:
         dc = _empty(dtype)
     dpeep = np.zeros((n_blocks, 3 * H_ if spec.peephole else 0), dtype)

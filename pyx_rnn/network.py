@@ -266,8 +266,9 @@ class Network:
                 masks.append((rng.random((B, f)) < keep).astype(self.dtype) / keep)
             return masks
         for layer in self.specs:
-            masks.append([(rng.random((B, spec.hidden)) < keep).astype(self.dtype) / keep
-                          for spec, _ in layer])
+            masks.append([
+                (rng.random((B, spec.hidden)) < keep).astype(self.dtype) / keep
+                for spec, _ in layer])
         return masks
 
     def _stack_forward(self, X, packing, states, rmasks, dropout, rng, n_threads,
@@ -304,7 +305,8 @@ class Network:
                 drop = [None] + [
                     (rng.random((X.shape[0], h)) < keep).astype(self.dtype) / keep
                     for h in self.hidden_sizes[:-1]]
-            ws = [self._layer(self.weights, f"_l{k}") for k in range(len(self.hidden_sizes))]
+            ws = [self._layer(self.weights, f"_l{k}")
+                  for k in range(len(self.hidden_sizes))]
             Y, f_n, cache = jordan_forward(
                 self.jordan, ws, self.weights["output.weight"],
                 self.weights["output.bias"], X, bs, off, states, drop, rmasks,
@@ -550,7 +552,10 @@ class Network:
         back_pool = self._pool.setdefault("backward", {})
         loss_rows, _ = self._top_rows(packing, return_sequences)
         for i_window, (start, stop) in enumerate(windows):
-            pw, first = packing.window(start, stop) if len(windows) > 1 else (packing, 0)
+            if len(windows) > 1:
+                pw, first = packing.window(start, stop)
+            else:
+                pw, first = packing, 0
             Xw = X[first:first + pw.n_rows]
             top, new_state, cache = self._stack_forward(
                 Xw, pw, state, _slice_masks(rmasks, pw.n_sequences), dropout,

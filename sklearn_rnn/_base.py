@@ -32,7 +32,8 @@ class BaseRNN(BaseEstimator):
 
     _parameter_constraints = {
         "cell": [StrOptions({"rnn", "jordan", "lstm", "gru"})],
-        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "hidden_layer_sizes": [
+            "array-like", Interval(Integral, 1, None, closed="left")],
         "activation": [StrOptions({"tanh", "relu"})],
         "bidirectional": ["boolean"],
         "dropout": [Interval(Real, 0, 1, closed="left")],
@@ -43,7 +44,8 @@ class BaseRNN(BaseEstimator):
         "return_sequences": ["boolean"],
         "solver": [StrOptions({"adam", "sgd"})],
         "alpha": [Interval(Real, 0, None, closed="left")],
-        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "batch_size": [
+            StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
         "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
         "power_t": [Interval(Real, 0, None, closed="left")],
@@ -248,7 +250,8 @@ class BaseRNN(BaseEstimator):
     def _fit(self, X, y, sample_weight=None, *, incremental=False, classes=None):
         self._validate_params()
         sizes = self._check_params()
-        first_call = not (incremental or self.warm_start) or not hasattr(self, "_network")
+        first_call = (not (incremental or self.warm_start)
+                      or not hasattr(self, "_network"))
         seqs = self._validate_X(X, reset=first_call)
         targets = self._validate_targets(y, seqs, first_call, classes)
         if sample_weight is not None:

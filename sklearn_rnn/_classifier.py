@@ -142,8 +142,10 @@ class RNNClassifier(ClassifierMixin, BaseRNN):
                 "continuous targets use RNNRegressor")
         if first_call:
             binarizer = LabelBinarizer()
-            binarizer.fit(labels if classes is None else
-                          (np.asarray(classes) if kind != "multilabel-indicator" else labels))
+            fit_on = labels
+            if classes is not None and kind != "multilabel-indicator":
+                fit_on = np.asarray(classes)
+            binarizer.fit(fit_on)
             if kind != "multilabel-indicator" and len(binarizer.classes_) < 2:
                 raise ValueError(
                     f"y has only one class ({binarizer.classes_[0]!r}); a "
@@ -157,7 +159,8 @@ class RNNClassifier(ClassifierMixin, BaseRNN):
                 if unseen.size:
                     raise ValueError(
                         f"y contains labels {unseen.tolist()} not seen in the first "
-                        f"call; pass every class with classes= on the first partial_fit")
+                        "call; pass every class with classes= on the first "
+                        "partial_fit")
         targets = self._label_binarizer.transform(labels).astype(np.float64)
         self.n_outputs_ = targets.shape[1]
         self._labels = labels
@@ -171,7 +174,8 @@ class RNNClassifier(ClassifierMixin, BaseRNN):
             if np.asarray(y).ndim == 2 and np.asarray(y).shape[1] > 1:
                 raise ValueError("class_weight is not supported for multilabel y")
             cw = compute_sample_weight(self.class_weight, np.asarray(y))
-            sample_weight = cw if sample_weight is None else cw * np.asarray(sample_weight)
+            sample_weight = (cw if sample_weight is None
+                             else cw * np.asarray(sample_weight))
         return super()._fit(X, y, sample_weight, incremental=incremental,
                             classes=classes)
 

@@ -80,8 +80,12 @@ class TokenSequences:
             s, n = self.starts[i], self.lengths[i]
             return self.ids[s:s + n], self.weights[s:s + n]
         idx = np.arange(len(self))[key]
-        rows = np.concatenate([np.arange(self.starts[i], self.starts[i] + self.lengths[i])
-                               for i in idx]) if len(idx) else np.zeros(0, np.intp)
+        if len(idx):
+            rows = np.concatenate([
+                np.arange(self.starts[i], self.starts[i] + self.lengths[i])
+                for i in idx])
+        else:
+            rows = np.zeros(0, np.intp)
         return TokenSequences(self.ids[rows], self.weights[rows], self.lengths[idx],
                               self.n_features)
 
@@ -150,8 +154,8 @@ class _TextSequencer(TransformerMixin, BaseEstimator):
         docs = list(X)
         for i, doc in enumerate(docs):
             if not isinstance(doc, str):
-                raise TypeError(f"document {i} is a {type(doc).__name__}, not a string; "
-                                "pass an iterable of strings")
+                raise TypeError(f"document {i} is a {type(doc).__name__}, not a "
+                                "string; pass an iterable of strings")
         return docs
 
     def _fit_vocabulary(self, vectorizer, docs):
@@ -225,7 +229,8 @@ class _TextSequencer(TransformerMixin, BaseEstimator):
             if i is None:
                 if not self.n_oov_buckets:
                     continue
-                i = V + murmurhash3_32(str(token), seed=0, positive=True) % self.n_oov_buckets
+                hashed = murmurhash3_32(str(token), seed=0, positive=True)
+                i = V + hashed % self.n_oov_buckets
             ids.append(i)
         return ids
 
@@ -233,7 +238,9 @@ class _TextSequencer(TransformerMixin, BaseEstimator):
         if self.max_len is None or len(values) <= self.max_len:
             return values
         # 'pre' drops from the start (keeps the end of the text), as Keras
-        return values[-self.max_len:] if self.truncation == "pre" else values[:self.max_len]
+        if self.truncation == "pre":
+            return values[-self.max_len:]
+        return values[:self.max_len]
 
     def _sequences(self, docs, weight_fn):
         analyze = self._vectorizer.build_analyzer()
