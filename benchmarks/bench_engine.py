@@ -37,7 +37,12 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from bench_torch import WORKLOADS, get_workload, workload_data  # noqa: E402
+from bench_torch import (  # noqa: E402
+    WORKLOADS,
+    get_workload,
+    sgemm_peak_gflops,
+    workload_data,
+)
 
 
 def _our_modules():
@@ -182,12 +187,30 @@ def run(names, n_threads, repeats, packed, onnx, estimator):
         if packed:
             row["packed_train_ratio"] = _ratio(row.get("torch_packed_train_epoch_s"),
                                                row.get("packed_train_epoch_s"))
+        flops = train_flops_per_epoch(w)
+        row["train_gflops"] = flops / row["train_epoch_s"] / 1e9
+        if row.get("torch_train_epoch_s"):
+            row["torch_train_gflops"] = flops / row["torch_train_epoch_s"] / 1e9
         if "estimator_epoch_s" in row:
             row["estimator_overhead"] = (row["estimator_epoch_s"]
                                          / row["train_epoch_s"] - 1)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
+
+
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+def train_flops_per_epoch(workload):
+    """Floating-point operations of one training epoch, counted from the
+    GEMMs: per step and sequence, the gates' products cost 2 G (I + H)
+    forward (G = gates x hidden), and backward costs twice that (the input
+    and recurrent gradients, and the weight gradients). The output layer and
+    the element-wise gate math are left out (under 1% here)."""
+    G = GATES[workload["cell"]] * workload["hidden"]
+    per_row = 3 * 2 * G * (workload["n_features"] + workload["hidden"])
+    return per_row * workload["n_sequences"] * workload["n_steps"]
 
 
 def _ratio(anchor, ours):
@@ -235,7 +258,7 @@ def _fmt(value, digits=3, suffix=""):
     return "n/a" if value is None else f"{value:.{digits}f}{suffix}"
 
 
-def markdown_table(rows):
+def markdown_table(rows, peak=None):
     lines = [
         "| workload | ours train s/epoch | PyTorch train | train ratio "
         "| ours inference s | PyTorch inference | onnxruntime | inference ratio |",
@@ -258,6 +281,20 @@ def markdown_table(rows):
             lines.append(f"| {r['workload']} | {_fmt(r['packed_train_epoch_s'])} | "
                          f"{_fmt(r.get('torch_packed_train_epoch_s'))} | "
                          f"{_fmt(r.get('packed_train_ratio'), 2, '×')} |")
+    if peak:
+        lines += ["", f"Training throughput, GFLOP/s (GEMM operations counted "
+                  f"analytically), against this machine's SGEMM peak of "
+                  f"{peak:.0f} GFLOP/s (NumPy matmul of 2048x2048 float32, same "
+                  "threads, same run):", "",
+                  "| workload | ours | % of peak | PyTorch | % of peak |",
+                  "|---|---|---|---|---|"]
+        for r in rows:
+            torch_gf = r.get("torch_train_gflops")
+            lines.append(
+                f"| {r['workload']} | {r['train_gflops']:.0f} | "
+                f"{100 * r['train_gflops'] / peak:.0f}% | "
+                f"{_fmt(torch_gf, 0)} | "
+                f"{'n/a' if torch_gf is None else f'{100 * torch_gf / peak:.0f}%'} |")
     est = [r for r in rows if r.get("estimator_epoch_s") is not None]
     for r in est:
         lines += ["", f"`RNNRegressor.fit` on {r['workload']}: "
@@ -274,7 +311,7 @@ def write(rows, info):
               f"NumPy {info['numpy']}, SciPy {info['scipy']}, PyTorch {info['torch']}, "
               f"onnxruntime {info['onnxruntime']}. Ratios are anchor time / our time "
               "(above 1: we are faster); medians of several runs.")
-    table = header + "\n\n" + markdown_table(rows)
+    table = header + "\n\n" + markdown_table(rows, info.get("sgemm_peak_gflops"))
     with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
         f.write("# Engine benchmark results\n\n"
                 "Reproduce with `python benchmarks/bench_engine.py --packed --onnx "
@@ -306,11 +343,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     names = args.workload or [w["name"] for w in WORKLOADS]
     info = machine_info(args.threads)
+    info["sgemm_peak_gflops"] = sgemm_peak_gflops(args.threads)
     print(json.dumps(info), flush=True)
     rows = run(names, args.threads, args.repeats, args.packed, args.onnx,
                not args.no_estimator)
     print()
-    print(markdown_table(rows))
+    print(markdown_table(rows, info["sgemm_peak_gflops"]))
     if args.write:
         write(rows, info)
     return 0
