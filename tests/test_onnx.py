@@ -267,13 +267,11 @@ def test_what_cannot_be_exported():
         to_onnx(ok, target_opset=9)
 
 
-def test_importing_sklearn_rnn_does_not_import_onnx():
-    import subprocess
-    import sys
+def test_importing_sklearn_rnn_does_not_import_onnx(tmp_path, run_elsewhere):
     code = ("import sys, sklearn_rnn; assert 'onnx' not in sys.modules; "
             "assert 'skl2onnx' not in sys.modules; "
             "assert callable(sklearn_rnn.to_onnx)")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    run_elsewhere(code, tmp_path)
 
 
 def test_missing_onnx_names_the_extra(monkeypatch):
@@ -382,3 +380,4 @@ def test_skl2onnx_refuses_text_transformers(skl2onnx):
     label, _ = session(to_onnx(pipe[-1])).run(
         None, to_onnx_inputs(pipe[0].transform(docs)))
     assert_array_equal(label, pipe.predict(docs))
+

@@ -307,9 +307,8 @@ def test_to_torch_refuses_what_torch_cannot_express(params, match):
         to_torch(est)
 
 
-def test_importing_sklearn_rnn_does_not_import_torch():
-    import subprocess
-    import sys
+def test_importing_sklearn_rnn_does_not_import_torch(tmp_path, run_elsewhere):
     code = ("import sys, sklearn_rnn, sklearn_rnn.torch_interop; "
             "assert 'torch' not in sys.modules")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    run_elsewhere(code, tmp_path)
+
