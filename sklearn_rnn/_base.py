@@ -342,7 +342,6 @@ class BaseRNN(BaseEstimator):
             self._optimizer = self._make_optimizer()
         tbptt = None if self.tbptt_k1 is None else (self.tbptt_k1, self.tbptt_k2)
         max_iter = 1 if incremental else self.max_iter
-        start = time.perf_counter()
         # A diverging fit overflows: the loss is checked after every batch and
         # the parameters after every epoch, and divergence is reported once
         # as a ConvergenceWarning, not as NumPy's overflow RuntimeWarnings nor
@@ -351,52 +350,69 @@ class BaseRNN(BaseEstimator):
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
                 finite_checks(False):
             self._train_epochs(seqs, targets, sample_weight, incremental, n_threads,
-                               train_idx, val_idx, batch_size, tbptt, max_iter,
-                               start)
+                               train_idx, val_idx, batch_size, tbptt, max_iter)
 
     def _train_epochs(self, seqs, targets, sample_weight, incremental, n_threads,
-                      train_idx, val_idx, batch_size, tbptt, max_iter, start):
+                      train_idx, val_idx, batch_size, tbptt, max_iter):
+        def run_epoch(epoch):
+            limit = self._curriculum_length(seqs, epoch, max_iter, incremental)
+            total, weight = 0.0, 0.0
+            for b in self._batches(seqs, train_idx, batch_size):
+                value, w = self._step(seqs, targets, sample_weight, b, tbptt,
+                                      n_threads, limit)
+                if not np.isfinite(value):
+                    return None
+                total += value * w
+                weight += w
+                self.t_ += len(b)
+                self._schedule()
+            return total / max(weight, 1e-300)
+
+        def validate():
+            if val_idx is None:
+                return None
+            return self._validation_score(seqs, targets, val_idx)
+
+        self._run_epochs(max_iter, run_epoch, validate,
+                         warn_at_max_iter=not incremental and self.max_iter > 1)
+
+    def _run_epochs(self, max_iter, run_epoch, validate, *, warn_at_max_iter):
+        """The epoch loop of every way of training.
+
+        ``run_epoch(epoch)`` trains one epoch and returns its loss, or None
+        when a batch's loss was not finite; ``validate()`` returns the
+        validation score, or None without a validation set. Divergence
+        restores the weights of the epoch's start and warns; the loss curve,
+        the stopping rule and the progress lines are kept here; a
+        KeyboardInterrupt keeps the best weights so far.
+        """
         net = self._network
+        start = time.perf_counter()
         try:
             for epoch in range(max_iter):
-                limit = self._curriculum_length(seqs, epoch, max_iter, incremental)
-                total, weight = 0.0, 0.0
                 params_before = net.params.copy()
-                for b in self._batches(seqs, train_idx, batch_size):
-                    value, w = self._step(seqs, targets, sample_weight, b, tbptt,
-                                          n_threads, limit)
-                    if not np.isfinite(value):
-                        net.params[:] = params_before
-                        self._diverged()
-                        return
-                    total += value * w
-                    weight += w
-                    self.t_ += len(b)
-                    self._schedule()
-                if not np.all(np.isfinite(net.params)):
-                    # the last step overflowed, after a finite loss
+                epoch_loss = run_epoch(epoch)
+                # a non-finite loss, or a last step that overflowed after a
+                # finite one
+                if epoch_loss is None or not np.all(np.isfinite(net.params)):
                     net.params[:] = params_before
                     self._diverged()
                     return
-                epoch_loss = total / max(weight, 1e-300)
                 self.n_iter_ += 1
                 self.loss_curve_.append(epoch_loss)
-                val_score = None
-                if val_idx is not None:
-                    val_score = self._validation_score(seqs, targets, val_idx)
+                val_score = validate()
+                if val_score is not None:
                     self.validation_scores_.append(val_score)
                 stop = self._update_no_improvement(epoch_loss, val_score)
                 if self.verbose:
                     elapsed = time.perf_counter() - start
                     eta = elapsed / (epoch + 1) * (max_iter - epoch - 1)
-                    msg = f"Iteration {self.n_iter_}, loss = {epoch_loss:.8f}"
-                    if val_score is not None:
-                        msg += f", validation score = {val_score:.6f}"
-                    print(f"{msg}, elapsed {elapsed:.1f}s, ETA {eta:.1f}s", flush=True)
+                    print(f"{self._progress_message(epoch_loss, val_score)}, "
+                          f"elapsed {elapsed:.1f}s, ETA {eta:.1f}s", flush=True)
                 if stop:
                     break
             else:
-                if not incremental and self.max_iter > 1:
+                if warn_at_max_iter:
                     warnings.warn(
                         f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) "
                         "reached and the optimization hasn't converged yet.",
@@ -412,6 +428,13 @@ class BaseRNN(BaseEstimator):
             return
         if self.early_stopping and self._best_params is not None:
             net.params[:] = self._best_params
+
+    def _progress_message(self, loss, val_score):
+        """The verbose line of an epoch (without the timings)."""
+        msg = f"Iteration {self.n_iter_}, loss = {loss:.8f}"
+        if val_score is not None:
+            msg += f", validation score = {val_score:.6f}"
+        return msg
 
     def _split_validation(self, n, targets):
         """Indices of the training and validation sequences (early stopping):

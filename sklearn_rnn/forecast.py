@@ -909,74 +909,48 @@ n_iter_
         net = self._network
         W, L = self.window, streams_in.shape[1]
         spans = [(s, min(s + W, L)) for s in range(0, L, W)]
-        start_time = time.perf_counter()
-        try:
-            for epoch in range(self.max_iter):
-                state = None
-                total = 0.0
-                params_before = net.params.copy()
-                for i, (a, b) in enumerate(spans):
-                    X, packing, T = self._stream_batch(streams_in, streams_out, a, b,
-                                                       net.dtype)
-                    value, state = net.loss_gradient(
-                        X, packing, T, "log_loss", return_sequences=True,
-                        alpha=self.alpha, dropout=self.dropout,
-                        recurrent_dropout=self.recurrent_dropout, rng=self._rng,
-                        initial_state=state, n_threads=n_threads)
-                    if not np.isfinite(value):
-                        net.params[:] = params_before
-                        self._diverged()
-                        return
-                    state = _copy_state(state)
-                    net.clip_gradients(self.clip_norm, self.clip_value)
-                    self._optimizer.step(net.grads)
-                    total += value * (b - a)
-                    self.t_ += 1
-                    self._schedule()
-                    if (self.verbose and len(spans) >= 20
-                            and (i + 1) % (len(spans) // 10) == 0):
-                        elapsed = time.perf_counter() - start_time
-                        print(f"  epoch {epoch + 1}: {100 * (i + 1) // len(spans)}%, "
-                              f"loss {total / b / np.log(2):.3f} bits/symbol, "
-                              f"elapsed {elapsed:.0f}s", flush=True)
-                if not np.all(np.isfinite(net.params)):
-                    net.params[:] = params_before
-                    self._diverged()
-                    return
-                epoch_loss = total / L
-                self.n_iter_ += 1
-                self.loss_curve_.append(epoch_loss)
-                val_score = None
-                if val is not None:
-                    val_score = -self._stream_bits(val, n_threads)
-                    self.validation_scores_.append(val_score)
-                stop = self._update_no_improvement(epoch_loss, val_score)
-                if self.verbose:
-                    elapsed = time.perf_counter() - start_time
-                    eta = elapsed / (epoch + 1) * (self.max_iter - epoch - 1)
-                    msg = (f"Iteration {self.n_iter_}, loss = {epoch_loss:.6f} "
-                           f"({epoch_loss / np.log(2):.4f} bits/symbol)")
-                    if val_score is not None:
-                        msg += f", validation {-val_score:.4f} bits/symbol"
-                    print(f"{msg}, elapsed {elapsed:.1f}s, ETA {eta:.1f}s", flush=True)
-                if stop:
-                    break
-            else:
-                if self.max_iter > 1:
-                    from sklearn.exceptions import ConvergenceWarning
-                    warnings.warn(
-                        f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) "
-                        "reached and the optimization hasn't converged yet.",
-                        ConvergenceWarning)
-        except KeyboardInterrupt:
-            best = self._best_params if self.early_stopping else self._best_loss_params
-            if best is not None:
-                net.params[:] = best
-            warnings.warn("Training interrupted by the user; keeping the best "
-                          "weights found so far.", UserWarning)
-            return
-        if self.early_stopping and self._best_params is not None:
-            net.params[:] = self._best_params
+        start = time.perf_counter()
+
+        def run_epoch(epoch):
+            state = None          # every epoch starts from zero states
+            total = 0.0
+            for i, (a, b) in enumerate(spans):
+                X, packing, T = self._stream_batch(streams_in, streams_out, a, b,
+                                                   net.dtype)
+                value, state = net.loss_gradient(
+                    X, packing, T, "log_loss", return_sequences=True,
+                    alpha=self.alpha, dropout=self.dropout,
+                    recurrent_dropout=self.recurrent_dropout, rng=self._rng,
+                    initial_state=state, n_threads=n_threads)
+                if not np.isfinite(value):
+                    return None
+                state = _copy_state(state)
+                net.clip_gradients(self.clip_norm, self.clip_value)
+                self._optimizer.step(net.grads)
+                total += value * (b - a)
+                self.t_ += 1
+                self._schedule()
+                if (self.verbose and len(spans) >= 20
+                        and (i + 1) % (len(spans) // 10) == 0):
+                    print(f"  epoch {epoch + 1}: {100 * (i + 1) // len(spans)}%, "
+                          f"loss {total / b / np.log(2):.3f} bits/symbol, "
+                          f"elapsed {time.perf_counter() - start:.0f}s", flush=True)
+            return total / L
+
+        def validate():
+            return None if val is None else -self._stream_bits(val, n_threads)
+
+        self._run_epochs(self.max_iter, run_epoch, validate,
+                         warn_at_max_iter=self.max_iter > 1)
+
+    def _progress_message(self, loss, val_score):
+        if not self._symbols:
+            return super()._progress_message(loss, val_score)
+        msg = (f"Iteration {self.n_iter_}, loss = {loss:.6f} "
+               f"({loss / np.log(2):.4f} bits/symbol)")
+        if val_score is not None:
+            msg += f", validation {-val_score:.4f} bits/symbol"
+        return msg
 
     def _step_distributions(self, ids, state, n_threads):
         """Next-symbol log-probabilities after every symbol of ``ids`` (one
