@@ -23,8 +23,10 @@ part. ``--quick`` runs a small version in seconds (used by CI).
 import argparse
 import sys
 import time
+import warnings
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 
 from sklearn_rnn import SequenceForecaster
 
@@ -73,6 +75,8 @@ def main(argv=None):
                         help="write forecast and loss-curve PNGs to DIR "
                              "(needs matplotlib)")
     args = parser.parse_args(argv)
+    # --quick caps the epochs; early stopping ends the full runs
+    warnings.simplefilter("ignore", ConvergenceWarning)
 
     y, index = load(args.dataset)
     season, horizon, window, n_test, options = DATASETS[args.dataset]
