@@ -643,7 +643,7 @@ n_iter_
                         f"least ({n_fut}, {self.n_covariates_})")
                 futs.append(f[:n_fut])
             covs = [np.concatenate([c, f]) for c, f in zip(covs, futs)]
-        elif need_x is False and X_future is not None:
+        elif not need_x and X_future is not None:
             raise ValueError("X_future was given, but this forecaster was fitted "
                              "without covariates")
         return series, covs, single
@@ -673,9 +673,9 @@ n_iter_
         X_history : array-like or list, default=None
             Covariates of the history, when fitted with covariates.
         X_future : array-like or list, default=None
-            Covariates of the steps ahead (those in ``future_covariates``;
-            ``horizon`` rows for 'recursive', the fitted ``horizon`` rows
-            otherwise).
+            Covariates of the steps ahead, with all the columns of X (only
+            those in ``future_covariates`` are read): ``horizon`` rows for
+            'recursive', the fitted ``horizon`` rows otherwise.
 
         Returns
         -------
