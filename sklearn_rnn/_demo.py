@@ -1,6 +1,7 @@
 """The demo behind ``python -m sklearn_rnn`` (and the ``sklearn-rnn-demo``
-command): three small jobs, each next to a simple baseline, in a couple of
-minutes on 2 cores, on data that ships with the dependencies.
+command): three small jobs, each next to a simple baseline, in seconds on
+an idle 2-core machine, on data that ships with the dependencies (the series
+is generated).
 
 1. Classification: scikit-learn's digits, each 8x8 image read as a sequence
    of 8 rows.
@@ -180,7 +181,7 @@ def main(argv=None):
     parser.add_argument("--output", default="sklearn_rnn_demo",
                         help="folder for the PNG plots (default: %(default)s)")
     parser.add_argument("--quick", action="store_true",
-                        help="a few seconds instead of a couple of minutes")
+                        help="smaller models, for a smoke test (about a second)")
     parser.add_argument("--n-threads", type=int, default=None,
                         help="OpenMP threads (default: all cores)")
     args = parser.parse_args(argv)
