@@ -771,8 +771,9 @@ n_iter_
             full = np.concatenate([tail, s])
             full_c = np.concatenate([ctail, c])
             h = min(self.horizon, len(s))
-            need = max(h, self._h_in) if self.strategy == "recursive" else self._h_in
-            need = max(need, h)
+            # steps after an origin that its forecast reads: truth, and
+            # future covariates
+            need = max(h, self._h_in)
             origins = np.arange(len(tail) - 1, len(full) - need)
             if self.log and np.any(s <= 0):
                 raise ValueError("log=True needs a strictly positive series")
