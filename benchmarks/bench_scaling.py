@@ -1,0 +1,130 @@
+"""Thread scaling and peak memory of training (issue #7's last targets).
+
+* **Threads.** Our training epoch on the 128-unit workloads with 1 and with
+  2 OpenMP threads, in the same run (``bench_engine.our_times``).
+* **Peak memory.** One training epoch of medium-lstm, ours and PyTorch's,
+  each in a fresh process: the growth of the peak resident set size
+  (``ru_maxrss``) over the process's size once the data exist.
+* **Truncated BPTT.** The same growth for one RNNRegressor epoch on one
+  sequence of 1,000 steps and of 100,000 steps with ``tbptt_k1=tbptt_k2=50``:
+  the memory of the caches must not grow with the length.
+
+Writes ``benchmarks/SCALING.md`` with ``--write``. Linux only.
+
+    python benchmarks/bench_scaling.py [--write]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+
+def _child(kind):
+    """Run one measurement in this (fresh) process; print a JSON line."""
+    import resource
+    import warnings
+
+    import numpy as np
+
+    def peak_mib():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    if kind in ("ours", "torch"):
+        from bench_torch import get_workload, workload_data
+        w = get_workload("medium-lstm")
+        X, y, _ = workload_data(w)
+        if kind == "torch":
+            import torch  # noqa: F401  (its own import is not training memory)
+            from bench_torch import torch_train_epoch_time
+            base = peak_mib()
+            torch_train_epoch_time(w["cell"], X, y, w["hidden"], w["batch"], 2,
+                                   repeats=1)
+        else:
+            from bench_engine import our_times
+            base = peak_mib()
+            our_times(w, 2, 1)
+        print(json.dumps(dict(kind=kind, base_mib=base, peak_mib=peak_mib())))
+        return
+    from sklearn.exceptions import ConvergenceWarning
+
+    from sklearn_rnn import RNNRegressor
+    n_steps = int(kind.split("-")[1])
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((1, n_steps, 8)).astype(np.float32)
+    y = np.array([0.5])
+    reg = RNNRegressor(hidden_layer_sizes=(128,), max_iter=1, tbptt_k1=50,
+                       tbptt_k2=50, random_state=0)
+    base = peak_mib()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        reg.fit(X, y)
+    print(json.dumps(dict(kind=kind, base_mib=base, peak_mib=peak_mib(),
+                          input_mib=X.nbytes / 2**20)))
+
+
+def _in_child(kind):
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child",
+                          kind], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(args.child)
+        return 0
+
+    from bench_engine import our_times
+    from bench_torch import get_workload
+
+    lines = ["# Thread scaling and memory", "",
+             f"Measured {time.strftime('%Y-%m-%d')} with "
+             "`python benchmarks/bench_scaling.py --write`, float32, on the "
+             "2-core machine of `RESULTS.md`.", "",
+             "## Threads: training s/epoch (median of 3)", "",
+             "| workload | 1 thread | 2 threads | speed-up |", "|---|---|---|---|"]
+    for name in ("medium-lstm", "medium-gru", "medium-rnn"):
+        w = get_workload(name)
+        one = sorted(our_times(w, 1, 3)["train_epoch_s"])[1]
+        two = sorted(our_times(w, 2, 3)["train_epoch_s"])[1]
+        lines.append(f"| {name} | {one:.3f} | {two:.3f} | {one / two:.2f}× |")
+        print(lines[-1], flush=True)
+
+    lines += ["", "## Peak memory of one medium-lstm training epoch", "",
+              "Growth of the peak resident set size over the process's size "
+              "with the data loaded (fresh process each).", "",
+              "| engine | growth MiB |", "|---|---|"]
+    for kind in ("ours", "torch"):
+        r = _in_child(kind)
+        lines.append(f"| {kind} | {r['peak_mib'] - r['base_mib']:.0f} |")
+        print(lines[-1], flush=True)
+
+    lines += ["", "## Truncated BPTT (k1 = k2 = 50), one sequence, 128 units", "",
+              "| steps | input MiB | peak growth MiB |", "|---|---|---|"]
+    for steps in (1000, 100000):
+        r = _in_child(f"tbptt-{steps}")
+        lines.append(f"| {steps:,} | {r['input_mib']:.1f} | "
+                     f"{r['peak_mib'] - r['base_mib']:.1f} |")
+        print(lines[-1], flush=True)
+    lines += ["", "The growth includes the estimator's float32 copy of the input "
+              "(the input MiB column); the network's caches hold only the steps "
+              "of the windows in flight, so the rest does not grow with the "
+              "length."]
+    if args.write:
+        with open(os.path.join(HERE, "SCALING.md"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        print("wrote benchmarks/SCALING.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
