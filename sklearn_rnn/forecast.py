@@ -543,13 +543,16 @@ n_iter_
         W, d, C = self.window, self.difference, self.n_channels_
         u, x, levels = self._transform(series, covs)
         o = np.asarray(origins) - d          # origins in u
-        U = np.stack([u[t - W + 1:t + 1] for t in o])
         steps_x = max(h, self._h_in) if self.strategy == "recursive" else self._h_in
+        U = _windows(u, W)[o - W + 1]
+        # covariates from each window's first step, steps_x rows past its end
         if x.shape[1]:
-            XS = np.stack([x[t - W + 1:t + 1 + steps_x] for t in o])
+            XS = _windows(x, W + steps_x)[o - W + 1]
         else:
             XS = np.zeros((len(o), W + steps_x, 0))
         if self.strategy == "recursive":
+            # re-read the last `window` values at every step, as in training
+            # (where each window starts from a zero state)
             preds = np.empty((len(o), h, C))
             for k in range(h):
                 out = self._last_outputs(self._window_inputs(U, XS[:, k:k + W + 1]))
@@ -575,7 +578,7 @@ n_iter_
             if len(origins) == 0:
                 continue
             pred = self._forecast(s, c, origins, H)
-            truth = np.stack([s[t + 1:t + 1 + H] for t in origins])
+            truth = _windows(s[1:], H)[origins]
             scores.append(np.abs(truth - pred))
         if not scores:
             raise ValueError(
@@ -783,8 +786,7 @@ n_iter_
             with np.errstate(over="ignore"):
                 pred = self._forecast(full, full_c, origins, h)
             preds.append(pred.reshape(-1, self.n_channels_))
-            truths.append(np.stack([full[t + 1:t + 1 + h] for t in origins])
-                          .reshape(-1, self.n_channels_))
+            truths.append(_windows(full[1:], h)[origins].reshape(-1, self.n_channels_))
         return r2_score(np.concatenate(truths), np.concatenate(preds))
 
     # ------------------------------------------------------------------
@@ -811,39 +813,28 @@ n_iter_
             raise ValueError("no symbol sequence given (empty input)")
         text = all(isinstance(d, str) for d in data)
         if fitting:
-            if text:
-                self._alphabet = "chars"
-                self.symbols_ = np.array(sorted(set().union(*map(set, data))))
-            else:
-                arrays = [_check_int_symbols(d) for d in data]
-                self._alphabet = "integers"
-                self.symbols_ = np.unique(np.concatenate(arrays))
+            self._alphabet = "chars" if text else "integers"
+        elif self._alphabet == "tokens":
+            raise TypeError("this model was fitted on token sequences: transform "
+                            "text with the same fitted OneHot")
+        elif text != (self._alphabet == "chars"):
+            raise TypeError("this model was fitted on text: pass strings" if not text
+                            else "this model was fitted on integer symbols, not text")
+        # characters become arrays of one-character strings: both alphabets
+        # are then sorted arrays, looked up by binary search
+        arrays = [np.array(list(d), dtype="<U1") if text else _check_int_symbols(d)
+                  for d in data]
+        if fitting:
+            self.symbols_ = np.unique(np.concatenate(arrays))
             if len(self.symbols_) < 2:
                 raise ValueError("the symbol sequences use a single symbol; a "
                                  "language model needs at least two")
-        if self._alphabet == "chars":
-            if not text:
-                raise TypeError("this model was fitted on text: pass strings")
-            lookup = {c: i for i, c in enumerate(self.symbols_)}
-            out = []
-            for d in data:
-                try:
-                    out.append(np.fromiter((lookup[c] for c in d), np.intp, len(d)))
-                except KeyError as exc:
-                    raise ValueError(f"the text has the character {exc.args[0]!r}, "
-                                     "never seen in fit") from None
-            return out
-        if self._alphabet == "tokens":
-            raise TypeError("this model was fitted on token sequences: transform "
-                            "text with the same fitted OneHot")
         out = []
-        for d in data:
-            a = _check_int_symbols(d)
-            ids = np.searchsorted(self.symbols_, a)
-            ids = np.minimum(ids, len(self.symbols_) - 1)
-            if np.any(self.symbols_[ids] != a):
-                bad = a[self.symbols_[ids] != a][0]
-                raise ValueError(f"symbol {bad} was never seen in fit")
+        for a in arrays:
+            ids = np.minimum(np.searchsorted(self.symbols_, a), len(self.symbols_) - 1)
+            unseen = self.symbols_[ids] != a
+            if np.any(unseen):
+                raise ValueError(f"symbol {a[unseen][0]!r} was never seen in fit")
             out.append(ids.astype(np.intp))
         return out
 

@@ -132,6 +132,21 @@ class _TextSequencer(TransformerMixin, BaseEstimator):
         "truncation": [StrOptions({"pre", "post"})],
     }
 
+    def __init__(self, *, analyzer="word", lowercase=True, token_pattern=None,
+                 stop_words=None, max_features=None, min_df=1, max_df=1.0,
+                 vocabulary=None, n_oov_buckets=1, max_len=None, truncation="pre"):
+        self.analyzer = analyzer
+        self.lowercase = lowercase
+        self.token_pattern = token_pattern
+        self.stop_words = stop_words
+        self.max_features = max_features
+        self.min_df = min_df
+        self.max_df = max_df
+        self.vocabulary = vocabulary
+        self.n_oov_buckets = n_oov_buckets
+        self.max_len = max_len
+        self.truncation = truncation
+
     def _vectorizer_params(self):
         analyzer = self.analyzer
         params = dict(lowercase=self.lowercase, max_features=self.max_features,
@@ -335,21 +350,6 @@ class OneHot(_TextSequencer):
     ['b', 'a', '<oov_0>']
     """
 
-    def __init__(self, *, analyzer="word", lowercase=True, token_pattern=None,
-                 stop_words=None, max_features=None, min_df=1, max_df=1.0,
-                 vocabulary=None, n_oov_buckets=1, max_len=None, truncation="pre"):
-        self.analyzer = analyzer
-        self.lowercase = lowercase
-        self.token_pattern = token_pattern
-        self.stop_words = stop_words
-        self.max_features = max_features
-        self.min_df = min_df
-        self.max_df = max_df
-        self.vocabulary = vocabulary
-        self.n_oov_buckets = n_oov_buckets
-        self.max_len = max_len
-        self.truncation = truncation
-
     def fit(self, X, y=None):
         """Learn the vocabulary of the documents X."""
         docs = self._check_documents(X)
@@ -408,17 +408,11 @@ class TfidfSequence(_TextSequencer):
                  stop_words=None, max_features=None, min_df=1, max_df=1.0,
                  vocabulary=None, n_oov_buckets=1, max_len=None, truncation="pre",
                  norm="l2", use_idf=True, smooth_idf=True, sublinear_tf=False):
-        self.analyzer = analyzer
-        self.lowercase = lowercase
-        self.token_pattern = token_pattern
-        self.stop_words = stop_words
-        self.max_features = max_features
-        self.min_df = min_df
-        self.max_df = max_df
-        self.vocabulary = vocabulary
-        self.n_oov_buckets = n_oov_buckets
-        self.max_len = max_len
-        self.truncation = truncation
+        super().__init__(
+            analyzer=analyzer, lowercase=lowercase, token_pattern=token_pattern,
+            stop_words=stop_words, max_features=max_features, min_df=min_df,
+            max_df=max_df, vocabulary=vocabulary, n_oov_buckets=n_oov_buckets,
+            max_len=max_len, truncation=truncation)
         self.norm = norm
         self.use_idf = use_idf
         self.smooth_idf = smooth_idf

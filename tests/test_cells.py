@@ -22,6 +22,7 @@ import itertools
 
 import numpy as np
 import pytest
+from _shared import CELL_KINDS, numerical_gradient
 from numpy.testing import assert_allclose, assert_array_equal
 from threadpoolctl import threadpool_limits
 
@@ -47,16 +48,6 @@ FD_EPS, FD_RTOL, FD_ATOL = 1e-6, 1e-6, 1e-8
 # ---------------------------------------------------------------------------
 # configurations
 # ---------------------------------------------------------------------------
-
-# (cell, activation, reset_after, peephole)
-CELL_KINDS = [
-    ("rnn", "tanh", True, False),
-    ("rnn", "relu", True, False),
-    ("lstm", "tanh", True, False),
-    ("lstm", "tanh", True, True),
-    ("gru", "tanh", True, False),
-    ("gru", "tanh", False, False),
-]
 
 
 def _kind_id(kind):
@@ -514,19 +505,6 @@ def test_jordan_random_drop_forward(jc):
 # 2. finite differences of the kernels themselves
 # ---------------------------------------------------------------------------
 
-def numerical_gradient(loss, array):
-    grad = np.zeros_like(array)
-    for idx in np.ndindex(array.shape):
-        old = array[idx]
-        array[idx] = old + FD_EPS
-        plus = loss()
-        array[idx] = old - FD_EPS
-        minus = loss()
-        array[idx] = old
-        grad[idx] = (plus - minus) / (2 * FD_EPS)
-    return grad
-
-
 # The forward passes of the finite differences run on one thread: hundreds of
 # short OpenMP regions are slow on a busy machine, and the thread count is
 # tested separately (bitwise).
@@ -535,7 +513,7 @@ def numerical_gradient(loss, array):
 def check_fd(loss, arrays, analytic):
     assert set(arrays) == set(analytic)
     for name, array in arrays.items():
-        numeric = numerical_gradient(loss, array)
+        numeric = numerical_gradient(loss, array, FD_EPS)
         assert np.any(numeric != 0), f"{name}: the loss does not depend on it"
         assert_allclose(analytic[name], numeric, rtol=FD_RTOL, atol=FD_ATOL,
                         err_msg=f"gradient of {name}")

@@ -43,6 +43,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from _shared import CELL_KINDS
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_array_equal
@@ -72,16 +73,6 @@ FUZZ = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-
-# (cell, activation, reset_after, peephole)
-CELL_KINDS = [
-    ("rnn", "tanh", True, False),
-    ("rnn", "relu", True, False),
-    ("lstm", "tanh", True, False),
-    ("lstm", "tanh", True, True),
-    ("gru", "tanh", True, False),
-    ("gru", "tanh", False, False),
-]
 
 
 # ---------------------------------------------------------------------------
@@ -952,20 +943,14 @@ def fuzz_forward(p, ok, bad):
     ok_table = LAYER_FWD_OK if p.kind == "layer" else JORDAN_FWD_OK
     bad_table = LAYER_FWD_BAD if p.kind == "layer" else JORDAN_FWD_BAD
     base = run_forward(p)
-    kw = apply(p, p.fwd, ok, ok_table)
+    kw = mutated(p, p.fwd, ok, bad, ok_table, bad_table)
     if kw is None:
         return False
-    if bad is not None:
-        kw = apply(p, kw, [bad], bad_table)
-        if kw is None:
-            return False
     out = expect(lambda: call_forward(p, kw), bad is not None)
     if out is None:
         return True
     check_forward_shapes(p, out)
-    if all(ok_table[m][0] == SAME for m in ok):
-        for a, b in zip(flatten(out[:-1]), flatten(base[:-1])):
-            assert_array_equal(a, b)
+    assert_unchanged_by(ok, ok_table, out[:-1], base[:-1])
     return True
 
 
@@ -975,21 +960,31 @@ def fuzz_backward(p, ok, bad):
     run_forward(p)
     base = call_backward(p, p.bwd)
     check_backward_shapes(p, p.bwd, base[0])
-    kw = apply(p, p.bwd, ok, ok_table)
+    kw = mutated(p, p.bwd, ok, bad, ok_table, bad_table)
     if kw is None:
         return False
-    if bad is not None:
-        kw = apply(p, kw, [bad], bad_table)
-        if kw is None:
-            return False
     out = expect(lambda: call_backward(p, kw), bad is not None)
     if out is None:
         return True
     check_backward_shapes(p, kw, out[0])
+    assert_unchanged_by(ok, ok_table, out, base)
+    return True
+
+
+def mutated(p, kw, ok, bad, ok_table, bad_table):
+    """``kw`` with the harmless mutations ``ok`` and the harmful one ``bad``
+    (if any) applied; None when one of them does not apply to ``p``."""
+    kw = apply(p, kw, ok, ok_table)
+    if kw is not None and bad is not None:
+        kw = apply(p, kw, [bad], bad_table)
+    return kw
+
+
+def assert_unchanged_by(ok, ok_table, out, base):
+    """Mutations that keep the values (SAME) must give the results bitwise."""
     if all(ok_table[m][0] == SAME for m in ok):
         for a, b in zip(flatten(out), flatten(base)):
             assert_array_equal(a, b)
-    return True
 
 
 def flatten(x):

@@ -16,6 +16,7 @@
 
 import numpy as np
 import pytest
+from _shared import numerical_gradient
 from numpy.testing import assert_allclose, assert_array_equal
 
 from pyx_rnn import reference as ref
@@ -63,20 +64,6 @@ def n_targets(packing, return_sequences):
     return packing.n_rows if return_sequences else packing.n_sequences
 
 
-def numerical_gradient(f, params, eps=FD_EPS):
-    """Central differences of ``f()`` with respect to every entry of the flat
-    vector ``params`` (perturbed in place, then restored)."""
-    num = np.empty_like(params)
-    for i in range(params.size):
-        old = params[i]
-        params[i] = old + eps
-        lp = f()
-        params[i] = old - eps
-        lm = f()
-        params[i] = old
-        num[i] = (lp - lm) / (2 * eps)
-    return num
-
 
 def assert_fd(net, f, tol=FD_TOL):
     """``net.grads`` after ``f()`` against central finite differences of
@@ -84,7 +71,7 @@ def assert_fd(net, f, tol=FD_TOL):
     before = net.params.copy()
     f()
     grad = net.grads.copy()
-    num = numerical_gradient(f, net.params)
+    num = numerical_gradient(f, net.params, FD_EPS)
     assert_array_equal(net.params, before)
     scale = np.abs(num).max()
     assert scale > 1e-6

@@ -15,6 +15,7 @@ import pathlib
 
 import numpy as np
 import pytest
+from _shared import numerical_gradient
 from numpy.testing import assert_allclose
 
 try:
@@ -44,26 +45,13 @@ def make_mask(rng, size):
     return keep / (1 - P_DROP)
 
 
-def numerical_gradient(loss, array):
-    """Central finite differences of ``loss()`` with respect to ``array`` (in place)."""
-    grad = np.zeros_like(array)
-    for idx in np.ndindex(array.shape):
-        old = array[idx]
-        array[idx] = old + FD_EPS
-        plus = loss()
-        array[idx] = old - FD_EPS
-        minus = loss()
-        array[idx] = old
-        grad[idx] = (plus - minus) / (2 * FD_EPS)
-    return grad
-
 
 def check_gradients(loss, arrays, analytic):
     """Compare ``analytic[name]`` with finite differences for every array."""
     assert set(arrays) == set(analytic), (sorted(arrays), sorted(analytic))
     for name, array in arrays.items():
         assert analytic[name].shape == array.shape, name
-        numeric = numerical_gradient(loss, array)
+        numeric = numerical_gradient(loss, array, FD_EPS)
         assert np.any(numeric != 0), f"{name}: loss does not depend on it"
         assert_allclose(analytic[name], numeric, rtol=FD_RTOL, atol=FD_ATOL,
                         err_msg=f"gradient of {name}")

@@ -492,15 +492,15 @@ def test_token_sequences_without_embedding_learn():
 
 
 def load_sentiment(directory):
-    docs, labels = [], []
-    for path in sorted(Path(directory).glob("*_labelled.txt")):
-        # split on '\n': imdb_labelled.txt holds U+0085, a line break to splitlines()
-        for line in path.read_text(encoding="utf-8").split("\n"):
-            if line.strip():
-                sentence, label = line.rsplit("\t", 1)
-                docs.append(sentence)
-                labels.append(int(label))
-    return docs, np.array(labels)
+    """The loader of examples/sentiment.py (the example and this test read
+    the data the same way)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "sentiment.py"
+    spec = importlib.util.spec_from_file_location("sentiment_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    return example.load_sentiment(directory)
 
 
 def sentiment_comparison(docs, y, param_grid, rnn_params, n_jobs=None):
