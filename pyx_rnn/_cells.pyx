@@ -32,6 +32,13 @@ ACT_RELU = 1
 PGEMM_ISA = sr_pgemm_init()   # 0 baseline, 1 AVX2 + FMA, 2 AVX-512
 
 
+def input_pack_length(int cell, int n_input, int hidden, int itemsize):
+    """Length of the ``wpack_ih`` buffer of ``recurrent_forward``: the input
+    weights in the panels of ``pyx_rnn/_pgemm.h``."""
+    cdef int gates = 1 if cell == RNN else (4 if cell == LSTM else 3)
+    return sr_pack_length(gates * hidden, n_input, itemsize)
+
+
 def recurrent_pack_length(int cell, bint reset_after, int hidden,
                           int itemsize, bint backward):
     """Length of the ``wpack`` buffer of ``recurrent_forward`` (or, with
@@ -77,9 +84,12 @@ cdef void pack_recurrent(Dims* d, bint backward, const floating* W_hh,
 # --------------------------------------------------------------------------
 
 cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
-                        const Py_ssize_t* off, floating* G,
-                        const floating* W_hh, const floating* P1,
-                        const floating* P2, const floating* b_hh,
+                        const Py_ssize_t* off, const floating* X, int n_in,
+                        const floating* W_ih, const floating* Pih,
+                        const floating* b_ih, floating* G,
+                        floating* Gblock, const floating* W_hh,
+                        const floating* P1, const floating* P2,
+                        const floating* b_hh,
                         const floating* peep, const floating* ln_w,
                         const floating* ln_b, const floating* mask,
                         floating* h, floating* c, floating* H_out,
@@ -87,20 +97,31 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
                         floating* xhat, floating* rstd,
                         floating* work) noexcept nogil:
     cdef int H = d.hidden, GH = d.gates * d.hidden, G_ = d.gates
-    cdef int step, t, nb, i, j, ncols
-    cdef Py_ssize_t r0, r, b
+    cdef int step, t, nb, ncols
+    cdef Py_ssize_t r0, r, b, i, j
     cdef bint two_phase = d.cell == GRU and not d.reset_after
     # Hprev NULL (inference without a mask): the product reads h directly
     cdef bint keep = Hprev != NULL
     # rnn and lstm add the product to G in place; the gru needs it apart
     cdef bint fused = d.cell != GRU
     cdef const floating* A
+    cdef floating* Gt      # the gate rows of this block at this step
     for step in range(d.n_steps):
         t = d.n_steps - 1 - step if d.reverse else step
         nb = <int> (min(<Py_ssize_t> hi, bs[t]) - lo)
         if nb <= 0:
             continue
         r0 = off[t] + lo
+        # G NULL (inference): the gate rows live in the block's scratch
+        Gt = G + r0 * GH if G != NULL else Gblock
+        if X != NULL:
+            # the input projection of this step's rows, computed here rather
+            # than over all steps beforehand: the rows stay in this core's cache
+            rgemm(nb, GH, n_in, X + r0 * n_in, n_in, Pih, True, W_ih, n_in,
+                  False, Gt, GH)
+            for i in range(nb):
+                for j in range(GH):
+                    Gt[i * GH + j] = Gt[i * GH + j] + b_ih[j]
         # The recurrent product reads the masked previous state, which is
         # also kept (Hprev) for the weight gradient.
         if keep:
@@ -117,22 +138,22 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
             A = h + lo * H
         ncols = 2 * H if two_phase else GH
         if fused:
-            rgemm(nb, ncols, H, A, H, P1, True, W_hh, H, True, G + r0 * GH, GH)
+            rgemm(nb, ncols, H, A, H, P1, True, W_hh, H, True, Gt, GH)
         else:
             rgemm(nb, ncols, H, A, H, P1, True, W_hh, H, False, work, GH)
         for i in range(nb):
             r = r0 + i
             b = lo + i
             if d.cell == RNN:
-                rnn_row(d, G + r * GH, NULL, b_hh, ln_w, ln_b,
+                rnn_row(d, Gt + i * GH, NULL, b_hh, ln_w, ln_b,
                         xhat + r * GH, rstd + r * G_, H_out + r * H, h + b * H)
             elif d.cell == LSTM:
-                lstm_row(d, G + r * GH, NULL, b_hh, peep, ln_w, ln_b,
+                lstm_row(d, Gt + i * GH, NULL, b_hh, peep, ln_w, ln_b,
                          xhat + r * GH, rstd + r * G_, H_out + r * H,
                          C_out + r * H if C_out != NULL else NULL, h + b * H,
                          c + b * H)
             else:
-                gru_rz_row(d, G + r * GH, work + i * GH, b_hh, ln_w, ln_b,
+                gru_rz_row(d, Gt + i * GH, work + i * GH, b_hh, ln_w, ln_b,
                            xhat + r * GH, rstd + r * G_, A + i * H,
                            aux + r * H)
         if d.cell != GRU:
@@ -143,7 +164,7 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
                   False, work + 2 * H, GH)
         for i in range(nb):
             r = r0 + i
-            gru_n_row(d, G + r * GH, work + i * GH, b_hh, ln_w, ln_b,
+            gru_n_row(d, Gt + i * GH, work + i * GH, b_hh, ln_w, ln_b,
                       xhat + r * GH, rstd + r * G_, H_out + r * H,
                       h + (lo + i) * H)
 
@@ -160,11 +181,11 @@ cdef void backward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
                          const floating* xhat, const floating* rstd,
                          const floating* dH, floating* dh, floating* dc,
                          floating* dG, floating* dGh, floating* dpeep,
-                         floating* dln_w, floating* dln_b,
-                         floating* work) noexcept nogil:
+                         floating* dln_w, floating* dln_b, floating* db_ih,
+                         floating* db_hh, floating* work) noexcept nogil:
     cdef int H = d.hidden, GH = d.gates * d.hidden, G_ = d.gates
     cdef int step, t, nb, i, j, ncols
-    cdef Py_ssize_t r0, r, b, prev_row
+    cdef Py_ssize_t r0, r, b, prev_row, jj
     cdef const floating* h_prev
     cdef const floating* c_prev
     cdef bint two_phase = d.cell == GRU and not d.reset_after
@@ -184,7 +205,8 @@ cdef void backward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
                 # truncated: this sequence's gradient stops before step t
                 for j in range(H):
                     dh[b * H + j] = 0
-                    if d.cell == LSTM:
+                if d.cell == LSTM:
+                    for j in range(H):
                         dc[b * H + j] = 0
                 for j in range(GH):
                     dG[r * GH + j] = 0
@@ -240,11 +262,20 @@ cdef void backward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
               work, H)
         for i in range(nb):
             b = lo + i
-            for j in range(H):
-                if d.has_mask:
+            if d.has_mask:
+                for j in range(H):
                     dh[b * H + j] += work[i * H + j] * mask[b * H + j]
-                else:
+            else:
+                for j in range(H):
                     dh[b * H + j] += work[i * H + j]
+        # bias gradients: this block's partial sums, while the rows are in cache
+        for i in range(nb):
+            r = r0 + i
+            for jj in range(GH):
+                db_ih[jj] += dG[r * GH + jj]
+            if db_hh != NULL:
+                for jj in range(GH):
+                    db_hh[jj] += dGh[r * GH + jj]
 
 
 # --------------------------------------------------------------------------
@@ -256,7 +287,10 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
                       bint layer_norm, bint peephole,
                       const Py_ssize_t[::1] batch_sizes,
                       const Py_ssize_t[::1] offsets,
-                      floating[:, ::1] G, floating[:, ::1] W_hh,
+                      floating[:, ::1] X, floating[:, ::1] W_ih,
+                      floating[::1] b_ih, floating[::1] wpack_ih,
+                      floating[:, ::1] G, floating[:, ::1] G_block,
+                      floating[:, ::1] W_hh,
                       floating[::1] b_hh, floating[::1] peep,
                       floating[::1] ln_w, floating[::1] ln_b,
                       floating[:, ::1] mask, floating[:, ::1] h,
@@ -267,8 +301,14 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
                       floating[::1] wpack, int block_rows, int n_threads):
     """Run one layer in one direction over a packed batch.
 
-    ``G`` holds the input projection ``W_ih x + b_ih`` of every row on entry
-    and the gate activations on exit. ``h`` (and ``c``) hold the initial state
+    The input projection ``W_ih x + b_ih`` of every row is either in ``G`` on
+    entry (``X`` empty), or computed step by step from the packed input ``X``
+    (``n_rows x n_input``) by the thread that runs the row's block, with
+    ``W_ih`` packed into ``wpack_ih`` (``recurrent_pack_length`` of the input
+    side; empty: BLAS). ``G`` holds the gate activations of every row on exit;
+    for inference it may be empty when ``X`` is given: the gates of a step
+    then live in ``G_block`` (``n_blocks x block_rows * gates * hidden``).
+    ``h`` (and ``c``) hold the initial state
     on entry and the final state of every sequence on exit. ``H_out``,
     ``C_out``, ``Hprev``, ``aux``, ``xhat`` and ``rstd`` are filled for the
     backward pass. ``work`` has shape ``(n_blocks, block_rows * gates * hidden)``.
@@ -287,7 +327,14 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
     cdef int k, lo, hi
     cdef const Py_ssize_t* pbs = &batch_sizes[0] if n_steps > 0 else NULL
     cdef const Py_ssize_t* poff = &offsets[0]
+    cdef floating* pX = ptr2(X)
+    cdef floating* pWih = ptr2(W_ih)
+    cdef floating* pbih = ptr1(b_ih)
+    cdef floating* pPih = ptr1(wpack_ih)
+    cdef int n_in = <int> X.shape[1]
     cdef floating* pG = ptr2(G)
+    cdef floating* pGb = ptr2(G_block)
+    cdef Py_ssize_t gbstride = G_block.shape[1]
     cdef floating* pW = ptr2(W_hh)
     cdef floating* pb = ptr1(b_hh)
     cdef floating* ppeep = ptr1(peep)
@@ -307,11 +354,15 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
     cdef floating* P1
     cdef floating* P2
     pack_recurrent(&d, False, pW, ptr1(wpack), &P1, &P2)
+    if pX != NULL and pPih != NULL:
+        pack_b(True, n_in, d.gates * d.hidden, pWih, n_in, pPih)
     for k in prange(n_blocks, nogil=True, schedule="dynamic",
                     num_threads=min(n_threads, n_blocks)):
         lo = k * block_rows
         hi = min(lo + block_rows, B)
-        forward_block(&d, lo, hi, pbs, poff, pG, pW, P1, P2, pb, ppeep, plnw, plnb,
+        forward_block(&d, lo, hi, pbs, poff, pX, n_in, pWih, pPih, pbih, pG,
+                      pGb + k * gbstride if pGb != NULL else NULL, pW, P1, P2,
+                      pb, ppeep, plnw, plnb,
                       pmask, ph, pc, pH, pC, pHp, paux, pxh, prs,
                       pwork + k * wstride)
 
@@ -331,7 +382,8 @@ def recurrent_backward(int cell, int activation, bint reverse,
                        floating[:, ::1] dh, floating[:, ::1] dc,
                        floating[:, ::1] dG, floating[:, ::1] dGh,
                        floating[:, ::1] dpeep, floating[:, ::1] dln_w,
-                       floating[:, ::1] dln_b, floating[:, ::1] work,
+                       floating[:, ::1] dln_b, floating[:, ::1] dbias_ih,
+                       floating[:, ::1] dbias_hh, floating[:, ::1] work,
                        floating[::1] wpack, int block_rows, int n_threads):
     """Back-propagate one layer in one direction through time.
 
@@ -341,9 +393,11 @@ def recurrent_backward(int cell, int activation, bint reverse,
     input side, ``dGh`` on the recurrent side (pass the same array except for
     the reset-after GRU). Only steps ``t >= t_stop`` are visited (truncation);
     rows of earlier steps of ``dG`` and ``dGh`` are left untouched.
-    ``dpeep``, ``dln_w`` and ``dln_b`` have one row per block and receive
-    partial sums (they must be zero on entry), to be added in block order by
-    the caller so that the total does not depend on the thread count.
+    ``dpeep``, ``dln_w``, ``dln_b``, ``dbias_ih`` and ``dbias_hh`` have one
+    row per block and receive partial sums (they must be zero on entry), to be
+    added in block order by the caller so that the total does not depend on
+    the thread count. ``dbias_ih`` sums the rows of ``dG``, ``dbias_hh`` those
+    of ``dGh`` (empty when ``dGh`` is ``dG``: the same sums).
     ``wpack`` is as for ``recurrent_forward`` (with ``backward=True``).
     """
     cdef int n_steps = batch_sizes.shape[0]
@@ -380,6 +434,9 @@ def recurrent_backward(int cell, int activation, bint reverse,
     cdef Py_ssize_t wstride = work.shape[1]
     cdef Py_ssize_t pstride = dpeep.shape[1]
     cdef Py_ssize_t lstride = dln_w.shape[1]
+    cdef floating* pdbi = ptr2(dbias_ih)
+    cdef floating* pdbh = ptr2(dbias_hh)
+    cdef Py_ssize_t bstride = dbias_ih.shape[1]
     cdef const Py_ssize_t* pstop = &t_stop[0] if t_stop.shape[0] > 0 else NULL
     cdef floating* P1
     cdef floating* P2
@@ -394,4 +451,6 @@ def recurrent_backward(int cell, int activation, bint reverse,
                        pdpeep + k * pstride if pdpeep != NULL else NULL,
                        pdlnw + k * lstride if pdlnw != NULL else NULL,
                        pdlnb + k * lstride if pdlnb != NULL else NULL,
+                       pdbi + k * bstride,
+                       pdbh + k * bstride if pdbh != NULL else NULL,
                        pwork + k * wstride)

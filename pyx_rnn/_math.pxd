@@ -5,18 +5,18 @@ from libc.math cimport exp, expf, tanh, tanhf, sqrt, sqrtf
 
 cdef inline floating sigmoid(floating x) noexcept nogil:
     # Two branches so that exp never overflows: stable for any finite x.
-    cdef floating e
+    cdef floating e, one = 1
     if x >= 0:
         if floating is float:
             e = expf(-x)
         else:
             e = exp(-x)
-        return 1 / (1 + e)
+        return one / (one + e)
     if floating is float:
         e = expf(x)
     else:
         e = exp(x)
-    return e / (1 + e)
+    return e / (one + e)
 
 
 cdef inline floating tanh_(floating x) noexcept nogil:

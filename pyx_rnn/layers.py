@@ -219,9 +219,24 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
     n_blocks = -(-B // block_rows)
     lstm, gru = spec.cell == "lstm", spec.cell == "gru"
 
-    G = _take(pool, "G", (n_rows, gh), dtype)
-    _input_product(X, w["weight_ih"], G, n_threads)
-    G += w["bias_ih"]
+    # The input projection is computed by the kernel, step by step, when the
+    # recurrent product is packed (the same micro-kernel); token input is
+    # gathered over all steps first.
+    fuse_input = (not isinstance(X, TokenInput)
+                  and use_packed_product(spec, block_rows, False))
+    if fuse_input:
+        X_in, b_ih = X, w["bias_ih"]
+        wpack_ih = _take(pool, "wpack_ih", (_cells.input_pack_length(
+            CELLS[spec.cell], spec.n_input, H_, np.dtype(dtype).itemsize),), dtype)
+        G = _take(pool, "G", (n_rows, gh), dtype) if keep_cache else _empty(dtype)
+        G_block = (_empty(dtype) if keep_cache
+                   else _take(pool, "G_block", (n_blocks, block_rows * gh), dtype))
+    else:
+        X_in, b_ih, wpack_ih, G_block = (_empty(dtype), _empty(dtype, 1),
+                                         _empty(dtype, 1), _empty(dtype))
+        G = _take(pool, "G", (n_rows, gh), dtype)
+        _input_product(X, w["weight_ih"], G, n_threads)
+        G += w["bias_ih"]
     h = np.zeros((B, H_), dtype) if h0 is None else np.array(h0, dtype, order="C")
     h0 = h.copy() if keep_cache else None
     if lstm:
@@ -244,7 +259,8 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
     _cells.recurrent_forward(
         CELLS[spec.cell], ACTIVATIONS[spec.activation], spec.reverse,
         spec.reset_after, spec.layer_norm, spec.peephole, batch_sizes, offsets,
-        G, w["weight_hh"], w["bias_hh"], _param(w, "peephole", dtype),
+        X_in, w["weight_ih"], b_ih, wpack_ih, G, G_block, w["weight_hh"],
+        w["bias_hh"], _param(w, "peephole", dtype),
         _param(w, "ln_weight", dtype), _param(w, "ln_bias", dtype), mask, h, c,
         H, C, Hprev, aux, xhat, rstd, work,
         _wpack(spec, block_rows, dtype, pool, False), block_rows, n_threads,
@@ -314,6 +330,8 @@ def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
     n_ln = gh if spec.layer_norm else 0
     dln_w = np.zeros((n_blocks, n_ln), dtype)
     dln_b = np.zeros((n_blocks, n_ln), dtype)
+    dbias_ih = np.zeros((n_blocks, gh), dtype)
+    dbias_hh = np.zeros((n_blocks, gh), dtype) if separate_dgh else _empty(dtype)
     work = _take(pool, "work", (n_blocks, block_rows * gh), dtype)
     _cells.recurrent_backward(
         CELLS[spec.cell], ACTIVATIONS[spec.activation], spec.reverse,
@@ -322,12 +340,15 @@ def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
         _param(w, "peephole", dtype), _param(w, "ln_weight", dtype), cache.mask,
         cache.h0, cache.c0, cache.H, cache.C, cache.Hprev, cache.aux, cache.xhat,
         cache.rstd, np.ascontiguousarray(dH, dtype), dh, dc, dG, dGh, dpeep,
-        dln_w, dln_b, work, _wpack(spec, block_rows, dtype, pool, True),
+        dln_w, dln_b, dbias_ih, dbias_hh, work,
+        _wpack(spec, block_rows, dtype, pool, True),
         block_rows, n_threads,
     )
     dG_, dGh_ = dG[first:], dGh[first:]
     _accumulate_input_grad(dG_, cache.X[first:], grads["weight_ih"], n_threads)
-    _dense.accumulate_column_sums(dG_, grads["bias_ih"])
+    # bias gradients: the kernel's partial sums per block, added in order
+    grads["bias_ih"] += dbias_ih.sum(axis=0)
+    grads["bias_hh"] += (dbias_hh if separate_dgh else dbias_ih).sum(axis=0)
     if spec.cell == "gru" and not spec.reset_after:
         # the candidate's recurrent product reads r * m * h, kept in aux
         _dense.accumulate_outer(dGh_[:, : 2 * H_], cache.Hprev[first:],
@@ -337,7 +358,6 @@ def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
     else:
         _dense.accumulate_outer(dGh_, cache.Hprev[first:], grads["weight_hh"],
                                 n_threads)
-    _dense.accumulate_column_sums(dGh_, grads["bias_hh"])
     if spec.peephole:
         grads["peephole"] += dpeep.sum(axis=0)
     if spec.layer_norm:

@@ -424,8 +424,12 @@ def test_column_vector_y_warns_for_the_classifier():
 def test_every_cell_learns_the_sum(cell):
     X, y = sum_data(300, seed=0)
     X_test, y_test = sum_data(200, seed=1)
+    # 100 epochs without early stopping: with the default n_iter_no_change,
+    # a Jordan network can stop on a plateau (after 33-60 epochs at 0.82-0.88
+    # for 3 of 8 seeds), which a change of rounding moves from seed to seed;
+    # run to 100 epochs, all 8 seeds reach 0.956-0.985
     reg = RNNRegressor(cell=cell, hidden_layer_sizes=(8,), learning_rate_init=0.02,
-                       max_iter=40, **FAST).fit(X, y)
+                       max_iter=100, n_iter_no_change=100, **FAST).fit(X, y)
     assert reg.score(X_test, y_test) > 0.9
     # and training did the work: the untrained network is useless
     untrained = RNNRegressor(cell=cell, hidden_layer_sizes=(8,), max_iter=1,
