@@ -267,7 +267,7 @@ cdef inline void lstm_row_back(Dims* d, const floating* g, const floating* c,
                                floating* dln_w, floating* dln_b) noexcept nogil:
     cdef Py_ssize_t j, k, H = d.hidden
     cdef floating one = 1
-    cdef floating i_, f_, g_, o_, tc, dct
+    cdef floating i_, f_, g_, o_, tc
     # tanh(c_t), kept in dg's g block until that block is written
     for j in range(H):
         dg[2 * H + j] = c[j]
@@ -288,15 +288,18 @@ cdef inline void lstm_row_back(Dims* d, const floating* g, const floating* c,
         for j in range(H):
             dc[j] = dc[j] + dg[3 * H + j] * peep[2 * H + j]
             dpeep[2 * H + j] += dg[3 * H + j] * c[j]
+    # one output per loop: few enough pointers for GCC to vectorise each
     for j in range(H):
         i_ = g[j]
+        dg[j] = dc[j] * g[2 * H + j] * i_ * (one - i_)
+    for j in range(H):
         f_ = g[H + j]
+        dg[H + j] = dc[j] * c_prev[j] * f_ * (one - f_)
+    for j in range(H):
         g_ = g[2 * H + j]
-        dct = dc[j]
-        dg[j] = dct * g_ * i_ * (one - i_)
-        dg[H + j] = dct * c_prev[j] * f_ * (one - f_)
-        dg[2 * H + j] = dct * i_ * (one - g_ * g_)
-        dc[j] = dct * f_
+        dg[2 * H + j] = dc[j] * g[j] * (one - g_ * g_)
+    for j in range(H):
+        dc[j] = dc[j] * g[H + j]
         dh[j] = 0
     if d.layer_norm:
         for k in range(3):
@@ -319,12 +322,15 @@ cdef inline void gru_n_row_back(Dims* d, const floating* g,
     cdef Py_ssize_t j, H = d.hidden
     cdef floating one = 1
     cdef floating z_, n_
+    # one output per loop: few enough pointers for GCC to vectorise each
+    for j in range(H):
+        n_ = g[2 * H + j]
+        dg[2 * H + j] = dh[j] * (one - g[H + j]) * (one - n_ * n_)
     for j in range(H):
         z_ = g[H + j]
-        n_ = g[2 * H + j]
-        dg[2 * H + j] = dh[j] * (one - z_) * (one - n_ * n_)
-        dg[H + j] = dh[j] * (h_prev[j] - n_) * z_ * (one - z_)
-        dh[j] = dh[j] * z_
+        dg[H + j] = dh[j] * (h_prev[j] - g[2 * H + j]) * z_ * (one - z_)
+    for j in range(H):
+        dh[j] = dh[j] * g[H + j]
     if d.layer_norm:
         ln_backward(dg + 2 * H, H, ln_w + 2 * H, xhat + 2 * H, rstd[2],
                     dln_w + 2 * H, dln_b + 2 * H)
