@@ -8,6 +8,8 @@ steps. Each product is cut into a fixed number of row blocks that depends only
 on the shapes, and every block is one single-threaded BLAS call, so the result
 is bitwise the same whatever the thread count.
 """
+import numpy as np
+
 from cython cimport floating
 from cython.parallel cimport prange
 
@@ -65,14 +67,23 @@ def matmul(floating[:, ::1] A, floating[:, ::1] B, floating[:, ::1] C,
              beta, pC + lo * N, N)
 
 
+# accumulate_outer sums over at least this many rows per BLAS call when it
+# splits the sum (a power of two number of parts, at most MAX_BLOCKS)
+cdef int MIN_SUM_ROWS = 2048
+
+
 def accumulate_outer(floating[:, :] A, floating[:, ::1] B,
                      floating[:, :] C, int n_threads):
     """``C += A.T @ B``, summing over the rows of ``A`` and ``B``.
 
-    This accumulates a weight gradient over every step of a batch. The rows of
-    ``C`` (the columns of ``A``) are split into blocks; each entry of ``C`` is
-    one sum over all rows, in one BLAS call. ``A`` and ``C`` may be column
-    slices of C-contiguous arrays (rows contiguous, any row stride).
+    This accumulates a weight gradient over every step of a batch. With at
+    least ``2 * MIN_SUM_ROWS`` rows the sum is split into 2, 4, ... parts of
+    consecutive rows: one BLAS call per part, each packing its rows of ``A``
+    and ``B`` once, and the parts are then added to ``C`` in order. Below
+    that, the rows of ``C`` (the columns of ``A``) are split into blocks, and
+    each entry of ``C`` is one sum over all rows. Either way the cut depends
+    only on the shapes, never on the thread count. ``A`` and ``C`` may be
+    column slices of C-contiguous arrays (rows contiguous, any row stride).
     """
     if A.shape[0] > 0 and A.shape[1] > 1 and A.strides[1] != sizeof(floating):
         raise ValueError("A must have contiguous rows")
@@ -92,12 +103,48 @@ def accumulate_outer(floating[:, :] A, floating[:, ::1] B,
     cdef int lda = <int> (A.strides[0] // sizeof(floating))
     cdef int ldb = <int> B.shape[1]
     cdef int ldc = <int> (C.strides[0] // sizeof(floating))
+    cdef int n_parts = 1
+    while n_parts < MAX_BLOCKS and 2 * n_parts * <Py_ssize_t> MIN_SUM_ROWS <= R:
+        n_parts *= 2
+    if n_parts > 1:
+        _accumulate_outer_parts(pA, lda, pB, ldb, pC, ldc, R, M, N, n_parts,
+                                n_threads)
+        return
     for k in prange(n_blocks, nogil=True, schedule="static",
                     num_threads=min(n_threads, n_blocks)):
         lo = k * size
         m = min(size, M - lo)
         gemm(True, False, m, N, <int> R, <floating> 1, pA + lo, lda, pB, ldb,
              <floating> 1, pC + lo * ldc, ldc)
+
+
+cdef int _accumulate_outer_parts(const floating* pA, int lda,
+                                 const floating* pB, int ldb, floating* pC,
+                                 int ldc, Py_ssize_t R, int M, int N,
+                                 int n_parts, int n_threads) except -1:
+    """``accumulate_outer`` with the sum over rows cut into ``n_parts``
+    consecutive parts: part ``k`` goes to its own ``M x N`` buffer, and every
+    entry of ``C`` then adds the parts in order ``0, 1, ...``."""
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[:, :, ::1] parts = np.empty((n_parts, M, N), dtype)
+    cdef floating* pP = &parts[0, 0, 0]
+    cdef Py_ssize_t rows = (R + n_parts - 1) // n_parts
+    cdef Py_ssize_t r0, i, j
+    cdef int k, p, size = block_size(M)
+    cdef int n_blocks = (M + size - 1) // size
+    for k in prange(n_parts, nogil=True, schedule="static",
+                    num_threads=min(n_threads, n_parts)):
+        r0 = k * rows
+        gemm(True, False, M, N, <int> min(rows, R - r0), <floating> 1,
+             pA + r0 * lda, lda, pB + r0 * ldb, ldb, <floating> 0,
+             pP + <Py_ssize_t> k * M * N, N)
+    for k in prange(n_blocks, nogil=True, schedule="static",
+                    num_threads=min(n_threads, n_blocks)):
+        for i in range(k * size, min(k * size + size, M)):
+            for p in range(n_parts):
+                for j in range(N):
+                    pC[i * ldc + j] += pP[(<Py_ssize_t> p * M + i) * N + j]
+    return 0
 
 
 def accumulate_column_sums(floating[:, :] A, floating[::1] out):

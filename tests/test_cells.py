@@ -940,3 +940,34 @@ def test_layer_forward_without_cache(c):
         assert_array_equal(a, b, strict=True)
     with pytest.raises(TypeError, match="keep_cache"):
         layer_forward(spec, w, X, pk.batch_sizes, pk.offsets, keep_cache=None)
+
+
+# ---------------------------------------------------------------------------
+# 8. weight gradients over all steps: pyx_rnn._dense.accumulate_outer
+# ---------------------------------------------------------------------------
+
+@DTYPES
+@pytest.mark.parametrize("n_rows", [100, 4096, 9001],
+                         ids=["rows of C split", "2 parts", "4 parts"])
+def test_accumulate_outer(n_rows, dtype):
+    """``C += A.T @ B`` over column slices, with the sum over rows whole (few
+    rows) or cut into parts (4096 rows and more, the last part shorter):
+    matches float64 and is bitwise the same for 1, 2 and 3 threads."""
+    from pyx_rnn import _dense
+    rng = np.random.default_rng(64)
+    A_full = rng.standard_normal((n_rows, 75)).astype(dtype)
+    B = rng.standard_normal((n_rows, 9)).astype(dtype)
+    C0 = rng.standard_normal((70, 12)).astype(dtype)
+    A = A_full[:, 5:]                 # a column slice: row stride 75
+    expected = C0[:, 3:].astype(np.float64) + A.T.astype(np.float64) @ B
+    results = []
+    with threadpool_limits(1, user_api="blas"):
+        for n_threads in (1, 2, 3):
+            C = C0.copy()
+            _dense.accumulate_outer(A, B, C[:, 3:], n_threads)
+            assert_array_equal(C[:, :3], C0[:, :3])   # outside the slice
+            results.append(C[:, 3:])
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    assert_allclose(results[0], expected, rtol=tol, atol=tol * np.sqrt(n_rows))
+    for other in results[1:]:
+        assert_array_equal(other, results[0], strict=True)
