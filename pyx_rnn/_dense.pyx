@@ -72,8 +72,22 @@ def matmul(floating[:, ::1] A, floating[:, ::1] B, floating[:, ::1] C,
 cdef int MIN_SUM_ROWS = 2048
 
 
+cdef inline int outer_parts(Py_ssize_t n_rows) noexcept nogil:
+    cdef int n_parts = 1
+    while n_parts < MAX_BLOCKS and 2 * n_parts * <Py_ssize_t> MIN_SUM_ROWS <= n_rows:
+        n_parts *= 2
+    return n_parts
+
+
+def outer_work_size(Py_ssize_t n_rows, Py_ssize_t m, Py_ssize_t n):
+    """Elements of the ``work`` buffer ``accumulate_outer`` uses for a sum
+    over ``n_rows`` rows into an ``m x n`` matrix (0: none)."""
+    cdef int n_parts = outer_parts(n_rows)
+    return 0 if n_parts == 1 else n_parts * m * n
+
+
 def accumulate_outer(floating[:, :] A, floating[:, ::1] B,
-                     floating[:, :] C, int n_threads):
+                     floating[:, :] C, int n_threads, work=None):
     """``C += A.T @ B``, summing over the rows of ``A`` and ``B``.
 
     This accumulates a weight gradient over every step of a batch. With at
@@ -84,6 +98,8 @@ def accumulate_outer(floating[:, :] A, floating[:, ::1] B,
     each entry of ``C`` is one sum over all rows. Either way the cut depends
     only on the shapes, never on the thread count. ``A`` and ``C`` may be
     column slices of C-contiguous arrays (rows contiguous, any row stride).
+    ``work`` (1-D, ``outer_work_size`` elements or more, same dtype) holds
+    the parts; a new buffer is allocated when it is None or too small.
     """
     if A.shape[0] > 0 and A.shape[1] > 1 and A.strides[1] != sizeof(floating):
         raise ValueError("A must have contiguous rows")
@@ -103,12 +119,16 @@ def accumulate_outer(floating[:, :] A, floating[:, ::1] B,
     cdef int lda = <int> (A.strides[0] // sizeof(floating))
     cdef int ldb = <int> B.shape[1]
     cdef int ldc = <int> (C.strides[0] // sizeof(floating))
-    cdef int n_parts = 1
-    while n_parts < MAX_BLOCKS and 2 * n_parts * <Py_ssize_t> MIN_SUM_ROWS <= R:
-        n_parts *= 2
+    cdef int n_parts = outer_parts(R)
+    cdef floating[::1] parts
     if n_parts > 1:
+        dtype = np.float32 if floating is float else np.float64
+        if (work is None or work.dtype != dtype or work.ndim != 1
+                or work.shape[0] < n_parts * M * N):
+            work = np.empty(n_parts * M * N, dtype)
+        parts = work
         _accumulate_outer_parts(pA, lda, pB, ldb, pC, ldc, R, M, N, n_parts,
-                                n_threads)
+                                &parts[0], n_threads)
         return
     for k in prange(n_blocks, nogil=True, schedule="static",
                     num_threads=min(n_threads, n_blocks)):
@@ -121,13 +141,11 @@ def accumulate_outer(floating[:, :] A, floating[:, ::1] B,
 cdef int _accumulate_outer_parts(const floating* pA, int lda,
                                  const floating* pB, int ldb, floating* pC,
                                  int ldc, Py_ssize_t R, int M, int N,
-                                 int n_parts, int n_threads) except -1:
+                                 int n_parts, floating* pP,
+                                 int n_threads) except -1:
     """``accumulate_outer`` with the sum over rows cut into ``n_parts``
-    consecutive parts: part ``k`` goes to its own ``M x N`` buffer, and every
-    entry of ``C`` then adds the parts in order ``0, 1, ...``."""
-    dtype = np.float32 if floating is float else np.float64
-    cdef floating[:, :, ::1] parts = np.empty((n_parts, M, N), dtype)
-    cdef floating* pP = &parts[0, 0, 0]
+    consecutive parts: part ``k`` goes to its own ``M x N`` block of ``pP``,
+    and every entry of ``C`` then adds the parts in order ``0, 1, ...``."""
     cdef Py_ssize_t rows = (R + n_parts - 1) // n_parts
     cdef Py_ssize_t r0, i, j
     cdef int k, p, size = block_size(M)

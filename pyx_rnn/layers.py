@@ -150,15 +150,16 @@ def _input_product(X, w_ih, G, n_threads):
         _dense.matmul(X, w_ih, G, True, 0.0, n_threads)
 
 
-def _accumulate_input_grad(dG, X, g_ih, n_threads):
+def _accumulate_input_grad(dG, X, g_ih, n_threads, work=None):
     """``g_ih += dG.T @ X``; for token input a scatter-add of the rows of
-    ``dG`` into the rows of ``g_ih.T`` (same order, deterministic)."""
+    ``dG`` into the rows of ``g_ih.T`` (same order, deterministic). ``work``
+    is ``accumulate_outer``'s."""
     if isinstance(X, TokenInput):
         dWT = np.zeros((g_ih.shape[1], g_ih.shape[0]), g_ih.dtype)
         _dense.scatter_add_rows(X.ids, X.weights, np.ascontiguousarray(dG), dWT)
         g_ih += dWT.T
     else:
-        _dense.accumulate_outer(dG, X, g_ih, n_threads)
+        _dense.accumulate_outer(dG, X, g_ih, n_threads, work)
 
 
 def _stops(t_stop, offsets, n_sequences):
@@ -345,19 +346,22 @@ def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
         block_rows, n_threads,
     )
     dG_, dGh_ = dG[first:], dGh[first:]
-    _accumulate_input_grad(dG_, cache.X[first:], grads["weight_ih"], n_threads)
+    outer = _take(pool, "outer", (_dense.outer_work_size(
+        n_rows - first, gh, max(H_, spec.n_input)),), dtype)
+    _accumulate_input_grad(dG_, cache.X[first:], grads["weight_ih"], n_threads,
+                           outer)
     # bias gradients: the kernel's partial sums per block, added in order
     grads["bias_ih"] += dbias_ih.sum(axis=0)
     grads["bias_hh"] += (dbias_hh if separate_dgh else dbias_ih).sum(axis=0)
     if spec.cell == "gru" and not spec.reset_after:
         # the candidate's recurrent product reads r * m * h, kept in aux
         _dense.accumulate_outer(dGh_[:, : 2 * H_], cache.Hprev[first:],
-                                grads["weight_hh"][: 2 * H_], n_threads)
+                                grads["weight_hh"][: 2 * H_], n_threads, outer)
         _dense.accumulate_outer(dGh_[:, 2 * H_:], cache.aux[first:],
-                                grads["weight_hh"][2 * H_:], n_threads)
+                                grads["weight_hh"][2 * H_:], n_threads, outer)
     else:
         _dense.accumulate_outer(dGh_, cache.Hprev[first:], grads["weight_hh"],
-                                n_threads)
+                                n_threads, outer)
     if spec.peephole:
         grads["peephole"] += dpeep.sum(axis=0)
     if spec.layer_norm:

@@ -18,6 +18,7 @@ import numpy as np
 from . import _checks, _dense
 from .layers import (
     OUTPUT_ACTIVATIONS,
+    _take,
     JordanSpec,
     LayerSpec,
     jordan_backward,
@@ -407,7 +408,9 @@ class Network:
         g = self.grad_views
         g["output.weight"] += dZ.T @ top[rows]
         g["output.bias"] += dZ.sum(axis=0)
-        d_top = np.zeros((n_top_rows, self.n_top), self.dtype)
+        # reused from batch to batch: no page faults for a large fresh array
+        d_top = _take(self._pool.setdefault("head", {}), "d_top",
+                      (n_top_rows, self.n_top), self.dtype, zero=True)
         d_top[rows] = dZ @ self.weights["output.weight"]
         return d_top
 
