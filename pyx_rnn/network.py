@@ -640,7 +640,9 @@ class Network:
         g = self.grads
         if clip_value is not None:
             np.clip(g, -clip_value, clip_value, out=g)
-        norm = math.sqrt(float(np.sum(g.astype(np.float64) ** 2)))
+        # summed in float64 (einsum converts in small chunks: no float64
+        # copy of the gradient)
+        norm = math.sqrt(float(np.einsum("i,i->", g, g, dtype=np.float64)))
         if clip_norm is not None and norm > clip_norm:
             g *= clip_norm / norm
         return norm

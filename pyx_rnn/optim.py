@@ -4,9 +4,12 @@ Each works on the whole parameter vector of a ``Network`` at once, so a step
 is a handful of vectorised operations whatever the number of layers.
 """
 
+import math
 import numbers
 
 import numpy as np
+
+from . import _dense
 
 
 class SGD:
@@ -58,35 +61,32 @@ class Adam:
         self.t = 0
         self.m = np.zeros_like(params)
         self.v = np.zeros_like(params)
-        self._buf = np.empty_like(params)
 
     def step(self, grads):
         self.t += 1
         b1, b2 = self.beta_1, self.beta_2
-        self.m *= b1
-        self.m += (1 - b1) * grads
-        self.v *= b2
-        np.multiply(grads, grads, out=self._buf)
-        self._buf *= 1 - b2
-        self.v += self._buf
-        step_size = self.learning_rate / (1 - b1 ** self.t)
-        denom = np.sqrt(self.v, out=self._buf)
-        denom /= np.sqrt(1 - b2 ** self.t)
-        denom += self.epsilon
-        self.params -= step_size * (self.m / denom)
+        if self.params.dtype not in (np.float32, np.float64):
+            raise TypeError(f"Adam updates float32 or float64 parameters, got "
+                            f"{self.params.dtype}")
+        for name, a in (("grads", grads), ("m", self.m), ("v", self.v)):
+            if (not isinstance(a, np.ndarray) or a.dtype != self.params.dtype
+                    or a.shape != self.params.shape or not a.flags.c_contiguous):
+                raise ValueError(
+                    f"Adam: {name} must be a C-contiguous {self.params.dtype} "
+                    f"array of shape {self.params.shape}")
+        # one compiled pass over the arrays (pyx_rnn._dense.adam_update)
+        _dense.adam_update(self.params, grads, self.m, self.v, b1, b2,
+                           self.learning_rate / (1 - b1 ** self.t),
+                           math.sqrt(1 - b2 ** self.t), self.epsilon)
 
     def __getstate__(self):
-        # the scratch buffer is not state
-        state = dict(vars(self))
-        state.pop("_buf", None)
-        return state
+        return dict(vars(self))
 
     def __setstate__(self, state):
         """Restore a saved state, checking its entries (see ``_check_state``)."""
         _check_state(self, state, floats=("learning_rate", "beta_1", "beta_2",
                                           "epsilon"),
                      bools=(), ints=("t",), moments=("m", "v"), nonnegative=("v",))
-        self._buf = np.empty_like(self.params)
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam}

@@ -886,6 +886,26 @@ def test_adam_several_steps_formula():
         assert_allclose(params, p, rtol=1e-12, atol=1e-15)
 
 
+def test_adam_float32_follows_the_formula():
+    """The compiled float32 update: every operation rounded in float32."""
+    rng = np.random.default_rng(17)
+    p0 = rng.standard_normal(1000).astype(np.float32)
+    params = p0.copy()
+    lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-8
+    opt = Adam(params, learning_rate=lr, beta_1=b1, beta_2=b2, epsilon=eps)
+    p, m, v = p0.astype(np.float64), np.zeros(1000), np.zeros(1000)
+    for t, g in enumerate(_grad_sequence(1000, 4), start=1):
+        g = g.astype(np.float32)
+        opt.step(g)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p = p - lr / (1 - b1 ** t) * m / (np.sqrt(v / (1 - b2 ** t)) + eps)
+        assert params.dtype == np.float32
+        assert_allclose(params, p, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="grads must be a C-contiguous float32"):
+        opt.step(np.zeros(1000))
+
+
 @pytest.mark.parametrize("eps", [1e-8, 1e-2])
 def test_adam_matches_torch(eps):
     torch = pytest.importorskip("torch")
