@@ -119,9 +119,10 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
             # than over all steps beforehand: the rows stay in this core's cache
             rgemm(nb, GH, n_in, X + r0 * n_in, n_in, Pih, True, W_ih, n_in,
                   False, Gt, GH)
-            for i in range(nb):
-                for j in range(GH):
-                    Gt[i * GH + j] = Gt[i * GH + j] + b_ih[j]
+            if b_ih != NULL:
+                for i in range(nb):
+                    for j in range(GH):
+                        Gt[i * GH + j] = Gt[i * GH + j] + b_ih[j]
         # The recurrent product reads the masked previous state, which is
         # also kept (Hprev) for the weight gradient.
         if keep:
@@ -304,8 +305,9 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
     The input projection ``W_ih x + b_ih`` of every row is either in ``G`` on
     entry (``X`` empty), or computed step by step from the packed input ``X``
     (``n_rows x n_input``) by the thread that runs the row's block, with
-    ``W_ih`` packed into ``wpack_ih`` (``recurrent_pack_length`` of the input
-    side; empty: BLAS). ``G`` holds the gate activations of every row on exit;
+    ``W_ih`` packed into ``wpack_ih`` (``input_pack_length``; empty: BLAS);
+    ``b_ih`` may then be empty, with the rnn and the lstm, when ``b_hh`` holds
+    the sum of both biases. ``G`` holds the gate activations of every row on exit;
     for inference it may be empty when ``X`` is given: the gates of a step
     then live in ``G_block`` (``n_blocks x block_rows * gates * hidden``).
     ``h`` (and ``c``) hold the initial state

@@ -241,8 +241,13 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
     # gathered over all steps first.
     fuse_input = (not isinstance(X, TokenInput)
                   and use_packed_product(spec, block_rows, False))
+    b_hh = w["bias_hh"]
     if fuse_input:
         X_in, b_ih = X, w["bias_ih"]
+        if not gru:
+            # both biases added to the gates in one pass (the GRU's candidate
+            # needs them apart)
+            b_ih, b_hh = _empty(dtype, 1), w["bias_ih"] + w["bias_hh"]
         wpack_ih = _take(pool, "wpack_ih", (_cells.input_pack_length(
             CELLS[spec.cell], spec.n_input, H_, np.dtype(dtype).itemsize),), dtype)
         G = _take(pool, "G", (n_rows, gh), dtype) if keep_cache else _empty(dtype)
@@ -281,8 +286,8 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
     _cells.recurrent_forward(
         CELLS[spec.cell], ACTIVATIONS[spec.activation], spec.reverse,
         spec.reset_after, spec.layer_norm, spec.peephole, batch_sizes, offsets,
-        X_in, w["weight_ih"], b_ih, wpack_ih, G, G_block, w["weight_hh"],
-        w["bias_hh"], _param(w, "peephole", dtype),
+        X_in, w["weight_ih"], b_ih, wpack_ih, G, G_block, w["weight_hh"], b_hh,
+        _param(w, "peephole", dtype),
         _param(w, "ln_weight", dtype), _param(w, "ln_bias", dtype), mask, h, c,
         H, C, Hprev, aux, xhat, rstd, work,
         _wpack(spec, block_rows, dtype, pool, False), block_rows, n_threads,
