@@ -182,8 +182,7 @@ def accumulate_column_sums(floating[:, :] A, floating[::1] out):
         # pointers, not memoryview indexing, so that the inner loop vectorises
         for i in range(R):
             for j in range(M):
-                pout[j] += row[j]
-            row += lda
+                pout[j] += row[i * lda + j]
 
 
 def gather_rows(const Py_ssize_t[::1] ids, floating[::1] weights,

@@ -18,9 +18,9 @@ import numpy as np
 from . import _checks, _dense
 from .layers import (
     OUTPUT_ACTIVATIONS,
-    _take,
     JordanSpec,
     LayerSpec,
+    _take,
     jordan_backward,
     jordan_forward,
     layer_backward,
