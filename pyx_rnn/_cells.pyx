@@ -307,13 +307,13 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
     (``n_rows x n_input``) by the thread that runs the row's block, with
     ``W_ih`` packed into ``wpack_ih`` (``input_pack_length``; empty: BLAS);
     ``b_ih`` may then be empty, with the rnn and the lstm, when ``b_hh`` holds
-    the sum of both biases. ``G`` holds the gate activations of every row on exit;
-    for inference it may be empty when ``X`` is given: the gates of a step
-    then live in ``G_block`` (``n_blocks x block_rows * gates * hidden``).
-    ``h`` (and ``c``) hold the initial state
-    on entry and the final state of every sequence on exit. ``H_out``,
-    ``C_out``, ``Hprev``, ``aux``, ``xhat`` and ``rstd`` are filled for the
-    backward pass. ``work`` has shape ``(n_blocks, block_rows * gates * hidden)``.
+    the sum of both biases. ``G`` holds the gate activations of every row on
+    exit; for inference it may be empty when ``X`` is given: the gates of a
+    step then live in ``G_block`` (``n_blocks x block_rows * gates * hidden``).
+    ``h`` (and ``c``) hold the initial state on entry and the final state of
+    every sequence on exit. ``H_out``, ``C_out``, ``Hprev``, ``aux``,
+    ``xhat`` and ``rstd`` are filled for the backward pass. ``work`` has
+    shape ``(n_blocks, block_rows * gates * hidden)``.
     For inference ``Hprev`` may be empty when there is no mask and ``C_out``
     may be empty: they are then not kept.
     ``wpack`` (``recurrent_pack_length`` elements) receives the packed
