@@ -2,11 +2,13 @@
 # cython: initializedcheck=False
 """Dense products over all time steps at once, split over OpenMP threads.
 
-These are the big GEMMs of a layer: the input projection of every step, the
-gradient w.r.t. the layer input and the weight gradients accumulated over all
-steps. Each product is cut into a fixed number of row blocks that depends only
-on the shapes, and every block is one single-threaded BLAS call, so the result
-is bitwise the same whatever the thread count.
+These are the big GEMMs of a layer: the input projection of every step (where
+the recurrent kernel does not compute it itself), the gradient w.r.t. the layer
+input and the weight gradients accumulated over all steps. Each product is cut
+into blocks (or parts of its sum) that depend only on the shapes, and every
+block is one single-threaded BLAS call, so the result is bitwise the same
+whatever the thread count. Also here: the token gather/scatter and the
+element-wise Adam update over the flat parameter vector.
 """
 import numpy as np
 
