@@ -34,6 +34,19 @@ def make_sequences(n, rng):
     return X, y
 
 
+def fit_and_report(search, what, score_name, *fit_args):
+    """Fit the search and print its time, every candidate's mean test score
+    and the best one."""
+    start = time.perf_counter()
+    search.fit(*fit_args)
+    print(f"{what}: {len(search.cv_results_['params'])} candidates in "
+          f"{time.perf_counter() - start:.1f}s")
+    for params, score in zip(search.cv_results_["params"],
+                             search.cv_results_["mean_test_score"]):
+        print(f"  {params}  {score_name} {score:.3f}")
+    print(f"best: {search.best_params_} ({search.best_score_:.3f})")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small grids (CI)")
@@ -52,14 +65,8 @@ def main(argv=None):
                           random_state=0, n_threads=1),
             grid, cv=StratifiedKFold(3, shuffle=True, random_state=0),
             n_jobs=args.n_jobs)
-        start = time.perf_counter()
-        search.fit(X, y)
-        print(f"classifier search: {len(search.cv_results_['params'])} candidates "
-              f"x 3 folds in {time.perf_counter() - start:.1f}s")
-        for params, score in zip(search.cv_results_["params"],
-                                 search.cv_results_["mean_test_score"]):
-            print(f"  {params}  accuracy {score:.3f}")
-        print(f"best: {search.best_params_} ({search.best_score_:.3f})\n")
+        fit_and_report(search, "classifier search, 3 folds", "accuracy", X, y)
+        print()
 
         t = np.arange(600)
         series = np.sin(2 * np.pi * t / 24) + 0.1 * rng.normal(size=600)
@@ -69,14 +76,8 @@ def main(argv=None):
                                max_iter=max_iter, learning_rate_init=0.01,
                                random_state=0, n_threads=1),
             grid, cv=TimeSeriesSplit(n_splits=3), n_jobs=args.n_jobs)
-        start = time.perf_counter()
-        search.fit(series)
-        print(f"forecaster search with TimeSeriesSplit in "
-              f"{time.perf_counter() - start:.1f}s")
-        for params, score in zip(search.cv_results_["params"],
-                                 search.cv_results_["mean_test_score"]):
-            print(f"  {params}  R2 of 6-step forecasts {score:.3f}")
-        print(f"best: {search.best_params_} ({search.best_score_:.3f})")
+        fit_and_report(search, "forecaster search with TimeSeriesSplit",
+                       "R2 of 6-step forecasts", series)
         print("next 6 steps:", np.round(search.predict(6), 2))
 
 

@@ -193,36 +193,26 @@ static inline int sr_pgemm_init(void) {
     return sr_pgemm_isa;
 }
 
-static void sr_pgemm_f(int m, int n, int K, const float *A, int lda,
-                       const float *P, float *C, int ldc, int accumulate) {
-    if (m <= 0 || n <= 0) return;
+/* sr_pgemm_f / sr_pgemm_d: the kernel of the instruction set picked at load. */
 #if defined(SR_PGEMM_DISPATCH)
-    if (sr_pgemm_isa == 2) {
-        sr_pgemm_f_avx512(m, n, K, A, lda, P, C, ldc, accumulate);
-        return;
-    }
-    if (sr_pgemm_isa == 1) {
-        sr_pgemm_f_avx2(m, n, K, A, lda, P, C, ldc, accumulate);
-        return;
-    }
+#define SR_DISPATCH(NAME, ...)                                                \
+    do {                                                                      \
+        if (sr_pgemm_isa == 2) { NAME##_avx512(__VA_ARGS__); return; }        \
+        if (sr_pgemm_isa == 1) { NAME##_avx2(__VA_ARGS__); return; }          \
+    } while (0)
+#else
+#define SR_DISPATCH(NAME, ...) do { } while (0)
 #endif
-    sr_pgemm_f_base(m, n, K, A, lda, P, C, ldc, accumulate);
+
+#define SR_DEFINE_PGEMM(NAME, T)                                              \
+static void NAME(int m, int n, int K, const T *A, int lda, const T *P, T *C,  \
+                 int ldc, int accumulate) {                                   \
+    if (m <= 0 || n <= 0) return;                                             \
+    SR_DISPATCH(NAME, m, n, K, A, lda, P, C, ldc, accumulate);                \
+    NAME##_base(m, n, K, A, lda, P, C, ldc, accumulate);                      \
 }
 
-static void sr_pgemm_d(int m, int n, int K, const double *A, int lda,
-                       const double *P, double *C, int ldc, int accumulate) {
-    if (m <= 0 || n <= 0) return;
-#if defined(SR_PGEMM_DISPATCH)
-    if (sr_pgemm_isa == 2) {
-        sr_pgemm_d_avx512(m, n, K, A, lda, P, C, ldc, accumulate);
-        return;
-    }
-    if (sr_pgemm_isa == 1) {
-        sr_pgemm_d_avx2(m, n, K, A, lda, P, C, ldc, accumulate);
-        return;
-    }
-#endif
-    sr_pgemm_d_base(m, n, K, A, lda, P, C, ldc, accumulate);
-}
+SR_DEFINE_PGEMM(sr_pgemm_f, float)
+SR_DEFINE_PGEMM(sr_pgemm_d, double)
 
 #endif

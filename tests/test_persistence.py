@@ -296,20 +296,8 @@ def _skops_network_params_member(path):
     with zipfile.ZipFile(path) as zf:
         schema = json.loads(zf.read("schema.json"))
 
-    def find(node):
-        if isinstance(node, dict):
-            if node.get("__class__") == "Network":
-                return node["content"]["content"]["params"]["file"]
-            nodes = node.values()
-        elif isinstance(node, list):
-            nodes = node
-        else:
-            return None
-        for child in nodes:
-            found = find(child)
-            if found:
-                return found
-    return find(schema)
+    network = _first_node(schema, lambda node: node.get("__class__") == "Network")
+    return network["content"]["content"]["params"]["file"]
 
 
 def _replace_members(path, replacements):
@@ -432,10 +420,11 @@ def _tamper(path, edit_model=None, edit_arrays=None):
     persistence._write_archive(path, model, arrays)
 
 
-def _node_of(tree, class_name):
-    """The node of the first object of class ``class_name``."""
+def _first_node(tree, match):
+    """The first dict of a JSON tree (depth first) for which ``match`` is
+    true, or None."""
     if isinstance(tree, dict):
-        if tree.get("__type__") == "object" and tree["class"].endswith(class_name):
+        if match(tree):
             return tree
         children = tree.values()
     elif isinstance(tree, list):
@@ -443,9 +432,16 @@ def _node_of(tree, class_name):
     else:
         return None
     for child in children:
-        found = _node_of(child, class_name)
+        found = _first_node(child, match)
         if found is not None:
             return found
+    return None
+
+
+def _node_of(tree, class_name):
+    """The node of the first object of class ``class_name``."""
+    return _first_node(tree, lambda node: node.get("__type__") == "object"
+                       and node["class"].endswith(class_name))
 
 
 def _state_of(tree, class_name):
