@@ -13,10 +13,12 @@ layer, 0 for an absent array), prepared by ``pyx_rnn.layers``. As in
 the batch size, one OpenMP task per block, so results do not depend on the
 thread count.
 """
+import numpy as np
+
 from cython cimport floating
 from cython.parallel cimport prange
 
-from ._blas cimport gemm
+from ._blas cimport gemm, pack_b, rgemm, sr_pack_length
 from ._gates cimport (
     Dims, RNN, first_stop, make_dims, ptr2, rnn_row, rnn_row_back, output_row,
     output_row_back,
@@ -25,6 +27,7 @@ from ._gates cimport (
 
 cdef struct Net:
     int n_layers
+    int n_input
     int n_out
     int out_kind
     const Py_ssize_t* hidden     # H_l
@@ -47,7 +50,8 @@ cdef void forward_block(Net* net, Dims* d, int lo, int hi,
                         const Py_ssize_t* Fprev, const Py_ssize_t* xhat,
                         const Py_ssize_t* rstd, const floating* W_out,
                         const floating* b_out, floating* y_state,
-                        floating* Y) noexcept nogil:
+                        floating* Y, const Py_ssize_t* P_ih,
+                        const Py_ssize_t* P_hh, const floating* P_out) noexcept nogil:
     cdef int L = net.n_layers, n_out = net.n_out
     cdef int step, t, nb, i, j, layer, Hl, Fl, Il
     cdef Py_ssize_t r0, r, b
@@ -77,9 +81,15 @@ cdef void forward_block(Net* net, Dims* d, int lo, int hi,
                 if dmask != NULL:
                     for i in range(nb * Il):
                         dst[i] = src[i] * dmask[r0 * Il + i]
-                gemm(False, True, nb, Hl, Il, <floating> 1,
-                     dst if dmask != NULL else src, Il, at(W_ih, layer, tag), Il,
-                     <floating> 0, at(G, layer, tag) + r0 * Hl, Hl)
+                rgemm(nb, Hl, Il, dst if dmask != NULL else src, Il,
+                      at(P_ih, layer, tag), True, at(W_ih, layer, tag), Il,
+                      False, at(G, layer, tag) + r0 * Hl, Hl)
+            elif at(Xin, 0, tag) != NULL:
+                # the network's input: W_ih x_t, computed here row by row
+                Il = net.n_input
+                rgemm(nb, Hl, Il, at(Xin, 0, tag) + r0 * Il, Il,
+                      at(P_ih, 0, tag), True, at(W_ih, 0, tag), Il, False,
+                      at(G, 0, tag) + r0 * Hl, Hl)
             # fed-back vector of step t-1, masked
             fed_state = at(S, layer + 1, tag) if layer + 1 < L else y_state
             mask = at(rmask, layer, tag)
@@ -92,9 +102,8 @@ cdef void forward_block(Net* net, Dims* d, int lo, int hi,
                                                   * mask[b * Fl + j])
                     else:
                         dst[(r0 + i) * Fl + j] = fed_state[b * Fl + j]
-            gemm(False, True, nb, Hl, Fl, <floating> 1, dst + r0 * Fl, Fl,
-                 at(W_hh, layer, tag), Fl, <floating> 1,
-                 at(G, layer, tag) + r0 * Hl, Hl)
+            rgemm(nb, Hl, Fl, dst + r0 * Fl, Fl, at(P_hh, layer, tag), True,
+                  at(W_hh, layer, tag), Fl, True, at(G, layer, tag) + r0 * Hl, Hl)
             for i in range(nb):
                 r = r0 + i
                 # rnn_row adds its second and third arguments: both biases
@@ -107,8 +116,8 @@ cdef void forward_block(Net* net, Dims* d, int lo, int hi,
                         at(S, layer, tag) + (lo + i) * Hl)
         # output layer: y_t = out_act(W_out h^L_t + b_out)
         Hl = <int> net.hidden[L - 1]
-        gemm(False, True, nb, n_out, Hl, <floating> 1, at(Hs, L - 1, tag) + r0 * Hl,
-             Hl, W_out, Hl, <floating> 0, Y + r0 * n_out, n_out)
+        rgemm(nb, n_out, Hl, at(Hs, L - 1, tag) + r0 * Hl, Hl, P_out, True,
+              W_out, Hl, False, Y + r0 * n_out, n_out)
         for i in range(nb):
             r = r0 + i
             for j in range(n_out):
@@ -213,6 +222,20 @@ cdef void backward_block(Net* net, Dims* d, int lo, int hi,
                         dh[i] = dh[i] * dmask[r0 * Il + i]
 
 
+def forward_pack_length(int n_input, const Py_ssize_t[::1] hidden,
+                        const Py_ssize_t[::1] fed, int n_out, int itemsize):
+    """Length of the ``wpack`` buffer of ``jordan_forward``: every layer's
+    ``W_ih`` and ``W_hh`` and the output weights, in the panels of
+    ``pyx_rnn/_pgemm.h``."""
+    cdef Py_ssize_t n = sr_pack_length(n_out, hidden[hidden.shape[0] - 1], itemsize)
+    cdef int layer
+    for layer in range(hidden.shape[0]):
+        n += sr_pack_length(hidden[layer],
+                            n_input if layer == 0 else hidden[layer - 1], itemsize)
+        n += sr_pack_length(hidden[layer], fed[layer], itemsize)
+    return n
+
+
 def jordan_forward(int activation, int out_kind, bint layer_norm,
                    const Py_ssize_t[::1] batch_sizes,
                    const Py_ssize_t[::1] offsets,
@@ -226,10 +249,16 @@ def jordan_forward(int activation, int out_kind, bint layer_norm,
                    const Py_ssize_t[::1] Fprev, const Py_ssize_t[::1] xhat,
                    const Py_ssize_t[::1] rstd, floating[:, ::1] W_out,
                    floating[::1] b_out, floating[:, ::1] y_state,
-                   floating[:, ::1] Y, int block_rows, int n_threads):
+                   floating[:, ::1] Y, int n_input, floating[::1] wpack,
+                   int block_rows, int n_threads):
     """Forward pass of a Jordan stack and its output layer over a packed batch.
 
-    ``G[0]`` holds ``W_ih x`` of every row on entry (no bias). ``S[l]`` and
+    With ``Xin[0]`` (the packed input, ``n_input`` features) the kernel
+    computes ``W_ih x`` itself, step by step; without it, ``G[0]`` holds
+    ``W_ih x`` of every row on entry (no bias). Every product packs its
+    weights once into ``wpack`` (``forward_pack_length`` elements), so that a
+    sequence's outputs are bitwise the same whichever sequences share its
+    block, as in ``_cells``. ``S[l]`` and
     ``y_state`` hold the initial hidden states and output on entry (only
     ``S[1:]`` and ``y_state`` are read: they are the vectors fed back at
     ``t = -1``) and the final ones on exit. ``Hs``, ``Xin`` (layers >= 1),
@@ -239,6 +268,7 @@ def jordan_forward(int activation, int out_kind, bint layer_norm,
     cdef int B = <int> batch_sizes[0] if n_steps > 0 else 0
     cdef Net net
     net.n_layers = hidden.shape[0]
+    net.n_input = n_input
     net.n_out = Y.shape[1]
     net.out_kind = out_kind
     net.hidden = &hidden[0]
@@ -246,9 +276,25 @@ def jordan_forward(int activation, int out_kind, bint layer_norm,
     cdef Dims d = make_dims(RNN, activation, False, True, layer_norm, False,
                             False, n_steps, 0)
     cdef int n_blocks = (B + block_rows - 1) // block_rows
-    cdef int k, lo, hi
+    cdef int k, lo, hi, layer, Il
     cdef floating* pWo = ptr2(W_out)
     cdef floating* pbo = &b_out[0]
+    # the packed weights: P_ih[l], P_hh[l] and P_out are addresses in wpack
+    cdef Py_ssize_t[::1] P_ih = np.zeros(net.n_layers, np.intp)
+    cdef Py_ssize_t[::1] P_hh = np.zeros(net.n_layers, np.intp)
+    cdef floating* p = &wpack[0]
+    for layer in range(net.n_layers):
+        Il = n_input if layer == 0 else <int> hidden[layer - 1]
+        if layer > 0 or Xin[0] != 0:
+            pack_b(True, Il, <int> hidden[layer], <floating*> W_ih[layer], Il, p)
+            P_ih[layer] = <Py_ssize_t> p
+        p += sr_pack_length(hidden[layer], Il, sizeof(floating))
+        pack_b(True, <int> fed[layer], <int> hidden[layer],
+               <floating*> W_hh[layer], <int> fed[layer], p)
+        P_hh[layer] = <Py_ssize_t> p
+        p += sr_pack_length(hidden[layer], fed[layer], sizeof(floating))
+    cdef floating* pPo = p
+    pack_b(True, <int> W_out.shape[1], net.n_out, pWo, <int> W_out.shape[1], pPo)
     cdef floating* pys = ptr2(y_state)
     cdef floating* pY = ptr2(Y)
     for k in prange(n_blocks, nogil=True, schedule="dynamic",
@@ -259,7 +305,7 @@ def jordan_forward(int activation, int out_kind, bint layer_norm,
                       &W_ih[0], &W_hh[0], &b_ih[0], &b_hh[0], &ln_w[0],
                       &ln_b[0], &drop[0], &rmask[0], &S[0], &G[0], &Hs[0],
                       &Xin[0], &Fprev[0], &xhat[0], &rstd[0], pWo, pbo, pys,
-                      pY)
+                      pY, &P_ih[0], &P_hh[0], pPo)
 
 
 def jordan_backward(int activation, int out_kind, bint layer_norm,

@@ -510,7 +510,13 @@ def jordan_forward(spec, ws, w_out, b_out, X, batch_sizes, offsets, f0=None,
             S[k + 1][...] = f0[k]
         y_state[...] = f0[L - 1]
     G = [np.empty((n_rows, h), dtype) for h in spec.hidden]
-    _input_product(X, ws[0]["weight_ih"], G[0], n_threads)
+    tokens = isinstance(X, TokenInput)
+    if tokens:
+        # dense input is multiplied in the kernel, step by step
+        _input_product(X, ws[0]["weight_ih"], G[0], n_threads)
+    hidden, fed = np.array(spec.hidden, np.intp), np.array(spec.fed, np.intp)
+    wpack = np.empty(_jordan.forward_pack_length(
+        spec.n_input, hidden, fed, spec.n_output, np.dtype(dtype).itemsize), dtype)
     Hs = [np.empty((n_rows, h), dtype) for h in spec.hidden]
     Xin = [X] + [Hs[k - 1] if drop[k] is None else np.empty_like(Hs[k - 1])
                  for k in range(1, L)]
@@ -524,14 +530,14 @@ def jordan_forward(spec, ws, w_out, b_out, X, batch_sizes, offsets, f0=None,
     get = lambda name: _addresses([w.get(name) for w in ws])  # noqa: E731
     _jordan.jordan_forward(
         ACTIVATIONS[spec.activation], OUTPUT_ACTIVATIONS[spec.output_activation],
-        spec.layer_norm, batch_sizes, offsets, np.array(spec.hidden, np.intp),
-        np.array(spec.fed, np.intp), get("weight_ih"), get("weight_hh"),
-        get("bias_ih"), get("bias_hh"), get("ln_weight"), get("ln_bias"),
-        _addresses(drop), _addresses(rmask), _addresses(S), _addresses(G),
-        _addresses(Hs), _addresses([None] + [Xin[k] if drop[k] is not None else None
-                                             for k in range(1, L)]),
+        spec.layer_norm, batch_sizes, offsets, hidden, fed, get("weight_ih"),
+        get("weight_hh"), get("bias_ih"), get("bias_hh"), get("ln_weight"),
+        get("ln_bias"), _addresses(drop), _addresses(rmask), _addresses(S),
+        _addresses(G), _addresses(Hs),
+        _addresses([None if tokens else X]
+                   + [Xin[k] if drop[k] is not None else None for k in range(1, L)]),
         _addresses(Fprev), _addresses(xhat), _addresses(rstd), w_out, b_out,
-        y_state, Y, block_rows, n_threads,
+        y_state, Y, spec.n_input, wpack, block_rows, n_threads,
     )
     f_n = S[1:] + [y_state]
     cache = JordanCache(X, Hs, Xin, Fprev, xhat, rstd, Y, drop, rmask,

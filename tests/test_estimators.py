@@ -122,10 +122,18 @@ def test_pipeline_with_scaler_on_2d_univariate_sequences():
     assert pipe.predict(X_test).shape == (len(X_test),)
     dummy = DummyRegressor().fit(X_train, y_train).score(X_test, y_test)
     assert dummy < 0.05
-    assert pipe.score(X_test, y_test) > 0.9
-    # the scaler is applied: without it, the same network does worse
+    score = pipe.score(X_test, y_test)
+    assert score > 0.9
+    # the network is fitted on and predicts from the scaled sequences
+    scaler = StandardScaler().fit(X_train)
+    alone = small_regressor(hidden_layer_sizes=(16,), max_iter=30).fit(
+        scaler.transform(X_train), y_train)
+    assert_array_equal(pipe.predict(X_test), alone.predict(scaler.transform(X_test)))
+    # and scaling matters: unscaled, the same network's error (1 - R^2) is
+    # 58-474 times the pipeline's over 6 data seeds (0.13-0.51 against
+    # 0.001-0.004); 10 times is the bound here
     raw = small_regressor(hidden_layer_sizes=(16,), max_iter=30).fit(X_train, y_train)
-    assert raw.score(X_test, y_test) < 0.85
+    assert 1 - raw.score(X_test, y_test) > 10 * (1 - score)
 
 
 # sklearn propagates the warning filters (this module's included) to the
@@ -478,9 +486,15 @@ def test_bidirectional_sequence_to_one_reads_the_first_step_last():
 def test_stacked_layers_learn(cell, bidirectional):
     X, y = sum_data(300, seed=0)
     X_test, y_test = sum_data(200, seed=1)
+    # A stacked Jordan network is still on its way at 40 epochs, where seeds
+    # score 0.50-0.98 and a change of rounding moves a seed from one end to
+    # the other; at 100 epochs without early stopping, 6 of 6 seeds reach
+    # 0.957-0.989 (as in test_every_cell_learns_the_sum)
+    epochs = (dict(max_iter=100, n_iter_no_change=100) if cell == "jordan"
+              else dict(max_iter=40))
     reg = RNNRegressor(cell=cell, hidden_layer_sizes=(8, 8),
                        bidirectional=bidirectional, learning_rate_init=0.02,
-                       max_iter=40, **FAST).fit(X, y)
+                       **epochs, **FAST).fit(X, y)
     assert "weight_ih_l1" in reg.get_weights()
     assert reg.score(X_test, y_test) > 0.9
 
