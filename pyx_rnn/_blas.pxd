@@ -39,6 +39,16 @@ cdef extern from "_pgemm.h" nogil:
                     const float* P, float* C, int ldc, int accumulate)
     void sr_pgemm_d(int m, int n, int K, const double* A, int lda,
                     const double* P, double* C, int ldc, int accumulate)
+    void sr_pack_f2(const float* B1, int ldb1, int K1, const float* B2,
+                    int ldb2, int K2, int trans, int N, float* P)
+    void sr_pack_d2(const double* B1, int ldb1, int K1, const double* B2,
+                    int ldb2, int K2, int trans, int N, double* P)
+    void sr_pgemm_f2(int m, int n, int K1, const float* A1, int lda1, int K2,
+                     const float* A2, int lda2, const float* P, float* C,
+                     int ldc, int accumulate)
+    void sr_pgemm_d2(int m, int n, int K1, const double* A1, int lda1, int K2,
+                     const double* A2, int lda2, const double* P, double* C,
+                     int ldc, int accumulate)
     int sr_pgemm_init()
 
 
@@ -50,6 +60,30 @@ cdef inline void pack_b(bint trans, int k, int n, const floating* b, int ldb,
         sr_pack_f(b, ldb, trans, k, n, p)
     else:
         sr_pack_d(b, ldb, trans, k, n, p)
+
+
+cdef inline void pack_b2(int k1, const floating* b1, int ldb1, int k2,
+                         const floating* b2, int ldb2, int n,
+                         floating* p) noexcept nogil:
+    """Pack ``[B1.T ; B2.T]`` (``(k1 + k2) x n``; ``B1`` is ``n x k1``,
+    ``B2`` is ``n x k2``) for ``pgemm2``, into ``sr_pack_length(n, k1 + k2,
+    sizeof)`` elements at ``p``."""
+    if floating is float:
+        sr_pack_f2(b1, ldb1, k1, b2, ldb2, k2, True, n, p)
+    else:
+        sr_pack_d2(b1, ldb1, k1, b2, ldb2, k2, True, n, p)
+
+
+cdef inline void pgemm2(int m, int n, int k1, const floating* a1, int lda1,
+                        int k2, const floating* a2, int lda2,
+                        const floating* packed, floating* c,
+                        int ldc) noexcept nogil:
+    """Row-major ``C[m, n] = [A1 | A2] @ B`` with ``B`` packed by
+    ``pack_b2``: one sum per element, over ``A1``'s columns then ``A2``'s."""
+    if floating is float:
+        sr_pgemm_f2(m, n, k1, a1, lda1, k2, a2, lda2, packed, c, ldc, False)
+    else:
+        sr_pgemm_d2(m, n, k1, a1, lda1, k2, a2, lda2, packed, c, ldc, False)
 
 
 cdef inline void rgemm(int m, int n, int k, const floating* a, int lda,

@@ -18,7 +18,7 @@ threads: results are bitwise identical with 1 thread or many.
 from cython cimport floating
 from cython.parallel cimport prange
 
-from ._blas cimport pack_b, rgemm, sr_pack_length, sr_pgemm_init
+from ._blas cimport pack_b, pack_b2, pgemm2, rgemm, sr_pack_length, sr_pgemm_init
 from ._gates cimport (
     Dims, RNN, LSTM, GRU, first_stop, make_dims, ptr1, ptr2, rnn_row, lstm_row,
     gru_rz_row, gru_n_row, rnn_row_back, lstm_row_back, gru_n_row_back, gru_rz_row_back,
@@ -34,9 +34,13 @@ PGEMM_ISA = sr_pgemm_init()   # 0 baseline, 1 AVX2 + FMA, 2 AVX-512
 
 def input_pack_length(int cell, int n_input, int hidden, int itemsize):
     """Length of the ``wpack_ih`` buffer of ``recurrent_forward``: the input
-    weights in the panels of ``pyx_rnn/_pgemm.h``."""
+    weights in the panels of ``pyx_rnn/_pgemm.h``, with the recurrent weights
+    stacked below them for the rnn and the lstm (one product per step with
+    ``[x_t | h_{t-1}]``)."""
     cdef int gates = 1 if cell == RNN else (4 if cell == LSTM else 3)
-    return sr_pack_length(gates * hidden, n_input, itemsize)
+    if cell == GRU:
+        return sr_pack_length(gates * hidden, n_input, itemsize)
+    return sr_pack_length(gates * hidden, n_input + hidden, itemsize)
 
 
 def recurrent_pack_length(int cell, bint reset_after, int hidden,
@@ -95,7 +99,7 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
                         floating* h, floating* c, floating* H_out,
                         floating* C_out, floating* Hprev, floating* aux,
                         floating* xhat, floating* rstd,
-                        floating* work) noexcept nogil:
+                        floating* work, bint stacked) noexcept nogil:
     cdef int H = d.hidden, GH = d.gates * d.hidden, G_ = d.gates
     cdef int step, t, nb, ncols
     cdef Py_ssize_t r0, r, b, i, j
@@ -114,7 +118,7 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
         r0 = off[t] + lo
         # G NULL (inference): the gate rows live in the block's scratch
         Gt = G + r0 * GH if G != NULL else Gblock
-        if X != NULL:
+        if X != NULL and not stacked:
             # the input projection of this step's rows, computed here rather
             # than over all steps beforehand: the rows stay in this core's cache
             rgemm(nb, GH, n_in, X + r0 * n_in, n_in, Pih, True, W_ih, n_in,
@@ -138,7 +142,14 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
         else:
             A = h + lo * H
         ncols = 2 * H if two_phase else GH
-        if fused:
+        if stacked:
+            # both products in one: [x_t | h_{t-1}] @ [W_ih | W_hh].T
+            pgemm2(nb, GH, n_in, X + r0 * n_in, n_in, H, A, H, Pih, Gt, GH)
+            if b_ih != NULL:
+                for i in range(nb):
+                    for j in range(GH):
+                        Gt[i * GH + j] = Gt[i * GH + j] + b_ih[j]
+        elif fused:
             rgemm(nb, ncols, H, A, H, P1, True, W_hh, H, True, Gt, GH)
         else:
             rgemm(nb, ncols, H, A, H, P1, True, W_hh, H, False, work, GH)
@@ -306,6 +317,9 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
     entry (``X`` empty), or computed step by step from the packed input ``X``
     (``n_rows x n_input``) by the thread that runs the row's block, with
     ``W_ih`` packed into ``wpack_ih`` (``input_pack_length``; empty: BLAS);
+    for the rnn and the lstm with a non-empty ``wpack``, ``W_hh`` is packed
+    there too, below ``W_ih``, and each step is one product of
+    ``[x_t | h_{t-1}]`` (``wpack`` is then not used);
     ``b_ih`` may then be empty, with the rnn and the lstm, when ``b_hh`` holds
     the sum of both biases. ``G`` holds the gate activations of every row on
     exit; for inference it may be empty when ``X`` is given: the gates of a
@@ -353,11 +367,19 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
     cdef floating* prs = ptr2(rstd)
     cdef floating* pwork = ptr2(work)
     cdef Py_ssize_t wstride = work.shape[1]
-    cdef floating* P1
-    cdef floating* P2
-    pack_recurrent(&d, False, pW, ptr1(wpack), &P1, &P2)
-    if pX != NULL and pPih != NULL:
-        pack_b(True, n_in, d.gates * d.hidden, pWih, n_in, pPih)
+    cdef floating* P1 = NULL
+    cdef floating* P2 = NULL
+    # the rnn and the lstm, with the packed products: one product per step
+    # with the input and recurrent weights stacked in wpack_ih
+    cdef bint stacked = (pX != NULL and pPih != NULL and wpack.shape[0] > 0
+                         and cell != GRU)
+    if stacked:
+        pack_b2(n_in, pWih, n_in, d.hidden, pW, d.hidden,
+                d.gates * d.hidden, pPih)
+    else:
+        pack_recurrent(&d, False, pW, ptr1(wpack), &P1, &P2)
+        if pX != NULL and pPih != NULL:
+            pack_b(True, n_in, d.gates * d.hidden, pWih, n_in, pPih)
     for k in prange(n_blocks, nogil=True, schedule="dynamic",
                     num_threads=min(n_threads, n_blocks)):
         lo = k * block_rows
@@ -366,7 +388,7 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
                       pGb + k * gbstride if pGb != NULL else NULL, pW, P1, P2,
                       pb, ppeep, plnw, plnb,
                       pmask, ph, pc, pH, pC, pHp, paux, pxh, prs,
-                      pwork + k * wstride)
+                      pwork + k * wstride, stacked)
 
 
 def recurrent_backward(int cell, int activation, bint reverse,

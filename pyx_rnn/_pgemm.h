@@ -16,6 +16,11 @@
  * than eight read each panel fewer times: 1.15-1.2x the throughput on one
  * core from 16 x 128 x 32 to 64 x 2048 x 512 (benchmarks/OPTIMISATIONS.md).
  *
+ * sr_pgemm2_* multiplies [A1 | A2], two row-major matrices side by side, by
+ * B1 and B2 packed one below the other (sr_pack_*2): the lstm's and the rnn's
+ * step is one product of [x_t | h_{t-1}], without a store and reload of the
+ * gate rows between the input and the recurrent product.
+ *
  * Exactness: every output element is the sum over k = 0, 1, ..., K-1, in that
  * order, of A[i, k] * B(k, j), accumulated from zero in a single accumulator
  * (a fused multiply-add where the instruction set has one). That order does
@@ -43,20 +48,29 @@ static inline long sr_pack_length(long n, long k, long itemsize) {
     return ((n + nr - 1) / nr) * nr * k;
 }
 
-/* B(k, n) = trans ? B[n * ldb + k] : B[k * ldb + n], for k < K, n < N. */
+/* B(k, n) = trans ? B[n * ldb + k] : B[k * ldb + n], for k < K, n < N. The
+ * *2 versions pack two matrices stacked along k: B1 (K1 rows) then B2 (K2),
+ * for a product with [A1 | A2]. */
 #define SR_DEFINE_PACK(NAME, T)                                               \
-static void NAME(const T *B, int ldb, int trans, int K, int N, T *P) {        \
+static void NAME##2(const T *B1, int ldb1, int K1, const T *B2, int ldb2,     \
+                    int K2, int trans, int N, T *P) {                         \
     const int nr = SR_PANEL_BYTES / (int) sizeof(T);                          \
+    const int K = K1 + K2;                                                    \
     for (int p = 0; p * nr < N; p++) {                                        \
         T *panel = P + (long) p * K * nr;                                     \
         for (int k = 0; k < K; k++) {                                         \
+            const T *B = k < K1 ? B1 : B2;                                    \
+            const int ldb = k < K1 ? ldb1 : ldb2, kk = k < K1 ? k : k - K1;   \
             for (int j = 0; j < nr; j++) {                                    \
                 int n = p * nr + j;                                           \
                 panel[(long) k * nr + j] = n >= N ? (T) 0                     \
-                    : trans ? B[(long) n * ldb + k] : B[(long) k * ldb + n];  \
+                    : trans ? B[(long) n * ldb + kk] : B[(long) kk * ldb + n];\
             }                                                                 \
         }                                                                     \
     }                                                                         \
+}                                                                             \
+static void NAME(const T *B, int ldb, int trans, int K, int N, T *P) {        \
+    NAME##2(B, ldb, K, B, ldb, 0, trans, N, P);                               \
 }
 
 SR_DEFINE_PACK(sr_pack_f, float)
@@ -89,20 +103,32 @@ typedef double sr_vd2 __attribute__((vector_size(16)));
  * registers rather than in an array in memory. */
 #define SR_UNROLL _Pragma("GCC unroll 16")
 
-/* MR rows of A (stride lda) times one K x NR panel. */
+/* MR rows of [A1 | A2] (K1 + K2 columns, strides lda1 and lda2) times one
+ * (K1 + K2) x NR panel: the sum runs over A1's columns, then A2's. */
 #define SR_DEFINE_MICRO(NAME, T, V, MR, ATTR)                                 \
-ATTR static inline void NAME(int K, const T *A, long lda, const T *Pp,        \
-                             T *C, long ldc, int ncols, int accumulate) {     \
+ATTR static inline void NAME(int K1, const T *A1, long lda1, int K2,          \
+                             const T *A2, long lda2, const T *Pp, T *C,       \
+                             long ldc, int ncols, int accumulate) {           \
     enum { NR = SR_PANEL_BYTES / sizeof(T), NV = SR_PANEL_BYTES / sizeof(V) }; \
     V acc[MR][NV];                                                            \
     SR_UNROLL for (int r = 0; r < MR; r++)                                    \
         SR_UNROLL for (int v = 0; v < NV; v++) acc[r][v] = (V){0};            \
-    for (int k = 0; k < K; k++) {                                             \
+    for (int k = 0; k < K1; k++) {                                            \
         V w[NV];                                                              \
         SR_UNROLL for (int v = 0; v < NV; v++)                                \
             memcpy(&w[v], Pp + (long) k * NR + v * (NR / NV), sizeof(V));     \
         SR_UNROLL for (int r = 0; r < MR; r++) {                              \
-            T a = A[r * lda + k];                                             \
+            T a = A1[r * lda1 + k];                                           \
+            SR_UNROLL for (int v = 0; v < NV; v++) acc[r][v] += a * w[v];     \
+        }                                                                     \
+    }                                                                         \
+    Pp += (long) K1 * NR;                                                     \
+    for (int k = 0; k < K2; k++) {                                            \
+        V w[NV];                                                              \
+        SR_UNROLL for (int v = 0; v < NV; v++)                                \
+            memcpy(&w[v], Pp + (long) k * NR + v * (NR / NV), sizeof(V));     \
+        SR_UNROLL for (int r = 0; r < MR; r++) {                              \
+            T a = A2[r * lda2 + k];                                           \
             SR_UNROLL for (int v = 0; v < NV; v++) acc[r][v] += a * w[v];     \
         }                                                                     \
     }                                                                         \
@@ -112,14 +138,15 @@ ATTR static inline void NAME(int K, const T *A, long lda, const T *Pp,        \
 #else
 /* Portable fallback: the same order of operations, one scalar at a time. */
 #define SR_DEFINE_MICRO(NAME, T, V, MR, ATTR)                                 \
-static void NAME(int K, const T *A, long lda, const T *Pp, T *C, long ldc,    \
-                 int ncols, int accumulate) {                                 \
+static void NAME(int K1, const T *A1, long lda1, int K2, const T *A2,         \
+                 long lda2, const T *Pp, T *C, long ldc, int ncols,           \
+                 int accumulate) {                                            \
     enum { NR = SR_PANEL_BYTES / sizeof(T) };                                 \
     for (int r = 0; r < MR; r++) {                                            \
         T acc[NR];                                                            \
         for (int j = 0; j < NR; j++) acc[j] = 0;                              \
-        for (int k = 0; k < K; k++) {                                         \
-            T a = A[r * lda + k];                                             \
+        for (int k = 0; k < K1 + K2; k++) {                                   \
+            T a = k < K1 ? A1[r * lda1 + k] : A2[r * lda2 + k - K1];          \
             for (int j = 0; j < NR; j++) acc[j] += a * Pp[(long) k * NR + j]; \
         }                                                                     \
         for (int j = 0; j < ncols; j++)                                       \
@@ -130,37 +157,32 @@ typedef float sr_vf4;
 typedef double sr_vd2;
 #endif
 
-/* C[m, n] (=, or += with accumulate) A[m, K] @ B, B packed in P. Panels are
- * the outer loop so that one panel stays in cache across all the rows. */
+/* C[m, n] (=, or += with accumulate) [A1 | A2] @ B, B ((K1 + K2) x n)
+ * packed in P. Panels are the outer loop so that one panel stays in cache
+ * across all the rows. */
+#define SR_MICRO_CALL(NAME, i)                                                \
+    NAME(K1, A1 + (long) (i) * lda1, lda1, K2, A2 + (long) (i) * lda2, lda2,  \
+         Pp, Cp + (long) (i) * ldc, ldc, ncols, accumulate)
 #define SR_DEFINE_GEMM(NAME, T, V, MR, ATTR)                                  \
 SR_DEFINE_MICRO(NAME##_m1, T, V, 1, ATTR)                                     \
 SR_DEFINE_MICRO(NAME##_m2, T, V, 2, ATTR)                                     \
 SR_DEFINE_MICRO(NAME##_m4, T, V, 4, ATTR)                                     \
 SR_DEFINE_MICRO(NAME##_m8, T, V, 8, ATTR)                                     \
 SR_DEFINE_MICRO(NAME##_mr, T, V, MR, ATTR)                                    \
-ATTR static void NAME(int m, int n, int K, const T *A, int lda,               \
-                      const T *P, T *C, int ldc, int accumulate) {            \
+ATTR static void NAME(int m, int n, int K1, const T *A1, int lda1, int K2,    \
+                      const T *A2, int lda2, const T *P, T *C, int ldc,       \
+                      int accumulate) {                                       \
     enum { NR = SR_PANEL_BYTES / sizeof(T) };                                 \
     for (int p = 0; p * NR < n; p++) {                                        \
-        const T *Pp = P + (long) p * K * NR;                                  \
+        const T *Pp = P + (long) p * (K1 + K2) * NR;                          \
         int ncols = n - p * NR < NR ? n - p * NR : NR;                        \
         T *Cp = C + p * NR;                                                   \
         int i = 0;                                                            \
-        for (; i + MR <= m; i += MR)                                          \
-            NAME##_mr(K, A + (long) i * lda, lda, Pp, Cp + (long) i * ldc,    \
-                      ldc, ncols, accumulate);                                \
-        for (; i + 8 <= m; i += 8)                                            \
-            NAME##_m8(K, A + (long) i * lda, lda, Pp, Cp + (long) i * ldc,    \
-                      ldc, ncols, accumulate);                                \
-        for (; i + 4 <= m; i += 4)                                            \
-            NAME##_m4(K, A + (long) i * lda, lda, Pp, Cp + (long) i * ldc,    \
-                      ldc, ncols, accumulate);                                \
-        for (; i + 2 <= m; i += 2)                                            \
-            NAME##_m2(K, A + (long) i * lda, lda, Pp, Cp + (long) i * ldc,    \
-                      ldc, ncols, accumulate);                                \
-        for (; i < m; i++)                                                    \
-            NAME##_m1(K, A + (long) i * lda, lda, Pp, Cp + (long) i * ldc,    \
-                      ldc, ncols, accumulate);                                \
+        for (; i + MR <= m; i += MR) SR_MICRO_CALL(NAME##_mr, i);             \
+        for (; i + 8 <= m; i += 8) SR_MICRO_CALL(NAME##_m8, i);               \
+        for (; i + 4 <= m; i += 4) SR_MICRO_CALL(NAME##_m4, i);               \
+        for (; i + 2 <= m; i += 2) SR_MICRO_CALL(NAME##_m2, i);               \
+        for (; i < m; i++) SR_MICRO_CALL(NAME##_m1, i);                       \
     }                                                                         \
 }
 
@@ -204,12 +226,19 @@ static inline int sr_pgemm_init(void) {
 #define SR_DISPATCH(NAME, ...) do { } while (0)
 #endif
 
+/* sr_pgemm2_*: [A1 | A2] @ B, B packed by sr_pack_*2; sr_pgemm_*: A @ B. */
 #define SR_DEFINE_PGEMM(NAME, T)                                              \
+static void NAME##2(int m, int n, int K1, const T *A1, int lda1, int K2,      \
+                    const T *A2, int lda2, const T *P, T *C, int ldc,         \
+                    int accumulate) {                                         \
+    if (m <= 0 || n <= 0) return;                                             \
+    SR_DISPATCH(NAME, m, n, K1, A1, lda1, K2, A2, lda2, P, C, ldc,            \
+                accumulate);                                                  \
+    NAME##_base(m, n, K1, A1, lda1, K2, A2, lda2, P, C, ldc, accumulate);     \
+}                                                                             \
 static void NAME(int m, int n, int K, const T *A, int lda, const T *P, T *C,  \
                  int ldc, int accumulate) {                                   \
-    if (m <= 0 || n <= 0) return;                                             \
-    SR_DISPATCH(NAME, m, n, K, A, lda, P, C, ldc, accumulate);                \
-    NAME##_base(m, n, K, A, lda, P, C, ldc, accumulate);                      \
+    NAME##2(m, n, 0, A, lda, K, A, lda, P, C, ldc, accumulate);               \
 }
 
 SR_DEFINE_PGEMM(sr_pgemm_f, float)

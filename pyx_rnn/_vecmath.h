@@ -12,6 +12,7 @@
 #define SKLEARN_RNN_VECMATH_H
 
 #include <math.h>
+#include <string.h>
 
 #if defined(SKLEARN_RNN_LIBMVEC)
 __attribute__((simd("notinbranch"))) float tanhf(float);
@@ -28,17 +29,123 @@ __attribute__((simd("notinbranch"))) double exp(double);
 
 /* sigmoid(x) = 1 / (1 + exp(-x)): exp(-x) may overflow to +inf for very
  * negative x, which correctly gives 0; it never produces NaN. */
-SR_CLONES static void sr_sigmoid_f(float *restrict x, int n) {
+SR_CLONES static void sr_sigmoid_f_libm(float *restrict x, int n) {
     for (int i = 0; i < n; i++) x[i] = 1.0f / (1.0f + expf(-x[i]));
 }
 SR_CLONES static void sr_sigmoid_d(double *restrict x, int n) {
     for (int i = 0; i < n; i++) x[i] = 1.0 / (1.0 + exp(-x[i]));
 }
-SR_CLONES static void sr_tanh_f(float *restrict x, int n) {
+SR_CLONES static void sr_tanh_f_libm(float *restrict x, int n) {
     for (int i = 0; i < n; i++) x[i] = tanhf(x[i]);
 }
 SR_CLONES static void sr_tanh_d(double *restrict x, int n) {
     for (int i = 0; i < n; i++) x[i] = tanh(x[i]);
 }
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(SKLEARN_RNN_NO_ISA_DISPATCH)
+/* Float sigmoid and tanh with AVX2 + FMA, used on CPUs that have AVX2 but
+ * not AVX-512. On an AMD EPYC (2.6 GHz), 32 values per call, libmvec's
+ * AVX2 versions cost 0.64 ns per value for sigmoid and 0.98 for tanh, about
+ * half the time of a small LSTM layer; these take 0.50 and 0.70
+ * (benchmarks/OPTIMISATIONS.md). Where AVX-512 is available libmvec's
+ * 16-wide versions are kept: our own were no faster there.
+ *
+ * exp(y): y = n ln2 + r with |r| <= ln2 / 2, exp(r) = 1 + r + r^2 q(r), q a
+ * degree-4 polynomial fitted for minimum relative error (3e-9 in exact
+ * arithmetic), times 2^n built in the exponent bits. y is clamped to
+ * [-87.3, 88.3], where 2^n is a normal number.
+ * sigmoid(x) = 1 / (1 + exp(-x)), and exactly 0 below x = -88.3 (libm's
+ * float version gives 0 from -88.7: exp(-x) overflows there).
+ * tanh(x) = x + x^3 p(x^2) for |x| < 0.55 (p of degree 3, fitted: 4e-8
+ * relative), else sign(x) (1 - 2 / (exp(2|x|) + 1)), exactly +-1 from
+ * |x| = 9.1. Against double precision, over 930,000 floats spread over
+ * the whole range: sigmoid within 2.03 ulp (libmvec-based: 2.91), tanh
+ * within 1.34 (libmvec: 1.02); below the smallest normal float, sigmoid is
+ * within 1e-38. NaN stays NaN. */
+#include <immintrin.h>
+#define SR_VEC_AVX2 __attribute__((target("avx2,fma")))
+
+SR_VEC_AVX2 static inline __m256 sr_exp8(__m256 y) {
+    /* min/max return their second operand when one is NaN: NaN stays NaN */
+    y = _mm256_max_ps(_mm256_set1_ps(-87.3f),
+                      _mm256_min_ps(_mm256_set1_ps(88.3f), y));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(y, _mm256_set1_ps(1.44269504f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    /* ln 2 in two parts: n * 0.693359375 is exact */
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), y);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 q = _mm256_set1_ps(0.001381459180265665f);
+    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(0.008368712849915028f));
+    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(0.04166838899254799f));
+    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(0.1666652113199234f));
+    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(0.4999999403953552f));
+    __m256 p = _mm256_add_ps(_mm256_fmadd_ps(q, _mm256_mul_ps(r, r), r),
+                             _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+SR_VEC_AVX2 static inline __m256 sr_sigmoid8(__m256 x) {
+    __m256 one = _mm256_set1_ps(1.0f);
+    __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, sr_exp8(
+        _mm256_sub_ps(_mm256_setzero_ps(), x))));
+    return _mm256_andnot_ps(
+        _mm256_cmp_ps(x, _mm256_set1_ps(-88.3f), _CMP_LT_OQ), s);
+}
+
+SR_VEC_AVX2 static inline __m256 sr_tanh8(__m256 x) {
+    __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 a = _mm256_andnot_ps(sign, x);
+    __m256 x2 = _mm256_mul_ps(x, x);
+    __m256 p = _mm256_set1_ps(0.01643737033009529f);
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-0.05267168954014778f));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(0.13320723176002502f));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-0.3333294689655304f));
+    __m256 small = _mm256_fmadd_ps(_mm256_mul_ps(p, x2), x, x);
+    __m256 e = sr_exp8(_mm256_add_ps(a, a));
+    __m256 t = _mm256_sub_ps(_mm256_set1_ps(1.0f), _mm256_div_ps(
+        _mm256_set1_ps(2.0f), _mm256_add_ps(e, _mm256_set1_ps(1.0f))));
+    __m256 large = _mm256_or_ps(t, _mm256_and_ps(sign, x));
+    return _mm256_blendv_ps(large, small,
+                            _mm256_cmp_ps(a, _mm256_set1_ps(0.55f), _CMP_LT_OQ));
+}
+
+/* f over x[0:n], 8 at a time; the last n % 8 through a padded copy, so that
+ * every value goes through the same instructions wherever it lies. */
+#define SR_DEFINE_ARRAY8(NAME, F)                                             \
+SR_VEC_AVX2 static void NAME(float *restrict x, int n) {                      \
+    int i = 0;                                                                \
+    for (; i + 8 <= n; i += 8)                                                \
+        _mm256_storeu_ps(x + i, F(_mm256_loadu_ps(x + i)));                   \
+    if (i < n) {                                                              \
+        float tail[8] = {0};                                                  \
+        memcpy(tail, x + i, sizeof(float) * (size_t) (n - i));                \
+        _mm256_storeu_ps(tail, F(_mm256_loadu_ps(tail)));                     \
+        memcpy(x + i, tail, sizeof(float) * (size_t) (n - i));                \
+    }                                                                         \
+}
+SR_DEFINE_ARRAY8(sr_sigmoid_f_avx2, sr_sigmoid8)
+SR_DEFINE_ARRAY8(sr_tanh_f_avx2, sr_tanh8)
+
+/* 1 where the AVX2 versions are used; set when the module is loaded */
+static int sr_act_avx2 = 0;
+
+__attribute__((constructor)) static void sr_act_init(void) {
+    __builtin_cpu_init();
+    sr_act_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+                  && !__builtin_cpu_supports("avx512f");
+}
+
+static void sr_sigmoid_f(float *restrict x, int n) {
+    if (sr_act_avx2) sr_sigmoid_f_avx2(x, n); else sr_sigmoid_f_libm(x, n);
+}
+static void sr_tanh_f(float *restrict x, int n) {
+    if (sr_act_avx2) sr_tanh_f_avx2(x, n); else sr_tanh_f_libm(x, n);
+}
+#else
+#define sr_sigmoid_f sr_sigmoid_f_libm
+#define sr_tanh_f sr_tanh_f_libm
+#endif
 
 #endif
