@@ -15,7 +15,7 @@ import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange
 
-from ._blas cimport gemm
+from ._blas cimport gemm, pack_b, rgemm, sr_pack_length
 from ._math cimport sqrt_
 
 # Rows of the output computed by one BLAS call: large enough to keep BLAS
@@ -70,6 +70,44 @@ def matmul(floating[:, ::1] A, floating[:, ::1] B, floating[:, ::1] C,
              beta, pC + lo * N, N)
 
 
+def linear_pack_length(int n_out, int n_in, int itemsize):
+    """Length of the ``wpack`` buffer of ``linear``."""
+    return sr_pack_length(n_out, n_in, itemsize)
+
+
+def linear(floating[:, ::1] X, floating[:, ::1] W, floating[::1] b,
+           floating[:, ::1] out, floating[::1] wpack, int n_threads):
+    """``out = X @ W.T + b``, a dense layer over the rows of ``X``.
+
+    ``W`` is packed once into ``wpack`` (``linear_pack_length`` elements)
+    and every row goes through the packed kernel of ``pyx_rnn/_pgemm.h``:
+    its outputs are bitwise the same whatever rows share the call, which
+    BLAS does not promise (OpenBLAS's AVX2 SGEMM and GEMV sum a row
+    differently depending on where it falls in the matrix).
+    """
+    cdef Py_ssize_t M = X.shape[0]
+    cdef int K = <int> X.shape[1]
+    cdef int N = <int> W.shape[0]
+    cdef int size = block_size(M)
+    cdef int n_blocks = <int> ((M + size - 1) // size)
+    cdef int k, lo, m, i, j
+    if M == 0 or N == 0:
+        return
+    cdef floating* pX = &X[0, 0] if K > 0 else NULL
+    cdef floating* pO = &out[0, 0]
+    cdef floating* pP = &wpack[0]
+    cdef floating* pb = &b[0]
+    pack_b(True, K, N, &W[0, 0] if K > 0 else NULL, K, pP)
+    for k in prange(n_blocks, nogil=True, schedule="static",
+                    num_threads=min(n_threads, n_blocks)):
+        lo = k * size
+        m = <int> min(<Py_ssize_t> size, M - lo)
+        rgemm(m, N, K, pX + lo * K, K, pP, True, NULL, 0, False, pO + lo * N, N)
+        for i in range(lo, lo + m):
+            for j in range(N):
+                pO[i * N + j] = pO[i * N + j] + pb[j]
+
+
 # accumulate_outer sums over at least this many rows per BLAS call when it
 # splits the sum (a power of two number of parts, at most MAX_BLOCKS)
 cdef int MIN_SUM_ROWS = 2048
@@ -89,11 +127,43 @@ def outer_work_size(Py_ssize_t n_rows, Py_ssize_t m, Py_ssize_t n):
     return 0 if n_parts == 1 else n_parts * m * n
 
 
+# accumulate_outer computes products with at most this many columns itself:
+# BLAS takes a matrix-vector path there, at 4 GFLOP/s on a 1600 x 128 x 1
+# input-weight gradient (a univariate series), against about 40 here
+cdef int NARROW = 4
+# rows of C per block of the narrow product (its sums stay in L1)
+cdef int NARROW_BLOCK = 256
+
+
+cdef void outer_narrow(const floating* A, int lda, const floating* B, int ldb,
+                       floating* C, int ldc, Py_ssize_t R, int lo, int m,
+                       int N) noexcept nogil:
+    """``C[lo:lo+m, :N] += A[:, lo:lo+m].T @ B[:, :N]``: every entry one
+    sum over the rows in order, vectorised across the entries of a column."""
+    cdef floating acc[256]      # NARROW_BLOCK
+    cdef const floating* a
+    cdef floating b
+    cdef Py_ssize_t r
+    cdef int i, j
+    for j in range(N):
+        for i in range(m):
+            acc[i] = 0
+        for r in range(R):
+            a = A + r * lda + lo
+            b = B[r * ldb + j]
+            for i in range(m):
+                acc[i] += a[i] * b
+        for i in range(m):
+            C[(lo + i) * ldc + j] += acc[i]
+
+
 def accumulate_outer(floating[:, :] A, floating[:, ::1] B,
                      floating[:, :] C, int n_threads, work=None):
     """``C += A.T @ B``, summing over the rows of ``A`` and ``B``.
 
     This accumulates a weight gradient over every step of a batch. With at
+    most ``NARROW`` columns in ``B`` every entry of ``C`` is one sum over the
+    rows, computed here, vectorised over the rows of ``C``. Otherwise, with at
     least ``2 * MIN_SUM_ROWS`` rows the sum is split into 2, 4, ... parts of
     consecutive rows: one BLAS call per part, each packing its rows of ``A``
     and ``B`` once, and the parts are then added to ``C`` in order. Below
@@ -124,6 +194,16 @@ def accumulate_outer(floating[:, :] A, floating[:, ::1] B,
     cdef int ldc = <int> (C.strides[0] // sizeof(floating))
     cdef int n_parts = outer_parts(R)
     cdef floating[::1] parts
+    if N <= NARROW:
+        n_blocks = (M + NARROW_BLOCK - 1) // NARROW_BLOCK
+        if M >= 64:   # two blocks, for two threads
+            n_blocks = max(n_blocks, 2)
+        size = (M + n_blocks - 1) // n_blocks
+        for k in prange(n_blocks, nogil=True, schedule="static",
+                        num_threads=min(n_threads, n_blocks)):
+            lo = k * size
+            outer_narrow(pA, lda, pB, ldb, pC, ldc, R, lo, min(size, M - lo), N)
+        return
     if n_parts > 1:
         dtype = np.float32 if floating is float else np.float64
         if (work is None or work.dtype != dtype or work.ndim != 1

@@ -396,7 +396,13 @@ class Network:
         """Output layer on the given rows of the top output: (Z, Y)."""
         if self.jordan is not None:
             return None, top[rows]
-        Z = top[rows] @ self.weights["output.weight"].T + self.weights["output.bias"]
+        W, b = self.weights["output.weight"], self.weights["output.bias"]
+        X = np.ascontiguousarray(top[rows])
+        Z = np.empty((len(X), len(W)), self.dtype)
+        # the packed kernel, not BLAS: a row's output does not depend on
+        # the other rows (sklearn's subset and sample-order checks)
+        _dense.linear(X, W, b, Z, np.empty(_dense.linear_pack_length(
+            W.shape[0], W.shape[1], Z.itemsize), self.dtype), 1)
         return Z, _activate(Z, self.output_activation)
 
     def _head_backward(self, top, rows, dZ, n_top_rows):

@@ -949,15 +949,18 @@ def test_layer_forward_without_cache(c):
 @DTYPES
 @pytest.mark.parametrize("n_rows", [100, 4096, 9001],
                          ids=["rows of C split", "2 parts", "4 parts"])
-def test_accumulate_outer(n_rows, dtype):
-    """``C += A.T @ B`` over column slices, with the sum over rows whole (few
-    rows) or cut into parts (4096 rows and more, the last part shorter):
-    matches float64 and is bitwise the same for 1, 2 and 3 threads."""
+@pytest.mark.parametrize("m, n", [(70, 9), (70, 1), (300, 4)],
+                         ids=["BLAS", "narrow", "narrow, 2 blocks"])
+def test_accumulate_outer(n_rows, m, n, dtype):
+    """``C += A.T @ B`` (``m x n``) over column slices, with the sum over
+    rows whole (few rows) or cut into parts (4096 rows and more, the last part
+    shorter), or computed by our own loop (at most 4 columns): matches float64
+    and is bitwise the same for 1, 2 and 3 threads."""
     from pyx_rnn import _dense
     rng = np.random.default_rng(64)
-    A_full = rng.standard_normal((n_rows, 75)).astype(dtype)
-    B = rng.standard_normal((n_rows, 9)).astype(dtype)
-    C0 = rng.standard_normal((70, 12)).astype(dtype)
+    A_full = rng.standard_normal((n_rows, m + 5)).astype(dtype)
+    B = rng.standard_normal((n_rows, n)).astype(dtype)
+    C0 = rng.standard_normal((m, n + 3)).astype(dtype)
     A = A_full[:, 5:]                 # a column slice: row stride 75
     expected = C0[:, 3:].astype(np.float64) + A.T.astype(np.float64) @ B
     results = []
@@ -971,3 +974,32 @@ def test_accumulate_outer(n_rows, dtype):
     assert_allclose(results[0], expected, rtol=tol, atol=tol * np.sqrt(n_rows))
     for other in results[1:]:
         assert_array_equal(other, results[0], strict=True)
+
+
+@DTYPES
+@pytest.mark.parametrize("n_out", [1, 3, 40])
+def test_linear_rows_do_not_depend_on_each_other(n_out, dtype):
+    """The output layer (``_dense.linear``): ``X @ W.T + b`` within rounding,
+    and every row bitwise the same computed alone, in any subset or order,
+    with any thread count (BLAS does not promise this)."""
+    from pyx_rnn import _dense
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((150, 17)).astype(dtype)
+    W = rng.standard_normal((n_out, 17)).astype(dtype)
+    b = rng.standard_normal(n_out).astype(dtype)
+
+    def linear(rows, n_threads=1):
+        out = np.empty((len(rows), n_out), dtype)
+        wpack = np.empty(_dense.linear_pack_length(n_out, 17, X.itemsize), dtype)
+        _dense.linear(np.ascontiguousarray(X[rows]), W, b, out, wpack, n_threads)
+        return out
+
+    full = linear(np.arange(150))
+    expected = X.astype(np.float64) @ W.T.astype(np.float64) + b
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert_allclose(full, expected, rtol=tol, atol=tol * 10)
+    alone = np.vstack([linear([i]) for i in range(150)])
+    assert_array_equal(alone, full, strict=True)
+    order = rng.permutation(150)
+    assert_array_equal(linear(order, n_threads=2), full[order], strict=True)
+    assert_array_equal(linear(order[:7], n_threads=3), full[order[:7]], strict=True)
