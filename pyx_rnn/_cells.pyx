@@ -23,6 +23,7 @@ from ._gates cimport (
     Dims, RNN, LSTM, GRU, first_stop, make_dims, ptr1, ptr2, rnn_row, lstm_row,
     gru_rz_row, gru_n_row, rnn_row_back, lstm_row_back, gru_n_row_back, gru_rz_row_back,
 )
+from ._math cimport sigmoid_inplace, tanh_inplace
 
 CELL_RNN = 0
 CELL_LSTM = 1
@@ -30,6 +31,16 @@ CELL_GRU = 2
 ACT_TANH = 0
 ACT_RELU = 1
 PGEMM_ISA = sr_pgemm_init()   # 0 baseline, 1 AVX2 + FMA, 2 AVX-512
+
+
+def gate_activation(floating[::1] x, bint sigmoid):
+    """``x = sigmoid(x)`` (or ``tanh(x)``) in place, with the vectorised
+    functions the kernels apply to their gates; exposed for the tests."""
+    if x.shape[0] > 0:
+        if sigmoid:
+            sigmoid_inplace(&x[0], <int> x.shape[0])
+        else:
+            tanh_inplace(&x[0], <int> x.shape[0])
 
 
 def input_pack_length(int cell, int n_input, int hidden, int itemsize):

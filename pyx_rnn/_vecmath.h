@@ -6,7 +6,9 @@
  * these loops into calls of libmvec's SIMD tanh/exp (<= 4 ulp), and
  * target_clones compiles one version per instruction set (AVX-512, AVX2,
  * baseline), picked at load time. Elsewhere the same loops call the scalar
- * libm functions. The results do not depend on the thread count either way.
+ * libm functions. On x86-64 CPUs with AVX2 but not AVX-512, float sigmoid and
+ * tanh are our own AVX2 versions below instead. The results do not depend on
+ * the thread count either way.
  */
 #ifndef SKLEARN_RNN_VECMATH_H
 #define SKLEARN_RNN_VECMATH_H
@@ -44,11 +46,12 @@ SR_CLONES static void sr_tanh_d(double *restrict x, int n) {
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(SKLEARN_RNN_NO_ISA_DISPATCH)
 /* Float sigmoid and tanh with AVX2 + FMA, used on CPUs that have AVX2 but
- * not AVX-512. On an AMD EPYC (2.6 GHz), 32 values per call, libmvec's
+ * not AVX-512. On an AMD EPYC (about 2.6 GHz), 32 values per call, libmvec's
  * AVX2 versions cost 0.64 ns per value for sigmoid and 0.98 for tanh, about
  * half the time of a small LSTM layer; these take 0.50 and 0.70
  * (benchmarks/OPTIMISATIONS.md). Where AVX-512 is available libmvec's
- * 16-wide versions are kept: our own were no faster there.
+ * 16-wide versions are kept: an AVX-512 sigmoid of our own was only 10-20%
+ * faster there (0.27-0.30 against 0.34 ns), not worth a third version.
  *
  * exp(y): y = n ln2 + r with |r| <= ln2 / 2, exp(r) = 1 + r + r^2 q(r), q a
  * degree-4 polynomial fitted for minimum relative error (3e-9 in exact
