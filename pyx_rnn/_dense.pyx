@@ -6,9 +6,12 @@ These are the big GEMMs of a layer: the input projection of every step (where
 the recurrent kernel does not compute it itself), the gradient w.r.t. the layer
 input and the weight gradients accumulated over all steps. Each product is cut
 into blocks (or parts of its sum) that depend only on the shapes, and every
-block is one single-threaded BLAS call, so the result is bitwise the same
-whatever the thread count. Also here: the token gather/scatter and the
-element-wise Adam update over the flat parameter vector.
+block is one single-threaded BLAS call (or, for weight gradients with at most
+four columns, our own loop), so the result is bitwise the same whatever the
+thread count. Also here: the output layer through the packed kernel
+(``linear``: a row's output independent of the other rows), the token
+gather/scatter and the element-wise Adam update over the flat parameter
+vector.
 """
 import numpy as np
 
