@@ -88,9 +88,13 @@ def test_grid_search_on_the_cluster_equals_the_sequential_search(client):
     ])
     grid = {"rnn__cell": ["gru", "lstm"], "rnn__hidden_layer_sizes": [(4,), (8,)]}
     sequential = GridSearchCV(pipe, grid, cv=3, n_jobs=1).fit(X, y)
+    # pre_dispatch="all": the 12 fits go out at once, one task each. By
+    # default joblib dispatches a few, and when those come back fast it
+    # batches all the rest into one task, which then runs on one worker
     with distributed.get_task_stream(client) as stream, \
             joblib.parallel_backend("dask"):
-        distributed_search = GridSearchCV(pipe, grid, cv=3, n_jobs=-1).fit(X, y)
+        distributed_search = GridSearchCV(pipe, grid, cv=3, n_jobs=-1,
+                                          pre_dispatch="all").fit(X, y)
     # the fits ran on both workers of the cluster
     workers = {task["worker"] for task in stream.data}
     assert len(workers) == 2
