@@ -134,10 +134,6 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
             # than over all steps beforehand: the rows stay in this core's cache
             rgemm(nb, GH, n_in, X + r0 * n_in, n_in, Pih, True, W_ih, n_in,
                   False, Gt, GH)
-            if b_ih != NULL:
-                for i in range(nb):
-                    for j in range(GH):
-                        Gt[i * GH + j] = Gt[i * GH + j] + b_ih[j]
         # The recurrent product reads the masked previous state, which is
         # also kept (Hprev) for the weight gradient.
         if keep:
@@ -156,14 +152,16 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
         if stacked:
             # both products in one: [x_t | h_{t-1}] @ [W_ih | W_hh].T
             pgemm2(nb, GH, n_in, X + r0 * n_in, n_in, H, A, H, Pih, Gt, GH)
-            if b_ih != NULL:
-                for i in range(nb):
-                    for j in range(GH):
-                        Gt[i * GH + j] = Gt[i * GH + j] + b_ih[j]
         elif fused:
             rgemm(nb, ncols, H, A, H, P1, True, W_hh, H, True, Gt, GH)
         else:
             rgemm(nb, ncols, H, A, H, P1, True, W_hh, H, False, work, GH)
+        if X != NULL and b_ih != NULL:
+            # the input bias (the GRU's; the rnn and the lstm pass both biases
+            # in b_hh)
+            for i in range(nb):
+                for j in range(GH):
+                    Gt[i * GH + j] = Gt[i * GH + j] + b_ih[j]
         for i in range(nb):
             r = r0 + i
             b = lo + i
@@ -328,9 +326,9 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
     entry (``X`` empty), or computed step by step from the packed input ``X``
     (``n_rows x n_input``) by the thread that runs the row's block, with
     ``W_ih`` packed into ``wpack_ih`` (``input_pack_length``; empty: BLAS);
-    for the rnn and the lstm with a non-empty ``wpack``, ``W_hh`` is packed
-    there too, below ``W_ih``, and each step is one product of
-    ``[x_t | h_{t-1}]`` (``wpack`` is then not used);
+    for the rnn and the lstm ``W_hh`` is packed there too, below ``W_ih``,
+    and each step is one product of ``[x_t | h_{t-1}]`` (``wpack`` is then
+    not read and may be empty);
     ``b_ih`` may then be empty, with the rnn and the lstm, when ``b_hh`` holds
     the sum of both biases. ``G`` holds the gate activations of every row on
     exit; for inference it may be empty when ``X`` is given: the gates of a
@@ -380,10 +378,9 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
     cdef Py_ssize_t wstride = work.shape[1]
     cdef floating* P1 = NULL
     cdef floating* P2 = NULL
-    # the rnn and the lstm, with the packed products: one product per step
+    # the rnn and the lstm with a packed input product: one product per step,
     # with the input and recurrent weights stacked in wpack_ih
-    cdef bint stacked = (pX != NULL and pPih != NULL and wpack.shape[0] > 0
-                         and cell != GRU)
+    cdef bint stacked = pX != NULL and pPih != NULL and cell != GRU
     if stacked:
         pack_b2(n_in, pWih, n_in, d.hidden, pW, d.hidden,
                 d.gates * d.hidden, pPih)

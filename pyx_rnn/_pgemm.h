@@ -103,6 +103,19 @@ typedef double sr_vd2 __attribute__((vector_size(16)));
  * registers rather than in an array in memory. */
 #define SR_UNROLL _Pragma("GCC unroll 16")
 
+/* acc += A[:MR, :K] @ Pp[:K] (rows of A at stride lda, panel rows NR apart),
+ * in order of k; inside a micro-kernel (NR, NV, acc and Pp in scope). */
+#define SR_ACCUMULATE(T, V, MR, K, A, lda)                                    \
+    for (int k = 0; k < (K); k++) {                                           \
+        V w[NV];                                                              \
+        SR_UNROLL for (int v = 0; v < NV; v++)                                \
+            memcpy(&w[v], Pp + (long) k * NR + v * (NR / NV), sizeof(V));     \
+        SR_UNROLL for (int r = 0; r < MR; r++) {                              \
+            T a = (A)[r * (lda) + k];                                         \
+            SR_UNROLL for (int v = 0; v < NV; v++) acc[r][v] += a * w[v];     \
+        }                                                                     \
+    }
+
 /* MR rows of [A1 | A2] (K1 + K2 columns, strides lda1 and lda2) times one
  * (K1 + K2) x NR panel: the sum runs over A1's columns, then A2's. */
 #define SR_DEFINE_MICRO(NAME, T, V, MR, ATTR)                                 \
@@ -113,25 +126,9 @@ ATTR static inline void NAME(int K1, const T *A1, long lda1, int K2,          \
     V acc[MR][NV];                                                            \
     SR_UNROLL for (int r = 0; r < MR; r++)                                    \
         SR_UNROLL for (int v = 0; v < NV; v++) acc[r][v] = (V){0};            \
-    for (int k = 0; k < K1; k++) {                                            \
-        V w[NV];                                                              \
-        SR_UNROLL for (int v = 0; v < NV; v++)                                \
-            memcpy(&w[v], Pp + (long) k * NR + v * (NR / NV), sizeof(V));     \
-        SR_UNROLL for (int r = 0; r < MR; r++) {                              \
-            T a = A1[r * lda1 + k];                                           \
-            SR_UNROLL for (int v = 0; v < NV; v++) acc[r][v] += a * w[v];     \
-        }                                                                     \
-    }                                                                         \
+    SR_ACCUMULATE(T, V, MR, K1, A1, lda1);                                    \
     Pp += (long) K1 * NR;                                                     \
-    for (int k = 0; k < K2; k++) {                                            \
-        V w[NV];                                                              \
-        SR_UNROLL for (int v = 0; v < NV; v++)                                \
-            memcpy(&w[v], Pp + (long) k * NR + v * (NR / NV), sizeof(V));     \
-        SR_UNROLL for (int r = 0; r < MR; r++) {                              \
-            T a = A2[r * lda2 + k];                                           \
-            SR_UNROLL for (int v = 0; v < NV; v++) acc[r][v] += a * w[v];     \
-        }                                                                     \
-    }                                                                         \
+    SR_ACCUMULATE(T, V, MR, K2, A2, lda2);                                    \
     SR_UNROLL for (int r = 0; r < MR; r++)                                    \
         SR_STORE_ROW(T, NR, acc[r], C + r * ldc, ncols, accumulate);          \
 }

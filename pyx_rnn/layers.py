@@ -290,7 +290,9 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
         _param(w, "peephole", dtype),
         _param(w, "ln_weight", dtype), _param(w, "ln_bias", dtype), mask, h, c,
         H, C, Hprev, aux, xhat, rstd, work,
-        _wpack(spec, block_rows, dtype, pool, False), block_rows, n_threads,
+        # the rnn and the lstm pack W_hh into wpack_ih, below W_ih
+        _wpack(spec, block_rows, dtype, pool, False) if not fuse_input or gru
+        else _empty(dtype, 1), block_rows, n_threads,
     )
     if not keep_cache:
         return H, h, c, None
