@@ -50,6 +50,11 @@ cdef extern from "_pgemm.h" nogil:
                      const double* A2, int lda2, const double* P, double* C,
                      int ldc, int accumulate)
     int sr_pgemm_init()
+    void sr_gemm_tn_f(int m, int n, int K, const float* A, int lda,
+                      const float* B, int ldb, float* C, int ldc, float* edge)
+    void sr_gemm_tn_d(int m, int n, int K, const double* A, int lda,
+                      const double* B, int ldb, double* C, int ldc,
+                      double* edge)
 
 
 cdef inline void pack_b(bint trans, int k, int n, const floating* b, int ldb,
@@ -101,3 +106,16 @@ cdef inline void rgemm(int m, int n, int k, const floating* a, int lda,
     else:
         gemm(False, trans_b, m, n, k, <floating> 1, a, lda, b, ldb,
              <floating> (1 if accumulate else 0), c, ldc)
+
+
+cdef inline void gemm_tn(int m, int n, int k, const floating* a, int lda,
+                         const floating* b, int ldb, floating* c, int ldc,
+                         floating* edge) noexcept nogil:
+    """Row-major ``C[m, n] += A.T @ B`` (``A`` is ``k x m``, ``B`` is ``k x
+    n``), unpacked, with the packed kernel's micro-kernels and its fixed
+    order of summation; ``edge`` holds ``k * SR_PANEL_BYTES / sizeof``
+    elements of scratch."""
+    if floating is float:
+        sr_gemm_tn_f(m, n, k, a, lda, b, ldb, c, ldc, edge)
+    else:
+        sr_gemm_tn_d(m, n, k, a, lda, b, ldb, c, ldc, edge)

@@ -18,7 +18,9 @@ threads: results are bitwise identical with 1 thread or many.
 from cython cimport floating
 from cython.parallel cimport prange
 
-from ._blas cimport pack_b, pack_b2, pgemm2, rgemm, sr_pack_length, sr_pgemm_init
+from ._blas cimport (
+    gemm_tn, pack_b, pack_b2, pgemm2, rgemm, sr_pack_length, sr_pgemm_init,
+)
 from ._gates cimport (
     Dims, RNN, LSTM, GRU, first_stop, make_dims, ptr1, ptr2, rnn_row, lstm_row,
     gru_rz_row, gru_n_row, rnn_row_back, lstm_row_back, gru_n_row_back, gru_rz_row_back,
@@ -52,6 +54,11 @@ def input_pack_length(int cell, int n_input, int hidden, int itemsize):
     if cell == GRU:
         return sr_pack_length(gates * hidden, n_input, itemsize)
     return sr_pack_length(gates * hidden, n_input + hidden, itemsize)
+
+
+def panel_columns(int itemsize):
+    """Columns of one panel of ``pyx_rnn/_pgemm.h`` for this item size."""
+    return sr_pack_length(1, 1, itemsize)
 
 
 def recurrent_pack_length(int cell, bint reset_after, int hidden,
@@ -203,7 +210,9 @@ cdef void backward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
                          const floating* dH, floating* dh, floating* dc,
                          floating* dG, floating* dGh, floating* dpeep,
                          floating* dln_w, floating* dln_b, floating* db_ih,
-                         floating* db_hh, floating* work) noexcept nogil:
+                         floating* db_hh, const floating* X, int n_in,
+                         floating* dWih_t, floating* dWhh_t, floating* edge,
+                         floating* work) noexcept nogil:
     cdef int H = d.hidden, GH = d.gates * d.hidden, G_ = d.gates
     cdef int step, t, nb, i, j, ncols
     cdef Py_ssize_t r0, r, b, prev_row, jj
@@ -297,6 +306,21 @@ cdef void backward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
             if db_hh != NULL:
                 for jj in range(GH):
                     db_hh[jj] += dGh[r * GH + jj]
+        # weight gradients (transposed): this block's partial sums, step by
+        # step, while the rows are in cache
+        if dWhh_t != NULL:
+            if two_phase:
+                # the candidate's recurrent product reads r * m * h (aux)
+                gemm_tn(H, 2 * H, nb, Hprev + r0 * H, H, dGh + r0 * GH, GH,
+                        dWhh_t, GH, edge)
+                gemm_tn(H, H, nb, aux + r0 * H, H, dGh + r0 * GH + 2 * H, GH,
+                        dWhh_t + 2 * H, GH, edge)
+            else:
+                gemm_tn(H, GH, nb, Hprev + r0 * H, H, dGh + r0 * GH, GH,
+                        dWhh_t, GH, edge)
+        if dWih_t != NULL:
+            gemm_tn(n_in, GH, nb, X + r0 * n_in, n_in, dG + r0 * GH, GH, dWih_t,
+                    GH, edge)
 
 
 # --------------------------------------------------------------------------
@@ -415,7 +439,9 @@ def recurrent_backward(int cell, int activation, bint reverse,
                        floating[:, ::1] dG, floating[:, ::1] dGh,
                        floating[:, ::1] dpeep, floating[:, ::1] dln_w,
                        floating[:, ::1] dln_b, floating[:, ::1] dbias_ih,
-                       floating[:, ::1] dbias_hh, floating[:, ::1] work,
+                       floating[:, ::1] dbias_hh, floating[:, ::1] X,
+                       floating[:, ::1] dWih_t, floating[:, ::1] dWhh_t,
+                       floating[:, ::1] edge, floating[:, ::1] work,
                        floating[::1] wpack, int block_rows, int n_threads):
     """Back-propagate one layer in one direction through time.
 
@@ -430,6 +456,15 @@ def recurrent_backward(int cell, int activation, bint reverse,
     added in block order by the caller so that the total does not depend on
     the thread count. ``dbias_ih`` sums the rows of ``dG``, ``dbias_hh`` those
     of ``dGh`` (empty when ``dGh`` is ``dG``: the same sums).
+    ``dWhh_t`` (``n_blocks x hidden * gates * hidden``), when not empty,
+    receives each block's partial sum of the transposed recurrent weight
+    gradient, ``Hprev.T @ dGh`` over the block's rows (``aux`` instead of
+    ``Hprev`` for the candidate of the GRU with the reset before the
+    product), and ``dWih_t`` (``n_blocks x n_input * gates * hidden``) that of
+    the input weight gradient, ``X.T @ dG``, from the packed input ``X``;
+    both must be zero on entry and are added in block order by the caller.
+    ``edge`` (``n_blocks x block_rows * SR_PANEL_BYTES / itemsize``) is their
+    scratch.
     ``wpack`` is as for ``recurrent_forward`` (with ``backward=True``).
     """
     cdef int n_steps = batch_sizes.shape[0]
@@ -470,8 +505,20 @@ def recurrent_backward(int cell, int activation, bint reverse,
     cdef floating* pdbh = ptr2(dbias_hh)
     cdef Py_ssize_t bstride = dbias_ih.shape[1]
     cdef const Py_ssize_t* pstop = &t_stop[0] if t_stop.shape[0] > 0 else NULL
+    cdef floating* pX = ptr2(X)
+    cdef int n_in = <int> X.shape[1]
+    cdef floating* pdWi = ptr2(dWih_t)
+    cdef floating* pdWh = ptr2(dWhh_t)
+    cdef Py_ssize_t wistride = dWih_t.shape[1]
+    cdef Py_ssize_t whstride = dWhh_t.shape[1]
+    cdef floating* pedge = ptr2(edge)
+    cdef Py_ssize_t estride = edge.shape[1]
     cdef floating* P1
     cdef floating* P2
+    if ((pdWi != NULL or pdWh != NULL)
+            and estride < block_rows * sr_pack_length(1, 1, sizeof(floating))):
+        raise ValueError("recurrent_backward: edge must have block_rows * "
+                         "SR_PANEL_BYTES / itemsize columns")
     pack_recurrent(&d, True, pW, ptr1(wpack), &P1, &P2)
     for k in prange(n_blocks, nogil=True, schedule="dynamic",
                     num_threads=min(n_threads, n_blocks)):
@@ -485,4 +532,8 @@ def recurrent_backward(int cell, int activation, bint reverse,
                        pdlnb + k * lstride if pdlnb != NULL else NULL,
                        pdbi + k * bstride,
                        pdbh + k * bstride if pdbh != NULL else NULL,
+                       pX, n_in,
+                       pdWi + k * wistride if pdWi != NULL and pX != NULL else NULL,
+                       pdWh + k * whstride if pdWh != NULL else NULL,
+                       pedge + k * estride if pedge != NULL else NULL,
                        pwork + k * wstride)

@@ -781,6 +781,10 @@ def check_layer_backward_args(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *
          + (n_rows * n_in if need_dx else 0)          # dX
          + (n_in * gh if tokens else 0)               # dW_ih transposed
          + (n_rows * hidden if _needs_copy(dH) else 0))
+    from ._cells import panel_columns
+    from .layers import fused_weight_gradients
+    if fused_weight_gradients(spec, dtype.itemsize):  # partial sums, scratch
+        n += n_blocks * ((n_in + hidden) * gh + br * panel_columns(dtype.itemsize))
     _check_memory(n, dtype.itemsize, where,
                   f"{n_rows} rows x {gh} gate units, {B} sequences")
 

@@ -103,15 +103,16 @@ typedef double sr_vd2 __attribute__((vector_size(16)));
  * registers rather than in an array in memory. */
 #define SR_UNROLL _Pragma("GCC unroll 16")
 
-/* acc += A[:MR, :K] @ Pp[:K] (rows of A at stride lda, panel rows NR apart),
- * in order of k; inside a micro-kernel (NR, NV, acc and Pp in scope). */
-#define SR_ACCUMULATE(T, V, MR, K, A, lda)                                    \
+/* acc += A[:MR, :K] @ Pp[:K] in order of k, with A(r, k) at A[r * rs + k *
+ * ks] and panel row k at Pp + k * ldp; inside a micro-kernel (NR, NV, acc
+ * and Pp in scope). */
+#define SR_ACCUMULATE(T, V, MR, K, A, rs, ks, ldp)                            \
     for (int k = 0; k < (K); k++) {                                           \
         V w[NV];                                                              \
         SR_UNROLL for (int v = 0; v < NV; v++)                                \
-            memcpy(&w[v], Pp + (long) k * NR + v * (NR / NV), sizeof(V));     \
+            memcpy(&w[v], Pp + (long) k * (ldp) + v * (NR / NV), sizeof(V));  \
         SR_UNROLL for (int r = 0; r < MR; r++) {                              \
-            T a = (A)[r * (lda) + k];                                         \
+            T a = (A)[(long) r * (rs) + (long) k * (ks)];                     \
             SR_UNROLL for (int v = 0; v < NV; v++) acc[r][v] += a * w[v];     \
         }                                                                     \
     }
@@ -126,11 +127,24 @@ ATTR static inline void NAME(int K1, const T *A1, long lda1, int K2,          \
     V acc[MR][NV];                                                            \
     SR_UNROLL for (int r = 0; r < MR; r++)                                    \
         SR_UNROLL for (int v = 0; v < NV; v++) acc[r][v] = (V){0};            \
-    SR_ACCUMULATE(T, V, MR, K1, A1, lda1);                                    \
+    SR_ACCUMULATE(T, V, MR, K1, A1, lda1, 1, NR);                             \
     Pp += (long) K1 * NR;                                                     \
-    SR_ACCUMULATE(T, V, MR, K2, A2, lda2);                                    \
+    SR_ACCUMULATE(T, V, MR, K2, A2, lda2, 1, NR);                             \
     SR_UNROLL for (int r = 0; r < MR; r++)                                    \
         SR_STORE_ROW(T, NR, acc[r], C + r * ldc, ncols, accumulate);          \
+}
+/* C[:MR, :ncols] += A.T[:MR, :K] @ B[:K, :NR], A being K x MR at stride lda
+ * (column r of A is row r of the product) and B's rows ldb apart. */
+#define SR_DEFINE_MICRO_TN(NAME, T, V, MR, ATTR)                              \
+ATTR static inline void NAME(int K, const T *A, long lda, const T *Pp,        \
+                             long ldb, T *C, long ldc, int ncols) {           \
+    enum { NR = SR_PANEL_BYTES / sizeof(T), NV = SR_PANEL_BYTES / sizeof(V) }; \
+    V acc[MR][NV];                                                            \
+    SR_UNROLL for (int r = 0; r < MR; r++)                                    \
+        SR_UNROLL for (int v = 0; v < NV; v++) acc[r][v] = (V){0};            \
+    SR_ACCUMULATE(T, V, MR, K, A, 1, lda, ldb);                               \
+    SR_UNROLL for (int r = 0; r < MR; r++)                                    \
+        SR_STORE_ROW(T, NR, acc[r], C + r * ldc, ncols, 1);                   \
 }
 #else
 /* Portable fallback: the same order of operations, one scalar at a time. */
@@ -148,6 +162,20 @@ static void NAME(int K1, const T *A1, long lda1, int K2, const T *A2,         \
         }                                                                     \
         for (int j = 0; j < ncols; j++)                                       \
             C[r * ldc + j] = accumulate ? C[r * ldc + j] + acc[j] : acc[j];   \
+    }                                                                         \
+}
+#define SR_DEFINE_MICRO_TN(NAME, T, V, MR, ATTR)                              \
+static void NAME(int K, const T *A, long lda, const T *Pp, long ldb, T *C,    \
+                 long ldc, int ncols) {                                       \
+    enum { NR = SR_PANEL_BYTES / sizeof(T) };                                 \
+    for (int r = 0; r < MR; r++) {                                            \
+        T acc[NR];                                                            \
+        for (int j = 0; j < NR; j++) acc[j] = 0;                              \
+        for (int k = 0; k < K; k++) {                                         \
+            T a = A[(long) k * lda + r];                                      \
+            for (int j = 0; j < NR; j++) acc[j] += a * Pp[(long) k * ldb + j];\
+        }                                                                     \
+        for (int j = 0; j < ncols; j++) C[r * ldc + j] += acc[j];             \
     }                                                                         \
 }
 typedef float sr_vf4;
@@ -183,8 +211,48 @@ ATTR static void NAME(int m, int n, int K1, const T *A1, int lda1, int K2,    \
     }                                                                         \
 }
 
+/* C[m, n] += A.T @ B, A (K x m) and B (K x n) row-major and unpacked: a
+ * panel of B is read in place, NR columns of every row, except the last
+ * panel when n is not a multiple of NR, which is first copied, padded with
+ * zeros, into `edge` (K * NR elements): nothing past B's n columns is read.
+ * Used for weight gradients, step by step, with a few rows (K) at a time. */
+#define SR_MICRO_TN_CALL(NAME, i)                                             \
+    NAME(K, A + (i), lda, Bp, ldp, Cp + (long) (i) * ldc, ldc, ncols)
+#define SR_DEFINE_GEMM_TN(NAME, T, V, MR, ATTR)                               \
+SR_DEFINE_MICRO_TN(NAME##_m1, T, V, 1, ATTR)                                  \
+SR_DEFINE_MICRO_TN(NAME##_m2, T, V, 2, ATTR)                                  \
+SR_DEFINE_MICRO_TN(NAME##_m4, T, V, 4, ATTR)                                  \
+SR_DEFINE_MICRO_TN(NAME##_m8, T, V, 8, ATTR)                                  \
+SR_DEFINE_MICRO_TN(NAME##_mr, T, V, MR, ATTR)                                 \
+ATTR static void NAME(int m, int n, int K, const T *A, int lda, const T *B,   \
+                      int ldb, T *C, int ldc, T *edge) {                      \
+    enum { NR = SR_PANEL_BYTES / sizeof(T) };                                 \
+    for (int p = 0; p * NR < n; p++) {                                        \
+        int ncols = n - p * NR < NR ? n - p * NR : NR;                        \
+        const T *Bp = B + p * NR;                                             \
+        long ldp = ldb;                                                       \
+        if (ncols < NR) {                                                     \
+            for (int k = 0; k < K; k++)                                       \
+                for (int j = 0; j < NR; j++)                                  \
+                    edge[(long) k * NR + j] =                                 \
+                        j < ncols ? Bp[(long) k * ldb + j] : (T) 0;           \
+            Bp = edge;                                                        \
+            ldp = NR;                                                         \
+        }                                                                     \
+        T *Cp = C + p * NR;                                                   \
+        int i = 0;                                                            \
+        for (; i + MR <= m; i += MR) SR_MICRO_TN_CALL(NAME##_mr, i);          \
+        for (; i + 8 <= m; i += 8) SR_MICRO_TN_CALL(NAME##_m8, i);            \
+        for (; i + 4 <= m; i += 4) SR_MICRO_TN_CALL(NAME##_m4, i);            \
+        for (; i + 2 <= m; i += 2) SR_MICRO_TN_CALL(NAME##_m2, i);            \
+        for (; i < m; i++) SR_MICRO_TN_CALL(NAME##_m1, i);                    \
+    }                                                                         \
+}
+
 SR_DEFINE_GEMM(sr_pgemm_f_base, float, sr_vf4, 1, )
 SR_DEFINE_GEMM(sr_pgemm_d_base, double, sr_vd2, 1, )
+SR_DEFINE_GEMM_TN(sr_gemm_tn_f_base, float, sr_vf4, 1, )
+SR_DEFINE_GEMM_TN(sr_gemm_tn_d_base, double, sr_vd2, 1, )
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(SKLEARN_RNN_NO_ISA_DISPATCH)
 #define SR_PGEMM_DISPATCH 1
@@ -194,6 +262,10 @@ SR_DEFINE_GEMM(sr_pgemm_f_avx2, float, sr_vf8, 3, SR_AVX2)
 SR_DEFINE_GEMM(sr_pgemm_d_avx2, double, sr_vd4, 3, SR_AVX2)
 SR_DEFINE_GEMM(sr_pgemm_f_avx512, float, sr_vf16, 12, SR_AVX512)
 SR_DEFINE_GEMM(sr_pgemm_d_avx512, double, sr_vd8, 12, SR_AVX512)
+SR_DEFINE_GEMM_TN(sr_gemm_tn_f_avx2, float, sr_vf8, 3, SR_AVX2)
+SR_DEFINE_GEMM_TN(sr_gemm_tn_d_avx2, double, sr_vd4, 3, SR_AVX2)
+SR_DEFINE_GEMM_TN(sr_gemm_tn_f_avx512, float, sr_vf16, 12, SR_AVX512)
+SR_DEFINE_GEMM_TN(sr_gemm_tn_d_avx512, double, sr_vd8, 12, SR_AVX512)
 #endif
 
 /* 0: baseline, 1: AVX2 + FMA, 2: AVX-512. Set once at module load. */
@@ -240,5 +312,17 @@ static void NAME(int m, int n, int K, const T *A, int lda, const T *P, T *C,  \
 
 SR_DEFINE_PGEMM(sr_pgemm_f, float)
 SR_DEFINE_PGEMM(sr_pgemm_d, double)
+
+/* sr_gemm_tn_*: C += A.T @ B (see SR_DEFINE_GEMM_TN). */
+#define SR_DEFINE_TN(NAME, T)                                                 \
+static void NAME(int m, int n, int K, const T *A, int lda, const T *B,        \
+                 int ldb, T *C, int ldc, T *edge) {                           \
+    if (m <= 0 || n <= 0 || K <= 0) return;                                   \
+    SR_DISPATCH(NAME, m, n, K, A, lda, B, ldb, C, ldc, edge);                 \
+    NAME##_base(m, n, K, A, lda, B, ldb, C, ldc, edge);                       \
+}
+
+SR_DEFINE_TN(sr_gemm_tn_f, float)
+SR_DEFINE_TN(sr_gemm_tn_d, double)
 
 #endif

@@ -53,6 +53,24 @@ def use_packed_product(spec, block_rows, backward):
     return backward or (spec.hidden <= 512 and block_rows <= 128)
 
 
+#: Largest weight-gradient partial sum, ``(n_input + hidden) x gates *
+#: hidden`` elements, that the backward kernel accumulates block by block and
+#: step by step (see ``fused_weight_gradients``).
+FUSED_WEIGHT_GRADIENT_BYTES = 1 << 20
+
+
+def fused_weight_gradients(spec, itemsize):
+    """Whether the backward kernel accumulates the weight gradients itself:
+    each block of sequences sums ``Hprev.T @ dG`` (and ``X.T @ dG``) over its
+    rows step by step, while they are in cache, into a partial sum of its
+    own, and the partial sums are added in block order afterwards. Depends
+    only on the sizes. Measured (benchmarks/OPTIMISATIONS.md): faster than
+    one BLAS product over all the rows afterwards while the partial sum fits
+    in a core's L2 cache; beyond that BLAS's cache blocking wins."""
+    n = (spec.n_input + spec.hidden) * spec.gates * spec.hidden
+    return n * itemsize <= FUSED_WEIGHT_GRADIENT_BYTES
+
+
 def _wpack(spec, block_rows, dtype, pool, backward):
     """The buffer the kernels pack W_hh into (empty: BLAS products)."""
     if not use_packed_product(spec, block_rows, backward):
@@ -362,6 +380,17 @@ def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
     dbias_ih = np.zeros((n_blocks, gh), dtype)
     dbias_hh = np.zeros((n_blocks, gh), dtype) if separate_dgh else _empty(dtype)
     work = _take(pool, "work", (n_blocks, block_rows * gh), dtype)
+    tokens = isinstance(cache.X, TokenInput)
+    if fused_weight_gradients(spec, np.dtype(dtype).itemsize):
+        dWhh_t = np.zeros((n_blocks, H_ * gh), dtype)
+        # token input: the input weight gradient is a scatter-add, below
+        X_in = _empty(dtype) if tokens else cache.X
+        dWih_t = _empty(dtype) if tokens else np.zeros(
+            (n_blocks, spec.n_input * gh), dtype)
+        edge = _take(pool, "edge", (n_blocks, block_rows * _cells.panel_columns(
+            np.dtype(dtype).itemsize)), dtype)
+    else:
+        dWhh_t = dWih_t = X_in = edge = _empty(dtype)
     _cells.recurrent_backward(
         CELLS[spec.cell], ACTIVATIONS[spec.activation], spec.reverse,
         spec.reset_after, spec.layer_norm, spec.peephole, cache.batch_sizes,
@@ -369,19 +398,29 @@ def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
         _param(w, "peephole", dtype), _param(w, "ln_weight", dtype), cache.mask,
         cache.h0, cache.c0, cache.H, cache.C, cache.Hprev, cache.aux, cache.xhat,
         cache.rstd, np.ascontiguousarray(dH, dtype), dh, dc, dG, dGh, dpeep,
-        dln_w, dln_b, dbias_ih, dbias_hh, work,
+        dln_w, dln_b, dbias_ih, dbias_hh, X_in, dWih_t, dWhh_t, edge, work,
         _wpack(spec, block_rows, dtype, pool, True),
         block_rows, n_threads,
     )
-    dG_, dGh_ = dG[first:], dGh[first:]
-    outer = _take(pool, "outer", (_dense.outer_work_size(
-        n_rows - first, gh, max(H_, spec.n_input)),), dtype)
-    _accumulate_input_grad(dG_, cache.X[first:], grads["weight_ih"], n_threads,
-                           outer)
     # bias gradients: the kernel's partial sums per block, added in order
     grads["bias_ih"] += dbias_ih.sum(axis=0)
     grads["bias_hh"] += (dbias_hh if separate_dgh else dbias_ih).sum(axis=0)
-    if spec.cell == "gru" and not spec.reset_after:
+    if dWhh_t.size:
+        # the kernel's partial sums per block, added in order
+        grads["weight_hh"] += dWhh_t.reshape(n_blocks, H_, gh).sum(axis=0).T
+        if dWih_t.size:
+            grads["weight_ih"] += dWih_t.reshape(
+                n_blocks, spec.n_input, gh).sum(axis=0).T
+    dG_, dGh_ = dG[first:], dGh[first:]
+    if not dWih_t.size or not dWhh_t.size:
+        outer = _take(pool, "outer", (_dense.outer_work_size(
+            n_rows - first, gh, max(H_, spec.n_input)),), dtype)
+    if not dWih_t.size:
+        _accumulate_input_grad(dG_, cache.X[first:], grads["weight_ih"],
+                               n_threads, outer)
+    if dWhh_t.size:
+        pass
+    elif spec.cell == "gru" and not spec.reset_after:
         # the candidate's recurrent product reads r * m * h, kept in aux
         _dense.accumulate_outer(dGh_[:, : 2 * H_], cache.Hprev[first:],
                                 grads["weight_hh"][: 2 * H_], n_threads, outer)

@@ -729,7 +729,7 @@ TSTOP_LENGTHS = [9, 6, 4, 2]   # with t_stop=4 the last two get no gradient
     cfg("lstm"), cfg("lstm", peephole=True, layer_norm=True, mask=True),
     cfg("gru", mask=True), cfg("gru", reset_after=False, layer_norm=True, mask=True),
 ], ids=cfg_id)
-def test_layer_truncation(c, t_stop):
+def test_layer_truncation(c, t_stop, weight_gradients):
     """Only steps >= t_stop are visited: the gradients equal the reference run
     on the suffix x[t_stop:], started from the forward pass's state at step
     t_stop - 1, and the gradient w.r.t. the initial state is the one w.r.t.
@@ -877,14 +877,27 @@ def product(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=["fused", "after"])
+def weight_gradients(request, monkeypatch):
+    """The weight gradients summed by the backward kernel block by block
+    (``layers.fused_weight_gradients``), or by one product afterwards."""
+    from pyx_rnn import layers
+    if request.param == "after":
+        monkeypatch.setattr(layers, "FUSED_WEIGHT_GRADIENT_BYTES", 0)
+    return request.param
+
+
 @DTYPES
 @pytest.mark.parametrize("hidden", [5, 37])
 @pytest.mark.parametrize("c", REPRESENTATIVE, ids=cfg_id)
 def test_layer_recurrent_product_matches_reference(c, hidden, dtype, product,
+                                                    weight_gradients,
                                                     monkeypatch):
-    """Both ways of computing the recurrent product match the reference, with
-    several column panels (37 hidden units: 2 to 10 panels, the last partial)
-    and blocks that exercise every micro-kernel row count (19 = 8 + 8 + 2 + 1)."""
+    """Both ways of computing the recurrent product, and both ways of
+    summing the weight gradients, match the reference, with several column
+    panels (37 hidden units: 2 to 10 panels, the last partial), blocks that
+    exercise every micro-kernel row count (19 = 8 + 8 + 2 + 1) and as many
+    weight-gradient rows (37 = 12 x 3 + 1 and 3 input columns)."""
     monkeypatch.setitem(globals(), "HIDDEN", hidden)
     # short sequences: the relu rnn's gradients grow with the length, past
     # float32's tolerances whatever the product
