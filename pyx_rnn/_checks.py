@@ -37,6 +37,8 @@ from collections.abc import Mapping, MutableMapping, Sequence
 
 import numpy as np
 
+from ._cells import panel_columns
+
 __all__ = [
     "MAX_THREADS",
     "MAX_WORKSPACE_BYTES",
@@ -592,6 +594,28 @@ def _check_cache_tokens(X, n_rows, n_in, where, forward):
 # --------------------------------------------------------------------------
 
 
+def check_layer_forward_sizes(spec, n_rows, B, br, dtype, *, mask=False,
+                              tokens=False, copy_x=False, where="layer_forward"):
+    """The sizes of a forward pass fit the kernels' 32-bit ints, and its
+    buffers ``MAX_WORKSPACE_BYTES`` (``mask``: a recurrent-dropout mask;
+    ``copy_x``: the input is copied first)."""
+    n_in, hidden, gh = spec.n_input, spec.hidden, spec.gates * spec.hidden
+    lstm, gru = spec.cell == "lstm", spec.cell == "gru"
+    _int32(br * gh, "block_rows * gates * hidden", where, "use a smaller block_rows")
+    _int32(n_rows * max(n_in, gh), "rows * max(n_input, gates * hidden)", where,
+           "split the batch")
+    n_blocks = -(-B // br)
+    n = (n_rows * gh                                  # G
+         + n_rows * hidden * (2 + lstm + gru)         # H, Hprev, C, aux
+         + (n_rows * (gh + spec.gates) if spec.layer_norm else 0)
+         + n_blocks * br * gh                         # work
+         + B * hidden * (2 + 2 * lstm + mask)
+         + (n_in * gh if tokens else                  # W_ih transposed
+            n_rows * n_in if copy_x else 0))
+    _check_memory(n, np.dtype(dtype).itemsize, where,
+                  f"{n_rows} rows x {gh} gate units, {B} sequences")
+
+
 def check_layer_forward_args(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
                              mask=None, *, n_threads=1, block_rows=None,
                              pool=None, keep_cache=True):
@@ -615,7 +639,7 @@ def check_layer_forward_args(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
                          "(offsets[-1] rows, spec.n_input columns)")
         dtype = X.dtype
     _param_dict(w, "w", shapes, dtype, where, "spec.shapes()", finite=False)
-    lstm, gru = spec.cell == "lstm", spec.cell == "gru"
+    lstm = spec.cell == "lstm"
     state = "(batch_sizes[0] sequences, spec.hidden)"
     if h0 is not None:
         h0 = _float_input(h0, "h0", where, dtype, (B, hidden), state)
@@ -628,19 +652,9 @@ def check_layer_forward_args(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
         raise TypeError(f"{where}: keep_cache must be a bool, got "
                         f"{type(keep_cache).__name__} {keep_cache!r}")
 
-    _int32(br * gh, "block_rows * gates * hidden", where, "use a smaller block_rows")
-    _int32(n_rows * max(n_in, gh), "rows * max(n_input, gates * hidden)", where,
-           "split the batch")
-    n_blocks = -(-B // br)
-    n = (n_rows * gh                                  # G
-         + n_rows * hidden * (2 + lstm + gru)         # H, Hprev, C, aux
-         + (n_rows * (gh + spec.gates) if spec.layer_norm else 0)
-         + n_blocks * br * gh                         # work
-         + B * hidden * (2 + 2 * lstm + (mask is not None))
-         + (n_in * gh if tokens else                  # W_ih transposed
-            n_rows * n_in if _needs_copy(X) else 0))
-    _check_memory(n, dtype.itemsize, where,
-                  f"{n_rows} rows x {gh} gate units, {B} sequences")
+    check_layer_forward_sizes(
+        spec, n_rows, B, br, dtype, mask=mask is not None, tokens=tokens,
+        copy_x=not tokens and _needs_copy(X))
 
     if not tokens:
         X = _c_writable(X)
@@ -737,6 +751,32 @@ def _check_layer_cache(cache, spec, n_in, hidden, gh, where):
     return dtype, bs, off, B, n_rows, br
 
 
+def check_layer_backward_sizes(spec, n_rows, B, br, dtype, *, fused,
+                               need_dx=True, tokens=False, copy_dh=False,
+                               where="layer_backward"):
+    """As ``check_layer_forward_sizes``, for a backward pass (``copy_dh``:
+    dL/dH is copied first; ``fused``: the kernel sums the weight gradients,
+    ``layers.fused_weight_gradients``)."""
+    n_in, hidden, gh = spec.n_input, spec.hidden, spec.gates * spec.hidden
+    itemsize = np.dtype(dtype).itemsize
+    _int32(br * gh, "block_rows * gates * hidden", where, "use a smaller block_rows")
+    _int32(n_rows * max(n_in, gh), "rows * max(n_input, gates * hidden)", where,
+           "split the batch")
+    n_blocks = -(-B // br)
+    separate = spec.cell == "gru" and spec.reset_after
+    n = (n_rows * gh * (1 + separate)                 # dG, dGh
+         + B * hidden * (1 + (spec.cell == "lstm"))   # dh, dc
+         + n_blocks * (3 * hidden * spec.peephole + 2 * gh * spec.layer_norm)
+         + n_blocks * br * gh                         # work
+         + (n_rows * n_in if need_dx else 0)          # dX
+         + (n_in * gh if tokens else 0)               # dW_ih transposed
+         + (n_rows * hidden if copy_dh else 0))
+    if fused:                                         # partial sums, scratch
+        n += n_blocks * ((n_in + hidden) * gh + br * panel_columns(itemsize))
+    _check_memory(n, itemsize, where,
+                  f"{n_rows} rows x {gh} gate units, {B} sequences")
+
+
 def check_layer_backward_args(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
                               t_stop=None, need_dx=True, n_threads=1, pool=None):
     """Validate the arguments of ``layer_backward``.
@@ -769,24 +809,11 @@ def check_layer_backward_args(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *
     _check_t_stop(t_stop, B, where)
     _check_pool(pool, where)
 
-    _int32(br * gh, "block_rows * gates * hidden", where, "use a smaller block_rows")
-    _int32(n_rows * max(n_in, gh), "rows * max(n_input, gates * hidden)", where,
-           "split the batch")
-    n_blocks = -(-B // br)
-    separate = spec.cell == "gru" and spec.reset_after
-    n = (n_rows * gh * (1 + separate)                 # dG, dGh
-         + B * hidden * (1 + lstm)                    # dh, dc
-         + n_blocks * (3 * hidden * spec.peephole + 2 * gh * spec.layer_norm)
-         + n_blocks * br * gh                         # work
-         + (n_rows * n_in if need_dx else 0)          # dX
-         + (n_in * gh if tokens else 0)               # dW_ih transposed
-         + (n_rows * hidden if _needs_copy(dH) else 0))
-    from ._cells import panel_columns
     from .layers import fused_weight_gradients
-    if fused_weight_gradients(spec, dtype.itemsize):  # partial sums, scratch
-        n += n_blocks * ((n_in + hidden) * gh + br * panel_columns(dtype.itemsize))
-    _check_memory(n, dtype.itemsize, where,
-                  f"{n_rows} rows x {gh} gate units, {B} sequences")
+    check_layer_backward_sizes(
+        spec, n_rows, B, br, dtype, fused=fused_weight_gradients(
+            spec, dtype.itemsize), need_dx=need_dx, tokens=tokens,
+        copy_dh=_needs_copy(dH))
 
     dH = _c_writable(dH)
     if dh_n is not None:

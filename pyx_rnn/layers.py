@@ -245,6 +245,15 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
     X, batch_sizes, offsets, h0, c0, mask = _checks.check_layer_forward_args(
         spec, w, X, batch_sizes, offsets, h0, c0, mask, n_threads=n_threads,
         block_rows=block_rows, pool=pool, keep_cache=keep_cache)
+    return _layer_forward(spec, w, X, batch_sizes, offsets, h0, c0, mask,
+                          n_threads, block_rows, pool, keep_cache)
+
+
+def _layer_forward(spec, w, X, batch_sizes, offsets, h0, c0, mask, n_threads,
+                   block_rows, pool, keep_cache):
+    """``layer_forward`` on arguments already checked: by
+    ``check_layer_forward_args``, or by ``Network`` once per call for all its
+    layers (see ``Network._layer_args_checked``)."""
     dtype = w["weight_ih"].dtype
     n_rows = len(X)
     B = int(batch_sizes[0])
@@ -352,6 +361,14 @@ def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
     dH, dh_n, dc_n = _checks.check_layer_backward_args(
         spec, w, grads, cache, dH, dh_n, dc_n, t_stop=t_stop, need_dx=need_dx,
         n_threads=n_threads, pool=pool)
+    return _layer_backward(spec, w, grads, cache, dH, dh_n, dc_n, t_stop,
+                           need_dx, n_threads, pool)
+
+
+def _layer_backward(spec, w, grads, cache, dH, dh_n, dc_n, t_stop, need_dx,
+                    n_threads, pool):
+    """``layer_backward`` on arguments already checked (see
+    ``_layer_forward``); ``dH`` may be a column slice."""
     dtype = cache.G.dtype
     n_rows = len(cache.X)
     B = cache.h0.shape[0]

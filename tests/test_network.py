@@ -1071,3 +1071,88 @@ def test_embedding_equals_dense_one_hot_input():
     assert_allclose(l1, l2, rtol=1e-13)
     for name, g in dense.grad_views.items():
         assert_allclose(tok.grad_views[name], g, rtol=1e-10, atol=1e-14)
+
+
+# ---------------------------------------------------------------------------
+# 9. arguments checked once per call by the network, for all its layers
+# ---------------------------------------------------------------------------
+
+CHECKED_CASES = [
+    pytest.param("lstm", {}, None, id="lstm"),
+    pytest.param("gru", dict(bidirectional=True), None, id="gru-bidirectional"),
+    pytest.param("rnn", dict(layer_norm=True), (3, 4), id="rnn-ln-tbptt"),
+    pytest.param("lstm", dict(peephole=True), (2, 5), id="lstm-peephole-tbptt"),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell, kw, tbptt", CHECKED_CASES)
+def test_network_checked_layers_give_the_same_bits(cell, kw, tbptt, dtype,
+                                                   monkeypatch):
+    """With the layer arguments checked once by the network, the layers skip
+    their own checks; outputs, losses, gradients and states are bitwise those
+    of the layers checking everything."""
+    net, X, pk, T, sw = _repro_problem(cell, kw.get("bidirectional", False), dtype)
+    if kw:
+        net = make_net(cell, (5, 4), 3, dtype=dtype, output_activation="softmax",
+                       **kw)
+    assert net._layer_args_checked(pk, None, 2, None, training=True)
+    assert net._input_checked(X, pk)
+
+    def run():
+        loss = _run(net, X, pk, T, sw, 7, n_threads=2, tbptt=tbptt)
+        out = net.forward(X, pk, return_sequences=True, n_threads=2)
+        return loss, out
+
+    (l1, g1, s1), f1 = run()
+    monkeypatch.setattr(Network, "_layer_args_checked",
+                        lambda self, *args, **kwargs: False)
+    (l2, g2, s2), f2 = run()
+    assert l1 == l2
+    assert_array_equal(g1, g2)
+    assert_array_equal(f1[1], f2[1])
+    for a, b in zip(flat_states(s1, net) + flat_states(f1[2], net),
+                    flat_states(s2, net) + flat_states(f2[2], net)):
+        assert_array_equal(a, b)
+
+
+def test_network_checks_what_the_layers_skip():
+    """The layers skip their checks only when the network has checked
+    everything they would; otherwise they check, and name the problem."""
+    net = make_net("lstm", (5,), 2)
+    X, pk = make_batch([4, 2, 3])
+    T = np.zeros((3, 2))
+    assert net._layer_args_checked(pk, None, 1, None, training=True)
+    assert net._input_checked(X, pk)
+    # initial states given, a Jordan network, a strided or invalid packing, a
+    # thread count or block size the layers refuse
+    assert not net._layer_args_checked(pk, [[(np.zeros((3, 5)), None)]], 1, None,
+                                       training=False)
+    assert not make_net("jordan", (5,), 2)._layer_args_checked(
+        pk, None, 1, None, training=False)
+    strided = Packing(pk.lengths, pk.order, np.repeat(pk.batch_sizes, 2)[::2],
+                      pk.offsets)
+    assert not net._layer_args_checked(strided, None, 1, None, training=False)
+    bad = Packing(pk.lengths, pk.order, pk.batch_sizes[::-1].copy(), pk.offsets)
+    assert not net._layer_args_checked(bad, None, 1, None, training=False)
+    assert not net._layer_args_checked(pk, None, 0, None, training=False)
+    assert not net._layer_args_checked(pk, None, 1, 0, training=False)
+    with pytest.raises(ValueError, match="non-increasing"):
+        net.forward(X, bad)
+    # input the layers would copy, or of another shape
+    assert not net._input_checked(np.asfortranarray(np.tile(X, 2)), pk)
+    assert not net._input_checked(X.astype(np.float32), pk)
+    assert not net._input_checked(X[:-1], pk)
+    # a parameter or a gradient replaced by an array of another shape: the
+    # layer names it
+    good = net.weights["weight_hh_l0"]
+    net.weights["weight_hh_l0"] = np.zeros((20, 4))
+    assert not net._layer_args_checked(pk, None, 1, None, training=False)
+    with pytest.raises(ValueError, match=r"weight_hh.*\(20, 5\)"):
+        net.forward(X, pk)
+    net.weights["weight_hh_l0"] = good
+    net.grad_views["bias_ih_l0"] = np.zeros(20, np.float32)
+    assert net._layer_args_checked(pk, None, 1, None, training=False)
+    assert not net._layer_args_checked(pk, None, 1, None, training=True)
+    with pytest.raises(TypeError, match="grads.*bias_ih"):
+        net.loss_gradient(X, pk, T, "squared_error")
