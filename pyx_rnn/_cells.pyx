@@ -25,7 +25,7 @@ from ._gates cimport (
     Dims, RNN, LSTM, GRU, first_stop, make_dims, ptr1, ptr2, rnn_row, lstm_row,
     gru_rz_row, gru_n_row, rnn_row_back, lstm_row_back, gru_n_row_back, gru_rz_row_back,
 )
-from ._math cimport sigmoid_inplace, tanh_inplace
+from ._math cimport lstm_gates_inplace, sigmoid_inplace, tanh_inplace
 
 CELL_RNN = 0
 CELL_LSTM = 1
@@ -43,6 +43,16 @@ def gate_activation(floating[::1] x, bint sigmoid):
             sigmoid_inplace(&x[0], <int> x.shape[0])
         else:
             tanh_inplace(&x[0], <int> x.shape[0])
+
+
+def lstm_gate_activations(floating[::1] x):
+    """The LSTM's gate non-linearities over one row of ``4 * hidden``
+    pre-activations, in place, as the kernel applies them; exposed for the
+    tests."""
+    if x.shape[0] % 4:
+        raise ValueError("x must hold 4 * hidden values")
+    if x.shape[0] > 0:
+        lstm_gates_inplace(&x[0], <int> (x.shape[0] // 4))
 
 
 def input_pack_length(int cell, int n_input, int hidden, int itemsize):

@@ -8,7 +8,7 @@ from cython cimport floating
 from libc.math cimport sqrt
 
 from ._math cimport (
-    sigmoid, tanh_, exp_, sigmoid_inplace, tanh_inplace,
+    sigmoid, tanh_, exp_, lstm_gates_inplace, sigmoid_inplace, tanh_inplace,
 )
 
 cdef enum:
@@ -162,12 +162,17 @@ cdef inline void lstm_row(Dims* d, floating* g, const floating* hh,
         for j in range(H):
             g[j] = g[j] + peep[j] * c[j]
             g[H + j] = g[H + j] + peep[H + j] * c[j]
+    # without peepholes the output gate does not read the new cell state: all
+    # four gates at once
     if d.layer_norm:
-        for k in range(3):
+        for k in range(3 if d.peephole else 4):
             ln_forward(g + k * H, H, ln_w + k * H, ln_b + k * H, xhat + k * H,
                        rstd + k)
-    sigmoid_inplace(g, 2 * H)          # i, f
-    tanh_inplace(g + 2 * H, H)         # g
+    if d.peephole:
+        sigmoid_inplace(g, 2 * H)      # i, f
+        tanh_inplace(g + 2 * H, H)     # g
+    else:
+        lstm_gates_inplace(g, H)       # i, f, g, o
     for j in range(H):
         c[j] = g[H + j] * c[j] + g[j] * g[2 * H + j]
     if c_out != NULL:
@@ -176,10 +181,10 @@ cdef inline void lstm_row(Dims* d, floating* g, const floating* hh,
     if d.peephole:
         for j in range(H):
             g[3 * H + j] = g[3 * H + j] + peep[2 * H + j] * c[j]
-    if d.layer_norm:
-        ln_forward(g + 3 * H, H, ln_w + 3 * H, ln_b + 3 * H, xhat + 3 * H,
-                   rstd + 3)
-    sigmoid_inplace(g + 3 * H, H)      # o
+        if d.layer_norm:
+            ln_forward(g + 3 * H, H, ln_w + 3 * H, ln_b + 3 * H, xhat + 3 * H,
+                       rstd + 3)
+        sigmoid_inplace(g + 3 * H, H)  # o
     for j in range(H):
         h_out[j] = c[j]
     tanh_inplace(h_out, H)

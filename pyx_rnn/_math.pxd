@@ -45,6 +45,8 @@ cdef extern from "_vecmath.h" nogil:
     void sr_sigmoid_d(double* x, int n)
     void sr_tanh_f(float* x, int n)
     void sr_tanh_d(double* x, int n)
+    void sr_lstm_gates_f(float* x, int n)
+    void sr_lstm_gates_d(double* x, int n)
 
 
 cdef inline void sigmoid_inplace(floating* x, int n) noexcept nogil:
@@ -61,3 +63,14 @@ cdef inline void tanh_inplace(floating* x, int n) noexcept nogil:
         sr_tanh_f(x, n)
     else:
         sr_tanh_d(x, n)
+
+
+cdef inline void lstm_gates_inplace(floating* x, int n) noexcept nogil:
+    """The LSTM's gate non-linearities over one row ``x`` of ``4 n``
+    pre-activations, in place: sigmoid on the input, forget and output
+    gates, tanh on the cell candidate (the same values as the separate
+    calls)."""
+    if floating is float:
+        sr_lstm_gates_f(x, n)
+    else:
+        sr_lstm_gates_d(x, n)

@@ -501,3 +501,25 @@ def test_gate_activations_are_accurate_everywhere(sigmoid, dtype):
     shifted = x[3:1000].copy()
     _cells.gate_activation(shifted, sigmoid)
     assert_array_equal(shifted, got[3:1000])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hidden", [1, 5, 8, 16, 37, 64])
+def test_lstm_gate_activations_equal_the_separate_functions(hidden, dtype):
+    """The LSTM row's four gates at once (interleaved, 8 units of each per
+    step, where the hidden size allows): bitwise the sigmoid of the input,
+    forget and output gates and the tanh of the candidate."""
+    from pyx_rnn import _cells
+    rng = np.random.default_rng(hidden)
+    x = (rng.standard_normal(4 * hidden) * 6).astype(dtype)
+    got = x.copy()
+    _cells.lstm_gate_activations(got)
+    want = x.copy()
+    h = hidden
+    for lo, hi, sig in ((0, 2 * h, True), (2 * h, 3 * h, False), (3 * h, 4 * h, True)):
+        part = want[lo:hi].copy()
+        _cells.gate_activation(part, sig)
+        want[lo:hi] = part
+    assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="4 \\* hidden"):
+        _cells.lstm_gate_activations(np.zeros(6, dtype))
