@@ -3,7 +3,9 @@
 ``layer_forward`` and ``layer_backward`` (and their Jordan counterparts) take
 NumPy arrays, allocate the buffers the kernels fill, and return arrays. Every
 argument is checked first (``pyx_rnn._checks``): a bad shape, dtype or value
-raises a ValueError or TypeError before any compiled code runs.
+raises a ValueError or TypeError before any compiled code runs. (``Network``
+calls ``_layer_forward`` and ``_layer_backward``, which skip the checks,
+after checking the same things itself once per call for all its layers.)
 """
 
 import math

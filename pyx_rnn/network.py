@@ -4,8 +4,10 @@
 the same layout), with views named as PyTorch names them. It runs the stack
 over packed batches (``pyx_rnn.packing``), computes losses and gradients with
 full or truncated BPTT, and clips gradients. Optimisers live in
-``pyx_rnn.optim``. The layers check every argument (``pyx_rnn._checks``);
-validation of users' data formats lives in ``sklearn_rnn``.
+``pyx_rnn.optim``. The layers check every argument (``pyx_rnn._checks``),
+except where the network has checked, once per call, everything they would
+for all of them (``Network._layer_args_checked``); validation of users' data
+formats lives in ``sklearn_rnn``.
 """
 
 import math
