@@ -188,12 +188,27 @@ typedef double sr_vd2;
 #define SR_MICRO_CALL(NAME, i)                                                \
     NAME(K1, A1 + (long) (i) * lda1, lda1, K2, A2 + (long) (i) * lda2, lda2,  \
          Pp, Cp + (long) (i) * ldc, ldc, ncols, accumulate)
+/* A driver's micro-kernels (DEFINE: SR_DEFINE_MICRO or SR_DEFINE_MICRO_TN):
+ * MR rows, and 8, 4, 2 and 1 rows for the rest of a block. */
+#define SR_DEFINE_MICROS(DEFINE, NAME, T, V, MR, ATTR)                        \
+DEFINE(NAME##_m1, T, V, 1, ATTR)                                              \
+DEFINE(NAME##_m2, T, V, 2, ATTR)                                              \
+DEFINE(NAME##_m4, T, V, 4, ATTR)                                              \
+DEFINE(NAME##_m8, T, V, 8, ATTR)                                              \
+DEFINE(NAME##_mr, T, V, MR, ATTR)
+/* Rows 0..m of one panel through those micro-kernels, CALL(kernel, row). */
+#define SR_ROW_TILES(CALL, NAME, MR, m)                                       \
+    do {                                                                      \
+        int i = 0;                                                            \
+        for (; i + (MR) <= (m); i += (MR)) CALL(NAME##_mr, i);                \
+        for (; i + 8 <= (m); i += 8) CALL(NAME##_m8, i);                      \
+        for (; i + 4 <= (m); i += 4) CALL(NAME##_m4, i);                      \
+        for (; i + 2 <= (m); i += 2) CALL(NAME##_m2, i);                      \
+        for (; i < (m); i++) CALL(NAME##_m1, i);                              \
+    } while (0)
+
 #define SR_DEFINE_GEMM(NAME, T, V, MR, ATTR)                                  \
-SR_DEFINE_MICRO(NAME##_m1, T, V, 1, ATTR)                                     \
-SR_DEFINE_MICRO(NAME##_m2, T, V, 2, ATTR)                                     \
-SR_DEFINE_MICRO(NAME##_m4, T, V, 4, ATTR)                                     \
-SR_DEFINE_MICRO(NAME##_m8, T, V, 8, ATTR)                                     \
-SR_DEFINE_MICRO(NAME##_mr, T, V, MR, ATTR)                                    \
+SR_DEFINE_MICROS(SR_DEFINE_MICRO, NAME, T, V, MR, ATTR)                       \
 ATTR static void NAME(int m, int n, int K1, const T *A1, int lda1, int K2,    \
                       const T *A2, int lda2, const T *P, T *C, int ldc,       \
                       int accumulate) {                                       \
@@ -202,12 +217,7 @@ ATTR static void NAME(int m, int n, int K1, const T *A1, int lda1, int K2,    \
         const T *Pp = P + (long) p * (K1 + K2) * NR;                          \
         int ncols = n - p * NR < NR ? n - p * NR : NR;                        \
         T *Cp = C + p * NR;                                                   \
-        int i = 0;                                                            \
-        for (; i + MR <= m; i += MR) SR_MICRO_CALL(NAME##_mr, i);             \
-        for (; i + 8 <= m; i += 8) SR_MICRO_CALL(NAME##_m8, i);               \
-        for (; i + 4 <= m; i += 4) SR_MICRO_CALL(NAME##_m4, i);               \
-        for (; i + 2 <= m; i += 2) SR_MICRO_CALL(NAME##_m2, i);               \
-        for (; i < m; i++) SR_MICRO_CALL(NAME##_m1, i);                       \
+        SR_ROW_TILES(SR_MICRO_CALL, NAME, MR, m);                             \
     }                                                                         \
 }
 
@@ -219,11 +229,7 @@ ATTR static void NAME(int m, int n, int K1, const T *A1, int lda1, int K2,    \
 #define SR_MICRO_TN_CALL(NAME, i)                                             \
     NAME(K, A + (i), lda, Bp, ldp, Cp + (long) (i) * ldc, ldc, ncols)
 #define SR_DEFINE_GEMM_TN(NAME, T, V, MR, ATTR)                               \
-SR_DEFINE_MICRO_TN(NAME##_m1, T, V, 1, ATTR)                                  \
-SR_DEFINE_MICRO_TN(NAME##_m2, T, V, 2, ATTR)                                  \
-SR_DEFINE_MICRO_TN(NAME##_m4, T, V, 4, ATTR)                                  \
-SR_DEFINE_MICRO_TN(NAME##_m8, T, V, 8, ATTR)                                  \
-SR_DEFINE_MICRO_TN(NAME##_mr, T, V, MR, ATTR)                                 \
+SR_DEFINE_MICROS(SR_DEFINE_MICRO_TN, NAME, T, V, MR, ATTR)                    \
 ATTR static void NAME(int m, int n, int K, const T *A, int lda, const T *B,   \
                       int ldb, T *C, int ldc, T *edge) {                      \
     enum { NR = SR_PANEL_BYTES / sizeof(T) };                                 \
@@ -240,12 +246,7 @@ ATTR static void NAME(int m, int n, int K, const T *A, int lda, const T *B,   \
             ldp = NR;                                                         \
         }                                                                     \
         T *Cp = C + p * NR;                                                   \
-        int i = 0;                                                            \
-        for (; i + MR <= m; i += MR) SR_MICRO_TN_CALL(NAME##_mr, i);          \
-        for (; i + 8 <= m; i += 8) SR_MICRO_TN_CALL(NAME##_m8, i);            \
-        for (; i + 4 <= m; i += 4) SR_MICRO_TN_CALL(NAME##_m4, i);            \
-        for (; i + 2 <= m; i += 2) SR_MICRO_TN_CALL(NAME##_m2, i);            \
-        for (; i < m; i++) SR_MICRO_TN_CALL(NAME##_m1, i);                    \
+        SR_ROW_TILES(SR_MICRO_TN_CALL, NAME, MR, m);                          \
     }                                                                         \
 }
 
