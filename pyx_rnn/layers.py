@@ -198,6 +198,26 @@ def _accumulate_input_grad(dG, X, g_ih, n_threads, work=None):
         _dense.accumulate_outer(dG, X, g_ih, n_threads, work)
 
 
+def _weight_grads_after(spec, cache, dG, dGh, first, grads, n_threads, pool):
+    """The weight gradients of a layer too large for the kernel's partial
+    sums (``fused_weight_gradients``): products over the rows ``first:`` of
+    the batch, after the backward kernel."""
+    H = spec.hidden
+    outer = _take(pool, "outer", (_dense.outer_work_size(
+        len(dG), dG.shape[1], max(H, spec.n_input)),), dG.dtype)
+    _accumulate_input_grad(dG, cache.X[first:], grads["weight_ih"], n_threads,
+                           outer)
+    Hprev = cache.Hprev[first:]
+    if spec.cell == "gru" and not spec.reset_after:
+        # the candidate's recurrent product reads r * m * h, kept in aux
+        _dense.accumulate_outer(dGh[:, : 2 * H], Hprev, grads["weight_hh"][: 2 * H],
+                                n_threads, outer)
+        _dense.accumulate_outer(dGh[:, 2 * H:], cache.aux[first:],
+                                grads["weight_hh"][2 * H:], n_threads, outer)
+    else:
+        _dense.accumulate_outer(dGh, Hprev, grads["weight_hh"], n_threads, outer)
+
+
 def _stops(t_stop, offsets, n_sequences):
     """Per-sequence truncation steps for the kernels (empty: none), and the
     first packed row the weight gradients need. A scalar applies to all."""
@@ -400,7 +420,8 @@ def _layer_backward(spec, w, grads, cache, dH, dh_n, dc_n, t_stop, need_dx,
     dbias_hh = np.zeros((n_blocks, gh), dtype) if separate_dgh else _empty(dtype)
     work = _take(pool, "work", (n_blocks, block_rows * gh), dtype)
     tokens = isinstance(cache.X, TokenInput)
-    if fused_weight_gradients(spec, np.dtype(dtype).itemsize):
+    fused = fused_weight_gradients(spec, np.dtype(dtype).itemsize)
+    if fused:
         dWhh_t = np.zeros((n_blocks, H_ * gh), dtype)
         # token input: the input weight gradient is a scatter-add, below
         X_in = _empty(dtype) if tokens else cache.X
@@ -424,30 +445,20 @@ def _layer_backward(spec, w, grads, cache, dH, dh_n, dc_n, t_stop, need_dx,
     # bias gradients: the kernel's partial sums per block, added in order
     grads["bias_ih"] += dbias_ih.sum(axis=0)
     grads["bias_hh"] += (dbias_hh if separate_dgh else dbias_ih).sum(axis=0)
-    if dWhh_t.size:
-        # the kernel's partial sums per block, added in order
+    if fused:
+        # the kernel's partial sums of the transposed gradients, per block,
+        # added in order
         grads["weight_hh"] += dWhh_t.reshape(n_blocks, H_, gh).sum(axis=0).T
-        if dWih_t.size:
+        if not tokens:
             grads["weight_ih"] += dWih_t.reshape(
                 n_blocks, spec.n_input, gh).sum(axis=0).T
-    dG_, dGh_ = dG[first:], dGh[first:]
-    if not dWih_t.size or not dWhh_t.size:
-        outer = _take(pool, "outer", (_dense.outer_work_size(
-            n_rows - first, gh, max(H_, spec.n_input)),), dtype)
-    if not dWih_t.size:
-        _accumulate_input_grad(dG_, cache.X[first:], grads["weight_ih"],
-                               n_threads, outer)
-    if dWhh_t.size:
-        pass
-    elif spec.cell == "gru" and not spec.reset_after:
-        # the candidate's recurrent product reads r * m * h, kept in aux
-        _dense.accumulate_outer(dGh_[:, : 2 * H_], cache.Hprev[first:],
-                                grads["weight_hh"][: 2 * H_], n_threads, outer)
-        _dense.accumulate_outer(dGh_[:, 2 * H_:], cache.aux[first:],
-                                grads["weight_hh"][2 * H_:], n_threads, outer)
     else:
-        _dense.accumulate_outer(dGh_, cache.Hprev[first:], grads["weight_hh"],
-                                n_threads, outer)
+        # products over all the rows the kernel visited (from ``first``)
+        _weight_grads_after(spec, cache, dG[first:], dGh[first:], first, grads,
+                            n_threads, pool)
+    if fused and tokens:
+        _accumulate_input_grad(dG[first:], cache.X[first:], grads["weight_ih"],
+                               n_threads)
     if spec.peephole:
         grads["peephole"] += dpeep.sum(axis=0)
     if spec.layer_norm:
