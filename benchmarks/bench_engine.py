@@ -9,9 +9,11 @@ on the same data, float32, with the same thread count:
 * optionally (``--packed``) a training epoch on variable-length sequences
   (lengths uniform in 10..100), PyTorch using packed sequences.
 
-Each figure is the median of ``--repeats`` runs after a warm-up. PyTorch runs
-in a subprocess (its bundled OpenMP runtime must not share a process with
-ours). Ratios are PyTorch time / our time: above 1 means we are faster.
+Each figure is the median of ``--repeats`` runs after a warm-up, over
+``--rounds`` rounds in which ours and the anchors take turns (on a shared
+machine a busy spell then slows both sides alike). PyTorch runs in a
+subprocess (its bundled OpenMP runtime must not share a process with ours).
+Ratios are PyTorch time / our time: above 1 means we are faster.
 
 Usage::
 
@@ -163,21 +165,37 @@ def _median(values):
     return None if not values else statistics.median(values)
 
 
-def run(names, n_threads, repeats, packed, onnx, estimator):
+def _collect(into, timings):
+    """Add one round's timings (``*_s`` keys: lists of seconds, or one
+    median) to the lists in ``into``."""
+    for key, value in timings.items():
+        if not key.endswith("_s") or value is None:
+            continue
+        into.setdefault(key, []).extend(
+            value if isinstance(value, list) else [value])
+
+
+def run(names, n_threads, repeats, packed, onnx, estimator, rounds=1):
     rows = []
     for name in names:
         w = get_workload(name)
-        ours = our_times(w, n_threads, repeats)
-        if packed:
-            ours.update(our_times(w, n_threads, repeats, variable_length=True))
-        if estimator and name == "small-lstm":
-            ours["estimator_epoch_s"] = estimator_epoch_times(w, n_threads, repeats)
-        theirs = torch_times(name, n_threads, repeats, packed, onnx) or {}
+        ours, theirs = {}, {}
+        # ours and the anchors take turns, round by round, so that on a
+        # shared machine both sample the same busy and quiet spells
+        for _ in range(rounds):
+            _collect(ours, our_times(w, n_threads, repeats))
+            if packed:
+                _collect(ours, our_times(w, n_threads, repeats,
+                                         variable_length=True))
+            if estimator and name == "small-lstm":
+                _collect(ours, {"estimator_epoch_s": estimator_epoch_times(
+                    w, n_threads, repeats)})
+            _collect(theirs, torch_times(name, n_threads, repeats, packed, onnx)
+                     or {})
         row = dict(workload=name, **{k: _median(v) for k, v in ours.items()})
         for key in ("torch_train_epoch_s", "torch_inference_s",
                     "onnxruntime_inference_s", "torch_packed_train_epoch_s"):
-            value = theirs.get(key)
-            row[key] = _median(value) if isinstance(value, list) else value
+            row[key] = _median(theirs.get(key))
         row["train_ratio"] = _ratio(row.get("torch_train_epoch_s"),
                                     row["train_epoch_s"])
         anchors = [v for v in (row.get("torch_inference_s"),
@@ -333,6 +351,9 @@ def main(argv=None):
                         help="workload name (repeatable); default: all")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternate ours and the anchors this many times "
+                             "per workload (medians over all rounds)")
     parser.add_argument("--packed", action="store_true",
                         help="also variable-length training")
     parser.add_argument("--onnx", action="store_true", help="also onnxruntime")
@@ -348,7 +369,7 @@ def main(argv=None):
     peak_before = sgemm_peak_gflops(args.threads)
     print(json.dumps(dict(info, sgemm_peak_gflops_before=peak_before)), flush=True)
     rows = run(names, args.threads, args.repeats, args.packed, args.onnx,
-               not args.no_estimator)
+               not args.no_estimator, args.rounds)
     info["sgemm_peak_gflops"] = max(peak_before, sgemm_peak_gflops(args.threads))
     print()
     print(markdown_table(rows, info["sgemm_peak_gflops"]))
