@@ -64,10 +64,12 @@ def _batches_fixed(X, idx, Packing):
     return rows, packing
 
 
-def our_times(workload, n_threads, repeats, variable_length=False, seed=0):
-    """Training epoch times and inference times of our engine."""
+def our_times(workload, n_threads, repeats, variable_length=False, seed=0,
+              data=None):
+    """Training epoch times and inference times of our engine; ``data`` is
+    the workload's ``(X, y, lengths)`` if already made."""
     threadpool_limits, Network, Adam, Packing, pack = _our_modules()
-    X, y, lengths = workload_data(workload, variable_length=variable_length)
+    X, y, lengths = data or workload_data(workload, variable_length=variable_length)
     n, batch = len(X), workload["batch"]
     seqs = None
     if variable_length:

@@ -57,7 +57,7 @@ def _child(kind):
         else:
             from bench_engine import our_times
             base = peak_mib()
-            our_times(w, 2, 1)
+            our_times(w, 2, 1, data=(X, y, None))
         print(json.dumps(dict(kind=kind, base_mib=base, peak_mib=peak_mib())))
         return
     from sklearn.exceptions import ConvergenceWarning
