@@ -140,17 +140,12 @@ __attribute__((constructor)) static void sr_act_init(void) {
                   && !__builtin_cpu_supports("avx512f");
 }
 
-/* The four gates of an LSTM row at once (see sr_lstm_gates_f below): one
- * step of 8 units of each gate per iteration, four independent chains of
- * instructions for the core to overlap. The same functions per value as
- * sr_sigmoid8 and sr_tanh8, so the same bits as four separate calls. */
+/* The four gates of an LSTM row at once, n a multiple of 8 (see
+ * sr_lstm_gates_f below): one step of 8 units of each gate per iteration,
+ * four independent chains of instructions for the core to overlap. The same
+ * functions per value as sr_sigmoid8 and sr_tanh8, so the same bits as
+ * separate calls. */
 SR_VEC_AVX2 static void sr_lstm_gates_f_avx2(float *restrict x, int n) {
-    if (n % 8) {
-        sr_sigmoid_f_avx2(x, 2 * n);
-        sr_tanh_f_avx2(x + 2 * n, n);
-        sr_sigmoid_f_avx2(x + 3 * n, n);
-        return;
-    }
     for (int j = 0; j < n; j += 8) {
         __m256 i = _mm256_loadu_ps(x + j), f = _mm256_loadu_ps(x + n + j);
         __m256 g = _mm256_loadu_ps(x + 2 * n + j);
@@ -176,21 +171,23 @@ static void sr_tanh_f(float *restrict x, int n) {
 
 /* x[0:2n] = sigmoid (input and forget gates), x[2n:3n] = tanh (cell
  * candidate), x[3n:4n] = sigmoid (output gate): one LSTM row's gates. */
+#define SR_DEFINE_LSTM_GATES(NAME, T, SIGMOID, TANH)                          \
+static void NAME(T *restrict x, int n) {                                      \
+    SIGMOID(x, 2 * n);                                                        \
+    TANH(x + 2 * n, n);                                                       \
+    SIGMOID(x + 3 * n, n);                                                    \
+}
+SR_DEFINE_LSTM_GATES(sr_lstm_gates_f_separate, float, sr_sigmoid_f, sr_tanh_f)
+SR_DEFINE_LSTM_GATES(sr_lstm_gates_d, double, sr_sigmoid_d, sr_tanh_d)
+
 static void sr_lstm_gates_f(float *restrict x, int n) {
 #if defined(SR_HAVE_LSTM_GATES_AVX2)
-    if (sr_act_avx2) {
+    if (sr_act_avx2 && n % 8 == 0) {
         sr_lstm_gates_f_avx2(x, n);
         return;
     }
 #endif
-    sr_sigmoid_f(x, 2 * n);
-    sr_tanh_f(x + 2 * n, n);
-    sr_sigmoid_f(x + 3 * n, n);
-}
-static void sr_lstm_gates_d(double *restrict x, int n) {
-    sr_sigmoid_d(x, 2 * n);
-    sr_tanh_d(x + 2 * n, n);
-    sr_sigmoid_d(x + 3 * n, n);
+    sr_lstm_gates_f_separate(x, n);
 }
 
 #endif

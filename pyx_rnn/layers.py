@@ -201,8 +201,9 @@ def _accumulate_input_grad(dG, X, g_ih, n_threads, work=None):
 def _weight_grads_after(spec, cache, dG, dGh, first, grads, n_threads, pool):
     """The weight gradients of a layer too large for the kernel's partial
     sums (``fused_weight_gradients``): products over the rows ``first:`` of
-    the batch, after the backward kernel."""
+    the batch (those the kernel visited), after the backward kernel."""
     H = spec.hidden
+    dG, dGh = dG[first:], dGh[first:]
     outer = _take(pool, "outer", (_dense.outer_work_size(
         len(dG), dG.shape[1], max(H, spec.n_input)),), dG.dtype)
     _accumulate_input_grad(dG, cache.X[first:], grads["weight_ih"], n_threads,
@@ -453,9 +454,7 @@ def _layer_backward(spec, w, grads, cache, dH, dh_n, dc_n, t_stop, need_dx,
             grads["weight_ih"] += dWih_t.reshape(
                 n_blocks, spec.n_input, gh).sum(axis=0).T
     else:
-        # products over all the rows the kernel visited (from ``first``)
-        _weight_grads_after(spec, cache, dG[first:], dGh[first:], first, grads,
-                            n_threads, pool)
+        _weight_grads_after(spec, cache, dG, dGh, first, grads, n_threads, pool)
     if fused and tokens:
         _accumulate_input_grad(dG[first:], cache.X[first:], grads["weight_ih"],
                                n_threads)

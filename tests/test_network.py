@@ -1139,10 +1139,19 @@ def test_network_checks_what_the_layers_skip():
     assert not net._layer_args_checked(pk, None, 1, 0, training=False)
     with pytest.raises(ValueError, match="non-increasing"):
         net.forward(X, bad)
-    # input the layers would copy, or of another shape
-    assert not net._input_checked(np.asfortranarray(np.tile(X, 2)), pk)
+    # input the layers would copy (another layout or dtype, read-only), or
+    # of another shape
+    assert not net._input_checked(np.asfortranarray(X), pk)
     assert not net._input_checked(X.astype(np.float32), pk)
+    read_only = X.copy()
+    read_only.flags.writeable = False
+    assert not net._input_checked(read_only, pk)
+    # ... and the layers' own checks then take such input as before
+    assert_array_equal(net.forward(read_only, pk)[1], net.forward(X, pk)[1])
+    assert_array_equal(net.forward(np.asfortranarray(X), pk)[1],
+                       net.forward(X, pk)[1])
     assert not net._input_checked(X[:-1], pk)
+    assert not net._input_checked(np.tile(X, 2), pk)
     # a parameter or a gradient replaced by an array of another shape: the
     # layer names it
     good = net.weights["weight_hh_l0"]
