@@ -22,10 +22,13 @@ from ._blas cimport (
     gemm_tn, pack_b, pack_b2, pgemm2, rgemm, sr_pack_length, sr_pgemm_init,
 )
 from ._gates cimport (
-    Dims, RNN, LSTM, GRU, first_stop, make_dims, ptr1, ptr2, rnn_row, lstm_row,
-    gru_rz_row, gru_n_row, rnn_row_back, lstm_row_back, gru_n_row_back, gru_rz_row_back,
+    Dims, RNN, LSTM, GRU, TANH, first_stop, make_dims, ptr1, ptr2, rnn_row,
+    lstm_row, lstm_row_steps, gru_rz_row, gru_n_row, rnn_row_back, lstm_row_back,
+    gru_n_row_back, gru_rz_row_back,
 )
-from ._math cimport lstm_gates_inplace, sigmoid_inplace, tanh_inplace
+from ._math cimport (
+    lstm_cell_fused, lstm_gates_inplace, sigmoid_inplace, tanh_inplace,
+)
 
 CELL_RNN = 0
 CELL_LSTM = 1
@@ -53,6 +56,32 @@ def lstm_gate_activations(floating[::1] x):
         raise ValueError("x must hold 4 * hidden values")
     if x.shape[0] > 0:
         lstm_gates_inplace(&x[0], <int> (x.shape[0] // 4))
+
+
+def lstm_cell_step(floating[::1] g, floating[::1] b, floating[::1] c,
+                   floating[::1] c_out, floating[::1] h_out, floating[::1] h,
+                   bint fused):
+    """One LSTM step of one row without peepholes or layer norm, in place, as
+    the kernel runs it: ``g`` (``4 * hidden`` gate pre-activations less the
+    bias ``b``) receives the activations, ``c`` and ``c_out`` the new cell
+    state, ``h_out`` and ``h`` the new hidden state. With ``fused``, in one
+    pass where the CPU, the type and the size allow it; else (or where they
+    do not) in separate loops. Returns whether the one pass ran; exposed for
+    the tests."""
+    cdef int H = <int> c.shape[0]
+    cdef Dims d = make_dims(LSTM, TANH, False, False, False, False, False, 1, H)
+    if (g.shape[0] != 4 * H or b.shape[0] != 4 * H or c_out.shape[0] != H
+            or h_out.shape[0] != H or h.shape[0] != H):
+        raise ValueError("g and b must hold 4 * hidden values, the states "
+                         "hidden")
+    if H == 0:
+        return False
+    if fused and lstm_cell_fused(&g[0], &b[0], &c[0], &c_out[0], &h_out[0],
+                                 &h[0], H):
+        return True
+    lstm_row_steps(&d, &g[0], NULL, &b[0], NULL, NULL, NULL, NULL, NULL,
+                   &h_out[0], &c_out[0], &h[0], &c[0])
+    return False
 
 
 def input_pack_length(int cell, int n_input, int hidden, int itemsize):

@@ -8,7 +8,8 @@ from cython cimport floating
 from libc.math cimport sqrt
 
 from ._math cimport (
-    sigmoid, tanh_, exp_, lstm_gates_inplace, sigmoid_inplace, tanh_inplace,
+    sigmoid, tanh_, exp_, lstm_cell_fused, lstm_gates_inplace, sigmoid_inplace,
+    tanh_inplace,
 )
 
 cdef enum:
@@ -151,6 +152,20 @@ cdef inline void lstm_row(Dims* d, floating* g, const floating* hh,
                           floating* c_out, floating* h, floating* c) noexcept nogil:
     """``hh`` NULL: the recurrent product is already added to ``g``;
     ``c_out`` NULL: the cell state is not kept (inference)."""
+    if (hh == NULL and not d.peephole and not d.layer_norm
+            and lstm_cell_fused(g, b_hh, c, c_out, h_out, h, d.hidden)):
+        return
+    lstm_row_steps(d, g, hh, b_hh, peep, ln_w, ln_b, xhat, rstd, h_out, c_out,
+                   h, c)
+
+
+cdef inline void lstm_row_steps(Dims* d, floating* g, const floating* hh,
+                                const floating* b_hh, const floating* peep,
+                                const floating* ln_w, const floating* ln_b,
+                                floating* xhat, floating* rstd,
+                                floating* h_out, floating* c_out, floating* h,
+                                floating* c) noexcept nogil:
+    """``lstm_row`` in separate loops, for every configuration."""
     cdef Py_ssize_t j, k, H = d.hidden
     if hh != NULL:
         for j in range(4 * H):

@@ -47,6 +47,8 @@ cdef extern from "_vecmath.h" nogil:
     void sr_tanh_d(double* x, int n)
     void sr_lstm_gates_f(float* x, int n)
     void sr_lstm_gates_d(double* x, int n)
+    int sr_lstm_cell_f(float* g, const float* b, float* c, float* c_out,
+                       float* h_out, float* h, int n)
 
 
 cdef inline void sigmoid_inplace(floating* x, int n) noexcept nogil:
@@ -74,3 +76,18 @@ cdef inline void lstm_gates_inplace(floating* x, int n) noexcept nogil:
         sr_lstm_gates_f(x, n)
     else:
         sr_lstm_gates_d(x, n)
+
+
+cdef inline bint lstm_cell_fused(floating* g, const floating* b, floating* c,
+                                 floating* c_out, floating* h_out, floating* h,
+                                 int n) noexcept nogil:
+    """One LSTM step of a row without peepholes or layer norm in one pass,
+    where there is a vectorised version for this type, CPU and ``n``: the
+    gates (pre-activations ``g`` less the bias ``b``) activated in place, the
+    new cell state in ``c`` (and ``c_out`` unless NULL), the new hidden state
+    in ``h_out`` and ``h``. Returns False, having done nothing, where there
+    is none; the same bits as ``lstm_row``'s separate loops."""
+    if floating is float:
+        return sr_lstm_cell_f(g, b, c, c_out, h_out, h, n)
+    else:
+        return False

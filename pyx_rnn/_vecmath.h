@@ -157,6 +157,46 @@ SR_VEC_AVX2 static void sr_lstm_gates_f_avx2(float *restrict x, int n) {
     }
 }
 
+/* a * b rounded before it is added to anything: GCC would otherwise fuse
+ * the multiply and a following add into one FMA, which rounds once */
+SR_VEC_AVX2 static inline __m256 sr_mul8(__m256 a, __m256 b) {
+    __m256 p = _mm256_mul_ps(a, b);
+    __asm__("" : "+x"(p));
+    return p;
+}
+
+/* One LSTM step of one row without peepholes or layer norm, n a multiple of
+ * 8, in one pass over 8 units at a time: g (the 4n gate pre-activations
+ * without the bias b) receives the gate activations, then c = f c + i g,
+ * h = o tanh(c), into h_out and h (and c_out unless NULL). The same values,
+ * products and sums, each rounded, as lstm_row's separate loops. */
+SR_VEC_AVX2 static void sr_lstm_cell_f_avx2(
+        float *restrict g, const float *restrict b, float *restrict c,
+        float *restrict c_out, float *restrict h_out, float *restrict h,
+        int n) {
+    for (int j = 0; j < n; j += 8) {
+        __m256 i = sr_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(g + j),
+                                             _mm256_loadu_ps(b + j)));
+        __m256 f = sr_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(g + n + j),
+                                             _mm256_loadu_ps(b + n + j)));
+        __m256 z = sr_tanh8(_mm256_add_ps(_mm256_loadu_ps(g + 2 * n + j),
+                                          _mm256_loadu_ps(b + 2 * n + j)));
+        __m256 o = sr_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(g + 3 * n + j),
+                                             _mm256_loadu_ps(b + 3 * n + j)));
+        _mm256_storeu_ps(g + j, i);
+        _mm256_storeu_ps(g + n + j, f);
+        _mm256_storeu_ps(g + 2 * n + j, z);
+        _mm256_storeu_ps(g + 3 * n + j, o);
+        __m256 cj = _mm256_add_ps(sr_mul8(f, _mm256_loadu_ps(c + j)),
+                                  sr_mul8(i, z));
+        _mm256_storeu_ps(c + j, cj);
+        if (c_out != NULL) _mm256_storeu_ps(c_out + j, cj);
+        __m256 hj = _mm256_mul_ps(o, sr_tanh8(cj));
+        _mm256_storeu_ps(h_out + j, hj);
+        _mm256_storeu_ps(h + j, hj);
+    }
+}
+
 static void sr_sigmoid_f(float *restrict x, int n) {
     if (sr_act_avx2) sr_sigmoid_f_avx2(x, n); else sr_sigmoid_f_libm(x, n);
 }
@@ -188,6 +228,20 @@ static void sr_lstm_gates_f(float *restrict x, int n) {
     }
 #endif
     sr_lstm_gates_f_separate(x, n);
+}
+
+/* sr_lstm_cell_f_avx2 where the CPU and n allow it: returns 1, else 0 (the
+ * caller then runs the step itself). */
+static int sr_lstm_cell_f(float *restrict g, const float *restrict b,
+                          float *restrict c, float *restrict c_out,
+                          float *restrict h_out, float *restrict h, int n) {
+#if defined(SR_HAVE_LSTM_GATES_AVX2)
+    if (sr_act_avx2 && n % 8 == 0) {
+        sr_lstm_cell_f_avx2(g, b, c, c_out, h_out, h, n);
+        return 1;
+    }
+#endif
+    return 0;
 }
 
 #endif
