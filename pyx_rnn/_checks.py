@@ -29,7 +29,6 @@ the most expensive one is the single pass over every input that rejects NaN
 and infinity (see ``finite_checks`` to switch it off).
 """
 
-import contextlib
 import math
 import operator
 import threading
@@ -79,8 +78,7 @@ def _finite_enabled():
     return getattr(_local, "check_finite", True)
 
 
-@contextlib.contextmanager
-def finite_checks(enabled):
+class finite_checks:
     """Turn the NaN/infinity checks on or off in this thread, within a block.
 
     They are on by default. A caller that feeds the entry points with its own
@@ -91,14 +89,22 @@ def finite_checks(enabled):
             H, h_n, c_n, cache = layer_forward(...)
 
     Every other check stays on: non-finite values cannot make the kernels
-    read or write out of bounds, they only propagate.
+    read or write out of bounds, they only propagate. (A class rather than a
+    generator-based context manager: it is entered at every call of the
+    network, and this costs a quarter as much.)
     """
-    previous = _finite_enabled()
-    _local.check_finite = bool(enabled)
-    try:
-        yield
-    finally:
-        _local.check_finite = previous
+
+    __slots__ = ("_enabled", "_previous")
+
+    def __init__(self, enabled):
+        self._enabled = bool(enabled)
+
+    def __enter__(self):
+        self._previous = _finite_enabled()
+        _local.check_finite = self._enabled
+
+    def __exit__(self, *exc_info):
+        _local.check_finite = self._previous
 
 
 # --------------------------------------------------------------------------

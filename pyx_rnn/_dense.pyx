@@ -73,6 +73,12 @@ def matmul(floating[:, ::1] A, floating[:, ::1] B, floating[:, ::1] C,
              beta, pC + lo * N, N)
 
 
+def data_address(const unsigned char[::1] a):
+    """Address of the first byte of ``a`` (0 when empty); much cheaper than
+    ``a.ctypes.data``."""
+    return <size_t> &a[0] if a.shape[0] > 0 else 0
+
+
 def linear_pack_length(int n_out, int n_in, int itemsize):
     """Length of the ``wpack`` buffer of ``linear``."""
     return sr_pack_length(n_out, n_in, itemsize)

@@ -137,8 +137,17 @@ class LayerCache:
     block_rows: int
 
 
+_EMPTY = {}
+
+
 def _empty(dtype, ndim=2):
-    return np.empty((0,) * ndim, dtype=dtype)
+    """A zero-size array, for the kernels' arguments a call does not use
+    (one per type and rank, shared: it has no element to write)."""
+    key = (dtype, ndim)
+    a = _EMPTY.get(key)
+    if a is None:
+        a = _EMPTY[key] = np.empty((0,) * ndim, dtype=dtype)
+    return a
 
 
 def _aligned(shape, dtype, zero=False):
@@ -149,7 +158,7 @@ def _aligned(shape, dtype, zero=False):
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     raw = np.empty(nbytes + 64, np.uint8)
-    start = -raw.ctypes.data % 64
+    start = -_dense.data_address(raw) % 64
     a = raw[start:start + nbytes].view(dtype).reshape(shape)
     if zero:
         a.fill(0)
@@ -161,7 +170,7 @@ def _take(pool, key, shape, dtype, zero=False):
     ``pool`` (a dict) when it holds one of that shape, else new. Reuse saves
     the page faults of fresh large allocations at every batch; callers must
     not keep two live buffers under one key."""
-    shape = tuple(int(n) for n in shape)
+    shape = tuple(map(int, shape))
     if pool is None:
         return _aligned(shape, dtype, zero)
     a = pool.get(key)

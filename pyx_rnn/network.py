@@ -306,13 +306,14 @@ class Network:
                 where)
         except (TypeError, ValueError, OverflowError):
             return False
-        views = (self.weights, self.grad_views) if training else (self.weights,)
-        good = _checks._good_param
-        return all(
-            len(v) == len(self.shapes)
-            and all(good(v.get(name), shape, self.dtype)
-                    for name, shape in self.shapes.items())
-            for v in views)
+        good, dtype = _checks._good_param, self.dtype
+        for v in (self.weights, self.grad_views) if training else (self.weights,):
+            if len(v) != len(self.shapes):
+                return False
+            for name, shape in self.shapes.items():
+                if not good(v.get(name), shape, dtype):
+                    return False
+        return True
 
     def _input_checked(self, X, packing):
         """Whether the first layer's input is what the layers would accept
@@ -467,8 +468,9 @@ class Network:
                 dH = dX * drop if drop is not None else dX
         return d_init, dX
 
-    def _head(self, top, rows):
-        """Output layer on the given rows of the top output: (Z, Y)."""
+    def _head(self, top, rows, pool):
+        """Output layer on the given rows of the top output: (Z, Y); ``pool``
+        (a dict) keeps the packed weights' buffer from call to call."""
         if self.jordan is not None:
             return None, top[rows]
         W, b = self.weights["output.weight"], self.weights["output.bias"]
@@ -476,8 +478,10 @@ class Network:
         Z = np.empty((len(X), len(W)), self.dtype)
         # the packed kernel, not BLAS: a row's output does not depend on
         # the other rows (sklearn's subset and sample-order checks)
-        _dense.linear(X, W, b, Z, np.empty(_dense.linear_pack_length(
-            W.shape[0], W.shape[1], Z.itemsize), self.dtype), 1)
+        wpack = _take(pool.setdefault("head", {}), "wpack", (
+            _dense.linear_pack_length(W.shape[0], W.shape[1], Z.itemsize),),
+            self.dtype)
+        _dense.linear(X, W, b, Z, wpack, 1)
         return Z, _activate(Z, self.output_activation)
 
     def _head_backward(self, top, rows, dZ, n_top_rows):
@@ -545,7 +549,7 @@ class Network:
                 X, packing, initial_state, None, 0.0, None, n_threads, block_rows,
                 pool, keep_cache=False, checked=checked)
         feats, rows = self._gather_top(top, packing, return_sequences)
-        Z, Y = self._head(feats, rows)
+        Z, Y = self._head(feats, rows, pool)
         return Z, Y, states
 
     def loss_gradient(self, X, packing, targets, loss, *, sample_weight=None,
@@ -601,7 +605,7 @@ class Network:
         then switched off, since the intermediate results of a diverging
         network may legitimately overflow (the loss reports it)."""
         values = X.weights if isinstance(X, TokenInput) else X
-        if not np.all(np.isfinite(values)):
+        if not np.isfinite(values).all():
             raise ValueError("X contains NaN or infinity; remove or impute those "
                              "values first")
 
@@ -676,7 +680,7 @@ class Network:
                     rows_w = np.arange(len(rows_w))
                 else:
                     feats = top
-                Z, Y = self._head(feats, rows_w)
+                Z, Y = self._head(feats, rows_w, self._pool)
                 v, dZ = loss_and_gradient(
                     loss, self.output_activation, Z, Y,
                     targets if idx is None else targets[idx],
