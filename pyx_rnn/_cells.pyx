@@ -59,28 +59,28 @@ def lstm_gate_activations(floating[::1] x):
 
 
 def lstm_cell_step(floating[::1] g, floating[::1] b, floating[::1] c,
-                   floating[::1] c_out, floating[::1] h_out, floating[::1] h,
-                   bint fused):
+                   floating[::1] c_out, floating[::1] tc_out,
+                   floating[::1] h_out, floating[::1] h, bint fused):
     """One LSTM step of one row without peepholes or layer norm, in place, as
     the kernel runs it: ``g`` (``4 * hidden`` gate pre-activations less the
     bias ``b``) receives the activations, ``c`` and ``c_out`` the new cell
-    state, ``h_out`` and ``h`` the new hidden state. With ``fused``, in one
-    pass where the CPU, the type and the size allow it; else (or where they
-    do not) in separate loops. Returns whether the one pass ran; exposed for
-    the tests."""
+    state, ``tc_out`` its tanh, ``h_out`` and ``h`` the new hidden state.
+    With ``fused``, in one pass where the CPU, the type and the size allow
+    it; else (or where they do not) in separate loops. Returns whether the
+    one pass ran; exposed for the tests."""
     cdef int H = <int> c.shape[0]
     cdef Dims d = make_dims(LSTM, TANH, False, False, False, False, False, 1, H)
     if (g.shape[0] != 4 * H or b.shape[0] != 4 * H or c_out.shape[0] != H
-            or h_out.shape[0] != H or h.shape[0] != H):
+            or tc_out.shape[0] != H or h_out.shape[0] != H or h.shape[0] != H):
         raise ValueError("g and b must hold 4 * hidden values, the states "
                          "hidden")
     if H == 0:
         return False
-    if fused and lstm_cell_fused(&g[0], &b[0], &c[0], &c_out[0], &h_out[0],
-                                 &h[0], H):
+    if fused and lstm_cell_fused(&g[0], &b[0], &c[0], &c_out[0], &tc_out[0],
+                                 &h_out[0], &h[0], H):
         return True
     lstm_row_steps(&d, &g[0], NULL, &b[0], NULL, NULL, NULL, NULL, NULL,
-                   &h_out[0], &c_out[0], &h[0], &c[0])
+                   &h_out[0], &c_out[0], &tc_out[0], &h[0], &c[0])
     return False
 
 
@@ -217,7 +217,8 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
             elif d.cell == LSTM:
                 lstm_row(d, Gt + i * GH, NULL, b_hh, peep, ln_w, ln_b,
                          xhat + r * GH, rstd + r * G_, H_out + r * H,
-                         C_out + r * H if C_out != NULL else NULL, h + b * H,
+                         C_out + r * H if C_out != NULL else NULL,
+                         aux + r * H if aux != NULL else NULL, h + b * H,
                          c + b * H)
             else:
                 gru_rz_row(d, Gt + i * GH, work + i * GH, b_hh, ln_w, ln_b,
@@ -301,7 +302,8 @@ cdef void backward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
                              rstd[r * G_] if d.layer_norm else 0, dh + b * H,
                              dG + r * GH, dln_w, dln_b)
             elif d.cell == LSTM:
-                lstm_row_back(d, G + r * GH, C_out + r * H, c_prev, peep,
+                lstm_row_back(d, G + r * GH, C_out + r * H, aux + r * H,
+                              c_prev, peep,
                               ln_w, xhat + r * GH, rstd + r * G_, dh + b * H,
                               dc + b * H, dG + r * GH, dpeep, dln_w, dln_b)
             else:
@@ -398,10 +400,12 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
     step then live in ``G_block`` (``n_blocks x block_rows * gates * hidden``).
     ``h`` (and ``c``) hold the initial state on entry and the final state of
     every sequence on exit. ``H_out``, ``C_out``, ``Hprev``, ``aux``,
-    ``xhat`` and ``rstd`` are filled for the backward pass. ``work`` has
-    shape ``(n_blocks, block_rows * gates * hidden)``.
-    For inference ``Hprev`` may be empty when there is no mask and ``C_out``
-    may be empty: they are then not kept.
+    ``xhat`` and ``rstd`` are filled for the backward pass; ``aux`` holds
+    the GRU's ``a_n`` (reset after) or ``r * m * h`` (reset before), and
+    the LSTM's ``tanh(c_t)``. ``work`` has shape
+    ``(n_blocks, block_rows * gates * hidden)``.
+    For inference ``Hprev`` may be empty when there is no mask, and ``C_out``
+    and the LSTM's ``aux`` may be empty: they are then not kept.
     ``wpack`` (``recurrent_pack_length`` elements) receives the packed
     ``W_hh`` for the packed recurrent product; empty: BLAS is used instead.
     Arrays a cell does not use may have size zero.

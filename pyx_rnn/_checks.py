@@ -612,7 +612,7 @@ def check_layer_forward_sizes(spec, n_rows, B, br, dtype, *, mask=False,
            "split the batch")
     n_blocks = -(-B // br)
     n = (n_rows * gh                                  # G
-         + n_rows * hidden * (2 + lstm + gru)         # H, Hprev, C, aux
+         + n_rows * hidden * (2 + 2 * lstm + gru)     # H, Hprev, C, aux
          + (n_rows * (gh + spec.gates) if spec.layer_norm else 0)
          + n_blocks * br * gh                         # work
          + B * hidden * (2 + 2 * lstm + mask)
@@ -724,7 +724,7 @@ def _check_layer_cache(cache, spec, n_in, hidden, gh, where):
         "X": (n_rows, n_in), "G": (n_rows, gh), "H": (n_rows, hidden),
         "Hprev": (n_rows, hidden),
         "C": (n_rows, hidden) if lstm else None,
-        "aux": (n_rows, hidden) if gru else None,
+        "aux": (n_rows, hidden) if gru or lstm else None,
         "xhat": (n_rows, gh) if ln else None,
         "rstd": (n_rows, spec.gates) if ln else None,
         "h0": (B, hidden), "c0": (B, hidden) if lstm else None,

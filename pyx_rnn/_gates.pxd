@@ -149,21 +149,24 @@ cdef inline void lstm_row(Dims* d, floating* g, const floating* hh,
                           const floating* b_hh, const floating* peep,
                           const floating* ln_w, const floating* ln_b,
                           floating* xhat, floating* rstd, floating* h_out,
-                          floating* c_out, floating* h, floating* c) noexcept nogil:
+                          floating* c_out, floating* tc_out, floating* h,
+                          floating* c) noexcept nogil:
     """``hh`` NULL: the recurrent product is already added to ``g``;
-    ``c_out`` NULL: the cell state is not kept (inference)."""
+    ``c_out`` and ``tc_out`` NULL: the cell state and its tanh (for the
+    backward pass) are not kept (inference)."""
     if (hh == NULL and not d.peephole and not d.layer_norm
-            and lstm_cell_fused(g, b_hh, c, c_out, h_out, h, d.hidden)):
+            and lstm_cell_fused(g, b_hh, c, c_out, tc_out, h_out, h, d.hidden)):
         return
     lstm_row_steps(d, g, hh, b_hh, peep, ln_w, ln_b, xhat, rstd, h_out, c_out,
-                   h, c)
+                   tc_out, h, c)
 
 
 cdef inline void lstm_row_steps(Dims* d, floating* g, const floating* hh,
                                 const floating* b_hh, const floating* peep,
                                 const floating* ln_w, const floating* ln_b,
                                 floating* xhat, floating* rstd,
-                                floating* h_out, floating* c_out, floating* h,
+                                floating* h_out, floating* c_out,
+                                floating* tc_out, floating* h,
                                 floating* c) noexcept nogil:
     """``lstm_row`` in separate loops, for every configuration."""
     cdef Py_ssize_t j, k, H = d.hidden
@@ -203,6 +206,9 @@ cdef inline void lstm_row_steps(Dims* d, floating* g, const floating* hh,
     for j in range(H):
         h_out[j] = c[j]
     tanh_inplace(h_out, H)
+    if tc_out != NULL:
+        for j in range(H):
+            tc_out[j] = h_out[j]
     for j in range(H):
         h_out[j] = g[3 * H + j] * h_out[j]
         h[j] = h_out[j]
@@ -280,6 +286,7 @@ cdef inline void rnn_row_back(Dims* d, const floating* h_out,
 
 
 cdef inline void lstm_row_back(Dims* d, const floating* g, const floating* c,
+                               const floating* tc,
                                const floating* c_prev, const floating* peep,
                                const floating* ln_w, const floating* xhat,
                                const floating* rstd, floating* dh,
@@ -287,14 +294,11 @@ cdef inline void lstm_row_back(Dims* d, const floating* g, const floating* c,
                                floating* dln_w, floating* dln_b) noexcept nogil:
     cdef Py_ssize_t j, k, H = d.hidden
     cdef floating one = 1
-    cdef floating i_, f_, g_, o_, tc
-    # tanh(c_t), kept in dg's g block until that block is written
-    for j in range(H):
-        dg[2 * H + j] = c[j]
-    tanh_inplace(dg + 2 * H, H)
+    cdef floating i_, f_, g_, o_, tc_
+    # tc: tanh(c_t), kept by the forward pass
     for j in range(H):
         o_ = g[3 * H + j]
-        dg[3 * H + j] = dh[j] * dg[2 * H + j] * o_ * (one - o_)
+        dg[3 * H + j] = dh[j] * tc[j] * o_ * (one - o_)
     if d.layer_norm:
         ln_backward(dg + 3 * H, H, ln_w + 3 * H, xhat + 3 * H, rstd[3],
                     dln_w + 3 * H, dln_b + 3 * H)
@@ -302,8 +306,8 @@ cdef inline void lstm_row_back(Dims* d, const floating* g, const floating* c,
     # vectorise)
     for j in range(H):
         o_ = g[3 * H + j]
-        tc = dg[2 * H + j]
-        dc[j] = dc[j] + dh[j] * o_ * (one - tc * tc)
+        tc_ = tc[j]
+        dc[j] = dc[j] + dh[j] * o_ * (one - tc_ * tc_)
     if d.peephole:
         for j in range(H):
             dc[j] = dc[j] + dg[3 * H + j] * peep[2 * H + j]

@@ -48,7 +48,7 @@ cdef extern from "_vecmath.h" nogil:
     void sr_lstm_gates_f(float* x, int n)
     void sr_lstm_gates_d(double* x, int n)
     int sr_lstm_cell_f(float* g, const float* b, float* c, float* c_out,
-                       float* h_out, float* h, int n)
+                       float* tc_out, float* h_out, float* h, int n)
 
 
 cdef inline void sigmoid_inplace(floating* x, int n) noexcept nogil:
@@ -79,15 +79,17 @@ cdef inline void lstm_gates_inplace(floating* x, int n) noexcept nogil:
 
 
 cdef inline bint lstm_cell_fused(floating* g, const floating* b, floating* c,
-                                 floating* c_out, floating* h_out, floating* h,
+                                 floating* c_out, floating* tc_out,
+                                 floating* h_out, floating* h,
                                  int n) noexcept nogil:
     """One LSTM step of a row without peepholes or layer norm in one pass,
     where there is a vectorised version for this type, CPU and ``n``: the
     gates (pre-activations ``g`` less the bias ``b``) activated in place, the
-    new cell state in ``c`` (and ``c_out`` unless NULL), the new hidden state
-    in ``h_out`` and ``h``. Returns False, having done nothing, where there
-    is none; the same bits as ``lstm_row``'s separate loops."""
+    new cell state in ``c`` (and ``c_out`` unless NULL) and its tanh in
+    ``tc_out`` (unless NULL), the new hidden state in ``h_out`` and ``h``.
+    Returns False, having done nothing, where there is none; the same bits
+    as ``lstm_row``'s separate loops."""
     if floating is float:
-        return sr_lstm_cell_f(g, b, c, c_out, h_out, h, n)
+        return sr_lstm_cell_f(g, b, c, c_out, tc_out, h_out, h, n)
     else:
         return False

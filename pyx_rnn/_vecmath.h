@@ -168,12 +168,13 @@ SR_VEC_AVX2 static inline __m256 sr_mul8(__m256 a, __m256 b) {
 /* One LSTM step of one row without peepholes or layer norm, n a multiple of
  * 8, in one pass over 8 units at a time: g (the 4n gate pre-activations
  * without the bias b) receives the gate activations, then c = f c + i g,
- * h = o tanh(c), into h_out and h (and c_out unless NULL). The same values,
- * products and sums, each rounded, as lstm_row's separate loops. */
+ * h = o tanh(c), into h_out and h (and c into c_out, tanh(c) into tc_out,
+ * unless NULL). The same values, products and sums, each rounded, as
+ * lstm_row's separate loops. */
 SR_VEC_AVX2 static void sr_lstm_cell_f_avx2(
         float *restrict g, const float *restrict b, float *restrict c,
-        float *restrict c_out, float *restrict h_out, float *restrict h,
-        int n) {
+        float *restrict c_out, float *restrict tc_out, float *restrict h_out,
+        float *restrict h, int n) {
     for (int j = 0; j < n; j += 8) {
         __m256 i = sr_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(g + j),
                                              _mm256_loadu_ps(b + j)));
@@ -191,7 +192,9 @@ SR_VEC_AVX2 static void sr_lstm_cell_f_avx2(
                                   sr_mul8(i, z));
         _mm256_storeu_ps(c + j, cj);
         if (c_out != NULL) _mm256_storeu_ps(c_out + j, cj);
-        __m256 hj = _mm256_mul_ps(o, sr_tanh8(cj));
+        __m256 tc = sr_tanh8(cj);
+        if (tc_out != NULL) _mm256_storeu_ps(tc_out + j, tc);
+        __m256 hj = _mm256_mul_ps(o, tc);
         _mm256_storeu_ps(h_out + j, hj);
         _mm256_storeu_ps(h + j, hj);
     }
@@ -234,10 +237,11 @@ static void sr_lstm_gates_f(float *restrict x, int n) {
  * caller then runs the step itself). */
 static int sr_lstm_cell_f(float *restrict g, const float *restrict b,
                           float *restrict c, float *restrict c_out,
-                          float *restrict h_out, float *restrict h, int n) {
+                          float *restrict tc_out, float *restrict h_out,
+                          float *restrict h, int n) {
 #if defined(SR_HAVE_LSTM_GATES_AVX2)
     if (sr_act_avx2 && n % 8 == 0) {
-        sr_lstm_cell_f_avx2(g, b, c, c_out, h_out, h, n);
+        sr_lstm_cell_f_avx2(g, b, c, c_out, tc_out, h_out, h, n);
         return 1;
     }
 #endif

@@ -119,7 +119,9 @@ class LayerSpec:
 
 @dataclass
 class LayerCache:
-    """What the forward pass keeps for the backward pass."""
+    """What the forward pass keeps for the backward pass (``aux``: the GRU's
+    ``a_n`` or ``r * m * h``, the LSTM's ``tanh(c_t)``; see
+    ``_cells.recurrent_forward``)."""
 
     X: np.ndarray
     G: np.ndarray
@@ -334,7 +336,9 @@ def _layer_forward(spec, w, X, batch_sizes, offsets, h0, c0, mask, n_threads,
     H = _take(pool, "H", (n_rows, H_), dtype)
     Hprev = (_take(pool, "Hprev", (n_rows, H_), dtype)
              if keep_cache or mask is not None else _empty(dtype))
-    aux = _take(pool, "aux", (n_rows, H_), dtype) if gru else _empty(dtype)
+    # the GRU's a_n or r * m * h; the LSTM's tanh(c_t), for the backward pass
+    aux = (_take(pool, "aux", (n_rows, H_), dtype) if gru or (lstm and keep_cache)
+           else _empty(dtype))
     if spec.layer_norm:
         xhat = _take(pool, "xhat", (n_rows, gh), dtype)
         rstd = _take(pool, "rstd", (n_rows, spec.gates), dtype)

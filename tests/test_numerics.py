@@ -529,8 +529,9 @@ def test_lstm_gate_activations_equal_the_separate_functions(hidden, dtype):
 @pytest.mark.parametrize("hidden", [1, 5, 8, 16, 37, 64])
 def test_lstm_cell_in_one_pass_equals_the_separate_loops(hidden, dtype):
     """The LSTM step of a row in one pass (float32, AVX2, hidden a multiple
-    of 8): bitwise the gates, cell state and hidden state of the separate
-    loops, which follow the equations."""
+    of 8): bitwise the gates, cell state, its tanh (kept for the backward
+    pass) and hidden state of the separate loops, which follow the
+    equations."""
     from pyx_rnn import _cells
     rng = np.random.default_rng(hidden)
     g0 = (rng.standard_normal(4 * hidden) * 4).astype(dtype)
@@ -539,18 +540,21 @@ def test_lstm_cell_in_one_pass_equals_the_separate_loops(hidden, dtype):
     runs = {}
     for fused in (True, False):
         g, c, h = g0.copy(), c0.copy(), h0.copy()
-        c_out, h_out = np.full((2, hidden), np.nan, dtype)
-        ran = _cells.lstm_cell_step(g, b, c, c_out, h_out, h, fused)
-        runs[fused] = ran, (g, c, c_out, h_out, h)
+        c_out, tc_out, h_out = np.full((3, hidden), np.nan, dtype)
+        ran = _cells.lstm_cell_step(g, b, c, c_out, tc_out, h_out, h, fused)
+        runs[fused] = ran, (g, c, c_out, tc_out, h_out, h)
     assert not runs[False][0]
     cpu = np._core._multiarray_umath.__cpu_features__
     avx2_only = cpu["AVX2"] and cpu["FMA3"] and not cpu["AVX512F"]
     assert runs[True][0] == (avx2_only and dtype == np.float32 and hidden % 8 == 0)
     for one_pass, loops in zip(runs[True][1], runs[False][1]):
         assert_array_equal(one_pass, loops)
-    g, c, c_out, h_out, h = runs[True][1]
+    g, c, c_out, tc_out, h_out, h = runs[True][1]
     assert_array_equal(c_out, c)
     assert_array_equal(h_out, h)
+    tanh_c = c.copy()
+    _cells.gate_activation(tanh_c, False)
+    assert_array_equal(tc_out, tanh_c)
     # the equations, to float32's precision
     pre = (g0 + b).astype(np.float64).reshape(4, hidden)
     i, f, o = (1 / (1 + np.exp(-pre[k])) for k in (0, 1, 3))
@@ -560,4 +564,4 @@ def test_lstm_cell_in_one_pass_equals_the_separate_loops(hidden, dtype):
     assert_allclose(c, c_want, rtol=1e-5, atol=1e-6)
     assert_allclose(h, o * np.tanh(c_want), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="4 \\* hidden"):
-        _cells.lstm_cell_step(g0[1:], b, c, c_out, h_out, h, True)
+        _cells.lstm_cell_step(g0[1:], b, c, c_out, tc_out, h_out, h, True)
