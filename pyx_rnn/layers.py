@@ -426,10 +426,10 @@ def _layer_backward(spec, w, grads, cache, dH, dh_n, dc_n, t_stop, need_dx,
               else np.array(dc_n, dtype, order="C"))
     else:
         dc = _empty(dtype)
-    dpeep = np.zeros((n_blocks, 3 * H_ if spec.peephole else 0), dtype)
-    n_ln = gh if spec.layer_norm else 0
-    dln_w = np.zeros((n_blocks, n_ln), dtype)
-    dln_b = np.zeros((n_blocks, n_ln), dtype)
+    dpeep = (np.zeros((n_blocks, 3 * H_), dtype) if spec.peephole
+             else _empty(dtype))
+    dln_w, dln_b = (np.zeros((2, n_blocks, gh), dtype) if spec.layer_norm
+                    else (_empty(dtype), _empty(dtype)))
     dbias_ih = np.zeros((n_blocks, gh), dtype)
     dbias_hh = np.zeros((n_blocks, gh), dtype) if separate_dgh else _empty(dtype)
     work = _take(pool, "work", (n_blocks, block_rows * gh), dtype)
@@ -457,8 +457,9 @@ def _layer_backward(spec, w, grads, cache, dH, dh_n, dc_n, t_stop, need_dx,
         block_rows, n_threads,
     )
     # bias gradients: the kernel's partial sums per block, added in order
-    grads["bias_ih"] += dbias_ih.sum(axis=0)
-    grads["bias_hh"] += (dbias_hh if separate_dgh else dbias_ih).sum(axis=0)
+    db_ih = dbias_ih.sum(axis=0)
+    grads["bias_ih"] += db_ih
+    grads["bias_hh"] += dbias_hh.sum(axis=0) if separate_dgh else db_ih
     if fused:
         # the kernel's partial sums of the transposed gradients, per block,
         # added in order
