@@ -24,10 +24,11 @@ from ._blas cimport (
 from ._gates cimport (
     Dims, RNN, LSTM, GRU, TANH, first_stop, make_dims, ptr1, ptr2, rnn_row,
     lstm_row, lstm_row_steps, gru_rz_row, gru_n_row, rnn_row_back, lstm_row_back,
-    gru_n_row_back, gru_rz_row_back,
+    lstm_row_back_steps, gru_n_row_back, gru_rz_row_back,
 )
 from ._math cimport (
-    lstm_cell_fused, lstm_gates_inplace, sigmoid_inplace, tanh_inplace,
+    lstm_back_fused, lstm_cell_fused, lstm_gates_inplace, sigmoid_inplace,
+    tanh_inplace,
 )
 
 CELL_RNN = 0
@@ -81,6 +82,33 @@ def lstm_cell_step(floating[::1] g, floating[::1] b, floating[::1] c,
         return True
     lstm_row_steps(&d, &g[0], NULL, &b[0], NULL, NULL, NULL, NULL, NULL,
                    &h_out[0], &c_out[0], &tc_out[0], &h[0], &c[0])
+    return False
+
+
+def lstm_back_step(floating[::1] g, floating[::1] tc, floating[::1] c_prev,
+                   floating[::1] dh, floating[::1] dc, floating[::1] dg,
+                   bint fused):
+    """The backward step of one LSTM row without peepholes or layer norm, in
+    place, as the kernel runs it: from the gate activations ``g`` (``4 *
+    hidden``), ``tanh(c_t)`` ``tc`` and ``c_{t-1}`` ``c_prev``, with ``dh``
+    and ``dc`` dL/dh_t and dL/dc_t on entry, fills ``dg`` (dL/d gate
+    pre-activations), zeroes ``dh`` and leaves dL/dc_{t-1} in ``dc``. With
+    ``fused``, in one pass where the CPU, the type and the size allow it;
+    else (or where they do not) in separate loops. Returns whether the one
+    pass ran; exposed for the tests."""
+    cdef int H = <int> tc.shape[0]
+    cdef Dims d = make_dims(LSTM, TANH, False, False, False, False, False, 1, H)
+    if (g.shape[0] != 4 * H or dg.shape[0] != 4 * H or c_prev.shape[0] != H
+            or dh.shape[0] != H or dc.shape[0] != H):
+        raise ValueError("g and dg must hold 4 * hidden values, the states "
+                         "hidden")
+    if H == 0:
+        return False
+    if fused and lstm_back_fused(&g[0], &tc[0], &c_prev[0], &dh[0], &dc[0],
+                                 &dg[0], H):
+        return True
+    lstm_row_back_steps(&d, &g[0], NULL, &tc[0], &c_prev[0], NULL, NULL, NULL,
+                        NULL, &dh[0], &dc[0], &dg[0], NULL, NULL, NULL)
     return False
 
 

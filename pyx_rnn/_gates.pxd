@@ -8,8 +8,8 @@ from cython cimport floating
 from libc.math cimport sqrt
 
 from ._math cimport (
-    sigmoid, tanh_, exp_, lstm_cell_fused, lstm_gates_inplace, sigmoid_inplace,
-    tanh_inplace,
+    sigmoid, tanh_, exp_, lstm_back_fused, lstm_cell_fused, lstm_gates_inplace,
+    sigmoid_inplace, tanh_inplace,
 )
 
 cdef enum:
@@ -292,10 +292,31 @@ cdef inline void lstm_row_back(Dims* d, const floating* g, const floating* c,
                                const floating* rstd, floating* dh,
                                floating* dc, floating* dg, floating* dpeep,
                                floating* dln_w, floating* dln_b) noexcept nogil:
+    """``dh`` and ``dc``: dL/dh_t and dL/dc_t so far; on exit ``dh`` is zero
+    and ``dc`` is dL/dc_{t-1} (less what reaches it through h_{t-1}); ``dg``
+    receives dL/d gate pre-activations. ``tc``: tanh(c_t), kept by the
+    forward pass."""
+    if (not d.peephole and not d.layer_norm
+            and lstm_back_fused(g, tc, c_prev, dh, dc, dg, d.hidden)):
+        return
+    lstm_row_back_steps(d, g, c, tc, c_prev, peep, ln_w, xhat, rstd, dh, dc, dg,
+                        dpeep, dln_w, dln_b)
+
+
+cdef inline void lstm_row_back_steps(Dims* d, const floating* g,
+                                     const floating* c, const floating* tc,
+                                     const floating* c_prev,
+                                     const floating* peep,
+                                     const floating* ln_w,
+                                     const floating* xhat,
+                                     const floating* rstd, floating* dh,
+                                     floating* dc, floating* dg,
+                                     floating* dpeep, floating* dln_w,
+                                     floating* dln_b) noexcept nogil:
+    """``lstm_row_back`` in separate loops, for every configuration."""
     cdef Py_ssize_t j, k, H = d.hidden
     cdef floating one = 1
     cdef floating i_, f_, g_, o_, tc_
-    # tc: tanh(c_t), kept by the forward pass
     for j in range(H):
         o_ = g[3 * H + j]
         dg[3 * H + j] = dh[j] * tc[j] * o_ * (one - o_)

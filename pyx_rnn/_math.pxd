@@ -49,6 +49,8 @@ cdef extern from "_vecmath.h" nogil:
     void sr_lstm_gates_d(double* x, int n)
     int sr_lstm_cell_f(float* g, const float* b, float* c, float* c_out,
                        float* tc_out, float* h_out, float* h, int n)
+    int sr_lstm_back_f(const float* g, const float* tc, const float* c_prev,
+                       float* dh, float* dc, float* dg, int n)
 
 
 cdef inline void sigmoid_inplace(floating* x, int n) noexcept nogil:
@@ -91,5 +93,19 @@ cdef inline bint lstm_cell_fused(floating* g, const floating* b, floating* c,
     as ``lstm_row``'s separate loops."""
     if floating is float:
         return sr_lstm_cell_f(g, b, c, c_out, tc_out, h_out, h, n)
+    else:
+        return False
+
+
+cdef inline bint lstm_back_fused(const floating* g, const floating* tc,
+                                 const floating* c_prev, floating* dh,
+                                 floating* dc, floating* dg,
+                                 int n) noexcept nogil:
+    """The backward step of an LSTM row without peepholes or layer norm in
+    one pass, where there is a vectorised version for this type, CPU and
+    ``n`` (see ``lstm_row_back``). Returns False, having done nothing, where
+    there is none; the same bits as ``lstm_row_back``'s loops."""
+    if floating is float:
+        return sr_lstm_back_f(g, tc, c_prev, dh, dc, dg, n)
     else:
         return False

@@ -200,6 +200,38 @@ SR_VEC_AVX2 static void sr_lstm_cell_f_avx2(
     }
 }
 
+/* The backward step of one LSTM row without peepholes or layer norm, n a
+ * multiple of 8, 8 units at a time: from the gate activations g (i, f, z, o),
+ * tanh(c_t) tc and c_{t-1} c_prev, dh (dL/dh_t, zeroed on exit) and dc
+ * (dL/dc_t so far, dL/dc_{t-1} on exit), fills dg (dL/d gate
+ * pre-activations). The same products and sums, each rounded, in the same
+ * order, as lstm_row_back's loops. */
+SR_VEC_AVX2 static void sr_lstm_back_f_avx2(
+        const float *restrict g, const float *restrict tc,
+        const float *restrict c_prev, float *restrict dh, float *restrict dc,
+        float *restrict dg, int n) {
+    __m256 one = _mm256_set1_ps(1.0f);
+    for (int j = 0; j < n; j += 8) {
+        __m256 i = _mm256_loadu_ps(g + j), f = _mm256_loadu_ps(g + n + j);
+        __m256 z = _mm256_loadu_ps(g + 2 * n + j);
+        __m256 o = _mm256_loadu_ps(g + 3 * n + j);
+        __m256 t = _mm256_loadu_ps(tc + j), d_h = _mm256_loadu_ps(dh + j);
+        _mm256_storeu_ps(dg + 3 * n + j, _mm256_mul_ps(_mm256_mul_ps(
+            _mm256_mul_ps(d_h, t), o), _mm256_sub_ps(one, o)));
+        __m256 d_c = _mm256_add_ps(_mm256_loadu_ps(dc + j), sr_mul8(
+            _mm256_mul_ps(d_h, o), _mm256_sub_ps(one, sr_mul8(t, t))));
+        _mm256_storeu_ps(dg + j, _mm256_mul_ps(_mm256_mul_ps(
+            _mm256_mul_ps(d_c, z), i), _mm256_sub_ps(one, i)));
+        _mm256_storeu_ps(dg + n + j, _mm256_mul_ps(_mm256_mul_ps(
+            _mm256_mul_ps(d_c, _mm256_loadu_ps(c_prev + j)), f),
+            _mm256_sub_ps(one, f)));
+        _mm256_storeu_ps(dg + 2 * n + j, _mm256_mul_ps(
+            _mm256_mul_ps(d_c, i), _mm256_sub_ps(one, sr_mul8(z, z))));
+        _mm256_storeu_ps(dc + j, _mm256_mul_ps(d_c, f));
+        _mm256_storeu_ps(dh + j, _mm256_setzero_ps());
+    }
+}
+
 static void sr_sigmoid_f(float *restrict x, int n) {
     if (sr_act_avx2) sr_sigmoid_f_avx2(x, n); else sr_sigmoid_f_libm(x, n);
 }
@@ -231,6 +263,20 @@ static void sr_lstm_gates_f(float *restrict x, int n) {
     }
 #endif
     sr_lstm_gates_f_separate(x, n);
+}
+
+/* sr_lstm_back_f_avx2 where the CPU and n allow it: returns 1, else 0 (the
+ * caller then runs the step itself). */
+static int sr_lstm_back_f(const float *restrict g, const float *restrict tc,
+                          const float *restrict c_prev, float *restrict dh,
+                          float *restrict dc, float *restrict dg, int n) {
+#if defined(SR_HAVE_LSTM_GATES_AVX2)
+    if (sr_act_avx2 && n % 8 == 0) {
+        sr_lstm_back_f_avx2(g, tc, c_prev, dh, dc, dg, n);
+        return 1;
+    }
+#endif
+    return 0;
 }
 
 /* sr_lstm_cell_f_avx2 where the CPU and n allow it: returns 1, else 0 (the

@@ -565,3 +565,43 @@ def test_lstm_cell_in_one_pass_equals_the_separate_loops(hidden, dtype):
     assert_allclose(h, o * np.tanh(c_want), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="4 \\* hidden"):
         _cells.lstm_cell_step(g0[1:], b, c, c_out, tc_out, h_out, h, True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hidden", [1, 5, 8, 16, 37, 64])
+def test_lstm_backward_step_in_one_pass_equals_the_separate_loops(hidden, dtype):
+    """The backward step of an LSTM row in one pass (float32, AVX2, hidden a
+    multiple of 8): bitwise the gate gradients and the state gradients of
+    the separate loops, which follow the chain rule."""
+    from pyx_rnn import _cells
+    rng = np.random.default_rng(hidden)
+    pre = rng.standard_normal((4, hidden)) * 3
+    g = np.concatenate([1 / (1 + np.exp(-pre[0])), 1 / (1 + np.exp(-pre[1])),
+                        np.tanh(pre[2]), 1 / (1 + np.exp(-pre[3]))]).astype(dtype)
+    c_prev, c_t = (rng.standard_normal((2, hidden)) * 2).astype(dtype)
+    tc = np.tanh(c_t).astype(dtype)
+    dh0, dc0 = rng.standard_normal((2, hidden)).astype(dtype)
+    runs = {}
+    for fused in (True, False):
+        dh, dc = dh0.copy(), dc0.copy()
+        dg = np.full(4 * hidden, np.nan, dtype)
+        ran = _cells.lstm_back_step(g, tc, c_prev, dh, dc, dg, fused)
+        runs[fused] = ran, (dh, dc, dg)
+    assert not runs[False][0]
+    cpu = np._core._multiarray_umath.__cpu_features__
+    avx2_only = cpu["AVX2"] and cpu["FMA3"] and not cpu["AVX512F"]
+    assert runs[True][0] == (avx2_only and dtype == np.float32 and hidden % 8 == 0)
+    for one_pass, loops in zip(runs[True][1], runs[False][1]):
+        assert_array_equal(one_pass, loops)
+    dh, dc, dg = runs[True][1]
+    # the chain rule, to float32's precision
+    i, f, z, o = g.astype(np.float64).reshape(4, hidden)
+    t = tc.astype(np.float64)
+    dc_t = dc0 + dh0 * o * (1 - t * t)
+    want = np.concatenate([dc_t * z * i * (1 - i), dc_t * c_prev * f * (1 - f),
+                           dc_t * i * (1 - z * z), dh0 * t * o * (1 - o)])
+    assert_allclose(dg, want, rtol=1e-5, atol=1e-6)
+    assert_allclose(dc, dc_t * f, rtol=1e-5, atol=1e-6)
+    assert_array_equal(dh, 0)
+    with pytest.raises(ValueError, match="4 \\* hidden"):
+        _cells.lstm_back_step(g[1:], tc, c_prev, dh, dc, dg, True)
