@@ -9,11 +9,14 @@ on the same data, float32, with the same thread count:
 * optionally (``--packed``) a training epoch on variable-length sequences
   (lengths uniform in 10..100), PyTorch using packed sequences.
 
-Each figure is the median of ``--repeats`` runs after a warm-up, over
-``--rounds`` rounds in which ours and the anchors take turns (on a shared
-machine a busy spell then slows both sides alike). PyTorch runs in a
+Each time is the median of ``--repeats`` runs after a warm-up, over
+``--rounds`` rounds in which ours and the anchors take turns. Each ratio is
+the anchor's time over ours within a round, the median over the rounds: on a
+shared machine whose speed changes from minute to minute (see
+``OPTIMISATIONS.md``), the two sides of a round are minutes apart at most,
+and one round in another speed does not move the median. PyTorch runs in a
 subprocess (its bundled OpenMP runtime must not share a process with ours).
-Ratios are PyTorch time / our time: above 1 means we are faster.
+Ratios are anchor time / our time: above 1 means we are faster.
 
 Usage::
 
@@ -184,43 +187,63 @@ def _collect(into, timings):
             value if isinstance(value, list) else [value])
 
 
+def _round_ratio(rounds, anchor_keys, our_key):
+    """Median over the rounds of (the fastest of the anchors' ``anchor_keys``
+    in that round) / (ours in that round); each round is a dict of lists."""
+    ratios = []
+    for ours, theirs in rounds:
+        anchors = [_median(theirs.get(k)) for k in anchor_keys]
+        anchors = [a for a in anchors if a]
+        mine = _median(ours.get(our_key))
+        if anchors and mine:
+            ratios.append(min(anchors) / mine)
+    return _median(ratios)
+
+
 def run(names, n_threads, repeats, packed, onnx, estimator, rounds=1):
     rows = []
     for name in names:
         w = get_workload(name)
-        ours, theirs = {}, {}
+        ours, theirs, per_round = {}, {}, []
         # ours and the anchors take turns, round by round, so that on a
         # shared machine both sample the same busy and quiet spells
         for _ in range(rounds):
-            _collect(ours, our_times(w, n_threads, repeats))
+            round_ours, round_theirs = {}, {}
+            _collect(round_ours, our_times(w, n_threads, repeats))
             if packed:
-                _collect(ours, our_times(w, n_threads, repeats,
-                                         variable_length=True))
+                _collect(round_ours, our_times(w, n_threads, repeats,
+                                               variable_length=True))
             if estimator and name == "small-lstm":
-                _collect(ours, {"estimator_epoch_s": estimator_epoch_times(
+                _collect(round_ours, {"estimator_epoch_s": estimator_epoch_times(
                     w, n_threads, repeats)})
-            _collect(theirs, torch_times(name, n_threads, repeats, packed, onnx)
-                     or {})
+            _collect(round_theirs, torch_times(name, n_threads, repeats, packed,
+                                               onnx) or {})
+            per_round.append((round_ours, round_theirs))
+            _collect(ours, round_ours)
+            _collect(theirs, round_theirs)
         row = dict(workload=name, **{k: _median(v) for k, v in ours.items()})
         for key in ("torch_train_epoch_s", "torch_inference_s",
                     "onnxruntime_inference_s", "torch_packed_train_epoch_s"):
             row[key] = _median(theirs.get(key))
-        row["train_ratio"] = _ratio(row.get("torch_train_epoch_s"),
-                                    row["train_epoch_s"])
-        anchors = [v for v in (row.get("torch_inference_s"),
-                               row.get("onnxruntime_inference_s")) if v]
-        row["inference_ratio"] = _ratio(min(anchors) if anchors else None,
-                                        row["inference_s"])
+        row["rounds"] = rounds
+        row["train_ratio"] = _round_ratio(per_round, ["torch_train_epoch_s"],
+                                          "train_epoch_s")
+        row["inference_ratio"] = _round_ratio(
+            per_round, ["torch_inference_s", "onnxruntime_inference_s"],
+            "inference_s")
         if packed:
-            row["packed_train_ratio"] = _ratio(row.get("torch_packed_train_epoch_s"),
-                                               row.get("packed_train_epoch_s"))
+            row["packed_train_ratio"] = _round_ratio(
+                per_round, ["torch_packed_train_epoch_s"], "packed_train_epoch_s")
         flops = train_flops_per_epoch(w)
         row["train_gflops"] = flops / row["train_epoch_s"] / 1e9
         if row.get("torch_train_epoch_s"):
             row["torch_train_gflops"] = flops / row["torch_train_epoch_s"] / 1e9
         if "estimator_epoch_s" in row:
-            row["estimator_overhead"] = (row["estimator_epoch_s"]
-                                         / row["train_epoch_s"] - 1)
+            # within each round too: the estimator's epochs run right after
+            # the engine's
+            row["estimator_overhead"] = 1 / _round_ratio(
+                [(r_ours, r_ours) for r_ours, _ in per_round],
+                ["train_epoch_s"], "estimator_epoch_s") - 1
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -238,10 +261,6 @@ def train_flops_per_epoch(workload):
     G = GATES[workload["cell"]] * workload["hidden"]
     per_row = 3 * 2 * G * (workload["n_features"] + workload["hidden"])
     return per_row * workload["n_sequences"] * workload["n_steps"]
-
-
-def _ratio(anchor, ours):
-    return None if not anchor or not ours else anchor / ours
 
 
 def machine_info(n_threads):
@@ -337,7 +356,9 @@ def write(rows, info):
               f"cores), {info['threads']} threads, float32; Python {info['python']}, "
               f"NumPy {info['numpy']}, SciPy {info['scipy']}, PyTorch {info['torch']}, "
               f"onnxruntime {info['onnxruntime']}. Ratios are anchor time / our time "
-              "(above 1: we are faster); medians of several runs.")
+              f"(above 1: we are faster) within each of {info.get('rounds', 1)} "
+              "rounds in which ours and the anchors take turns, the median over "
+              "the rounds; times are medians of all the rounds' runs.")
     table = header + "\n\n" + markdown_table(rows, info.get("sgemm_peak_gflops"))
     with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
         f.write("# Engine benchmark results\n\n"
@@ -362,7 +383,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=1,
                         help="alternate ours and the anchors this many times "
-                             "per workload (medians over all rounds)")
+                             "per workload (ratios: the median of the rounds' ratios)")
     parser.add_argument("--packed", action="store_true",
                         help="also variable-length training")
     parser.add_argument("--onnx", action="store_true", help="also onnxruntime")
@@ -377,6 +398,7 @@ def main(argv=None):
     # machine a busy spell during one measurement understates the peak
     peak_before = sgemm_peak_gflops(args.threads)
     print(json.dumps(dict(info, sgemm_peak_gflops_before=peak_before)), flush=True)
+    info["rounds"] = args.rounds
     rows = run(names, args.threads, args.repeats, args.packed, args.onnx,
                not args.no_estimator, args.rounds)
     info["sgemm_peak_gflops"] = max(peak_before, sgemm_peak_gflops(args.threads))
