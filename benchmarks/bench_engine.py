@@ -29,6 +29,7 @@ and the table between the BENCHMARK markers of README.md.
 """
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -276,16 +277,13 @@ def machine_info(n_threads):
         numpy=numpy.__version__,
         scipy=scipy.__version__,
     )
-    try:
-        import torch
-        info["torch"] = torch.__version__
-    except ImportError:
-        info["torch"] = None
-    try:
-        import onnxruntime
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        info["onnxruntime"] = None
+    # versions from the installed metadata: importing torch or onnxruntime
+    # would load their threading runtimes into the process that times ours
+    for name in ("torch", "onnxruntime"):
+        try:
+            info[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            info[name] = None
     return info
 
 
