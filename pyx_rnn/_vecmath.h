@@ -167,10 +167,10 @@ SR_VEC_AVX2 static inline __m256 sr_mul8(__m256 a, __m256 b) {
 
 /* One LSTM step of one row without peepholes or layer norm, n a multiple of
  * 8, in one pass over 8 units at a time: g (the 4n gate pre-activations
- * without the bias b) receives the gate activations, then c = f c + i g,
- * h = o tanh(c), into h_out and h (and c into c_out, tanh(c) into tc_out,
- * unless NULL). The same values, products and sums, each rounded, as
- * lstm_row's separate loops. */
+ * without the bias b) receives the gate activations i, f, z, o, then
+ * c = f c + i z and h = o tanh(c), into h_out and h (and c into c_out,
+ * tanh(c) into tc_out, unless NULL). The same values, products and sums,
+ * each rounded, as lstm_row's separate loops. */
 SR_VEC_AVX2 static void sr_lstm_cell_f_avx2(
         float *restrict g, const float *restrict b, float *restrict c,
         float *restrict c_out, float *restrict tc_out, float *restrict h_out,

@@ -525,6 +525,18 @@ def test_lstm_gate_activations_equal_the_separate_functions(hidden, dtype):
         _cells.lstm_gate_activations(np.zeros(6, dtype))
 
 
+def _assert_one_pass_is_the_loops(runs, hidden, dtype):
+    """``runs[fused] = (whether the one pass ran, output arrays)``: the one
+    pass ran exactly where it exists (float32, AVX2 without AVX-512, hidden
+    a multiple of 8) and gave the loops' bits."""
+    assert not runs[False][0]
+    cpu = np._core._multiarray_umath.__cpu_features__
+    avx2_only = cpu["AVX2"] and cpu["FMA3"] and not cpu["AVX512F"]
+    assert runs[True][0] == (avx2_only and dtype == np.float32 and hidden % 8 == 0)
+    for one_pass, loops in zip(runs[True][1], runs[False][1]):
+        assert_array_equal(one_pass, loops)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("hidden", [1, 5, 8, 16, 37, 64])
 def test_lstm_cell_in_one_pass_equals_the_separate_loops(hidden, dtype):
@@ -543,12 +555,7 @@ def test_lstm_cell_in_one_pass_equals_the_separate_loops(hidden, dtype):
         c_out, tc_out, h_out = np.full((3, hidden), np.nan, dtype)
         ran = _cells.lstm_cell_step(g, b, c, c_out, tc_out, h_out, h, fused)
         runs[fused] = ran, (g, c, c_out, tc_out, h_out, h)
-    assert not runs[False][0]
-    cpu = np._core._multiarray_umath.__cpu_features__
-    avx2_only = cpu["AVX2"] and cpu["FMA3"] and not cpu["AVX512F"]
-    assert runs[True][0] == (avx2_only and dtype == np.float32 and hidden % 8 == 0)
-    for one_pass, loops in zip(runs[True][1], runs[False][1]):
-        assert_array_equal(one_pass, loops)
+    _assert_one_pass_is_the_loops(runs, hidden, dtype)
     g, c, c_out, tc_out, h_out, h = runs[True][1]
     assert_array_equal(c_out, c)
     assert_array_equal(h_out, h)
@@ -587,12 +594,7 @@ def test_lstm_backward_step_in_one_pass_equals_the_separate_loops(hidden, dtype)
         dg = np.full(4 * hidden, np.nan, dtype)
         ran = _cells.lstm_back_step(g, tc, c_prev, dh, dc, dg, fused)
         runs[fused] = ran, (dh, dc, dg)
-    assert not runs[False][0]
-    cpu = np._core._multiarray_umath.__cpu_features__
-    avx2_only = cpu["AVX2"] and cpu["FMA3"] and not cpu["AVX512F"]
-    assert runs[True][0] == (avx2_only and dtype == np.float32 and hidden % 8 == 0)
-    for one_pass, loops in zip(runs[True][1], runs[False][1]):
-        assert_array_equal(one_pass, loops)
+    _assert_one_pass_is_the_loops(runs, hidden, dtype)
     dh, dc, dg = runs[True][1]
     # the chain rule, to float32's precision
     i, f, z, o = g.astype(np.float64).reshape(4, hidden)
