@@ -67,8 +67,8 @@ def lstm_cell_step(floating[::1] g, floating[::1] b, floating[::1] c,
     bias ``b``) receives the activations, ``c`` and ``c_out`` the new cell
     state, ``tc_out`` its tanh, ``h_out`` and ``h`` the new hidden state.
     With ``fused``, in one pass where the CPU, the type and the size allow
-    it; else (or where they do not) in separate loops. Returns whether the
-    one pass ran; exposed for the tests."""
+    it; else (or where they do not) in separate loops. The arrays must be
+    distinct. Returns whether the one pass ran; exposed for the tests."""
     cdef int H = <int> c.shape[0]
     cdef Dims d = make_dims(LSTM, TANH, False, False, False, False, False, 1, H)
     if (g.shape[0] != 4 * H or b.shape[0] != 4 * H or c_out.shape[0] != H
@@ -94,8 +94,8 @@ def lstm_back_step(floating[::1] g, floating[::1] tc, floating[::1] c_prev,
     and ``dc`` dL/dh_t and dL/dc_t on entry, fills ``dg`` (dL/d gate
     pre-activations), zeroes ``dh`` and leaves dL/dc_{t-1} in ``dc``. With
     ``fused``, in one pass where the CPU, the type and the size allow it;
-    else (or where they do not) in separate loops. Returns whether the one
-    pass ran; exposed for the tests."""
+    else (or where they do not) in separate loops. The arrays must be
+    distinct. Returns whether the one pass ran; exposed for the tests."""
     cdef int H = <int> tc.shape[0]
     cdef Dims d = make_dims(LSTM, TANH, False, False, False, False, False, 1, H)
     if (g.shape[0] != 4 * H or dg.shape[0] != 4 * H or c_prev.shape[0] != H
