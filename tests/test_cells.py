@@ -1016,3 +1016,32 @@ def test_linear_rows_do_not_depend_on_each_other(n_out, dtype):
     order = rng.permutation(150)
     assert_array_equal(linear(order, n_threads=2), full[order], strict=True)
     assert_array_equal(linear(order[:7], n_threads=3), full[order[:7]], strict=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hidden", [5, 8])
+@pytest.mark.parametrize("peephole", [False, True])
+def test_lstm_cache_keeps_tanh_of_the_cell_state(peephole, hidden, dtype):
+    """In training the LSTM's forward pass keeps tanh(c_t) for the backward
+    pass (``cache.aux``): bitwise the kernels' tanh of the kept cell states,
+    whether the step ran in one pass (float32, hidden 8, no peepholes) or in
+    the loops."""
+    from pyx_rnn import _cells
+    rng = np.random.default_rng(hidden)
+    spec = LayerSpec("lstm", N_INPUT, hidden, peephole=peephole)
+    w = {k: (rng.standard_normal(s) * 0.8).astype(dtype)
+         for k, s in spec.shapes().items()}
+    X, pk = pack([rng.standard_normal((n, N_INPUT)) * 2 for n in (6, 4, 4, 1)],
+                 dtype)
+    _, _, _, cache = layer_forward(spec, w, X, pk.batch_sizes, pk.offsets,
+                                   block_rows=2, n_threads=2)
+    # row by row, as the kernels apply it (libmvec's float64 tanh may round
+    # a value differently in a vector's lanes and in the scalar tail)
+    want = cache.C.copy()
+    for row in want:
+        _cells.gate_activation(row, False)
+    assert_array_equal(cache.aux, want)
+    assert np.abs(cache.C).max() > 1     # tanh is not the identity here
+    _, _, _, kept = layer_forward(spec, w, X, pk.batch_sizes, pk.offsets,
+                                  keep_cache=False)
+    assert kept is None
