@@ -140,21 +140,28 @@ __attribute__((constructor)) static void sr_act_init(void) {
                   && !__builtin_cpu_supports("avx512f");
 }
 
+/* Units j..j+7 of the four gates of an LSTM row of 4n pre-activations x
+ * (plus the bias b unless NULL): sigmoid on the input, forget and output
+ * gates, tanh on the candidate; stored back into x and returned in v. The
+ * same functions per value as sr_sigmoid8 and sr_tanh8, so the same bits as
+ * separate calls. */
+SR_VEC_AVX2 static inline void sr_lstm_gates8(float *restrict x,
+                                              const float *restrict b, int n,
+                                              int j, __m256 v[4]) {
+    for (int k = 0; k < 4; k++) {
+        __m256 a = _mm256_loadu_ps(x + k * n + j);
+        if (b != NULL) a = _mm256_add_ps(a, _mm256_loadu_ps(b + k * n + j));
+        v[k] = k == 2 ? sr_tanh8(a) : sr_sigmoid8(a);
+        _mm256_storeu_ps(x + k * n + j, v[k]);
+    }
+}
+
 /* The four gates of an LSTM row at once, n a multiple of 8 (see
  * sr_lstm_gates_f below): one step of 8 units of each gate per iteration,
- * four independent chains of instructions for the core to overlap. The same
- * functions per value as sr_sigmoid8 and sr_tanh8, so the same bits as
- * separate calls. */
+ * four independent chains of instructions for the core to overlap. */
 SR_VEC_AVX2 static void sr_lstm_gates_f_avx2(float *restrict x, int n) {
-    for (int j = 0; j < n; j += 8) {
-        __m256 i = _mm256_loadu_ps(x + j), f = _mm256_loadu_ps(x + n + j);
-        __m256 g = _mm256_loadu_ps(x + 2 * n + j);
-        __m256 o = _mm256_loadu_ps(x + 3 * n + j);
-        _mm256_storeu_ps(x + j, sr_sigmoid8(i));
-        _mm256_storeu_ps(x + n + j, sr_sigmoid8(f));
-        _mm256_storeu_ps(x + 2 * n + j, sr_tanh8(g));
-        _mm256_storeu_ps(x + 3 * n + j, sr_sigmoid8(o));
-    }
+    __m256 v[4];
+    for (int j = 0; j < n; j += 8) sr_lstm_gates8(x, NULL, n, j, v);
 }
 
 /* a * b rounded before it is added to anything: GCC would otherwise fuse
@@ -175,19 +182,10 @@ SR_VEC_AVX2 static void sr_lstm_cell_f_avx2(
         float *restrict g, const float *restrict b, float *restrict c,
         float *restrict c_out, float *restrict tc_out, float *restrict h_out,
         float *restrict h, int n) {
+    __m256 v[4];
     for (int j = 0; j < n; j += 8) {
-        __m256 i = sr_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(g + j),
-                                             _mm256_loadu_ps(b + j)));
-        __m256 f = sr_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(g + n + j),
-                                             _mm256_loadu_ps(b + n + j)));
-        __m256 z = sr_tanh8(_mm256_add_ps(_mm256_loadu_ps(g + 2 * n + j),
-                                          _mm256_loadu_ps(b + 2 * n + j)));
-        __m256 o = sr_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(g + 3 * n + j),
-                                             _mm256_loadu_ps(b + 3 * n + j)));
-        _mm256_storeu_ps(g + j, i);
-        _mm256_storeu_ps(g + n + j, f);
-        _mm256_storeu_ps(g + 2 * n + j, z);
-        _mm256_storeu_ps(g + 3 * n + j, o);
+        sr_lstm_gates8(g, b, n, j, v);
+        __m256 i = v[0], f = v[1], z = v[2], o = v[3];
         __m256 cj = _mm256_add_ps(sr_mul8(f, _mm256_loadu_ps(c + j)),
                                   sr_mul8(i, z));
         _mm256_storeu_ps(c + j, cj);

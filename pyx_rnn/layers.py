@@ -464,14 +464,14 @@ def _layer_backward(spec, w, grads, cache, dH, dh_n, dc_n, t_stop, need_dx,
         # the kernel's partial sums of the transposed gradients, per block,
         # added in order
         grads["weight_hh"] += dWhh_t.reshape(n_blocks, H_, gh).sum(axis=0).T
-        if not tokens:
+        if tokens:
+            _accumulate_input_grad(dG[first:], cache.X[first:],
+                                   grads["weight_ih"], n_threads)
+        else:
             grads["weight_ih"] += dWih_t.reshape(
                 n_blocks, spec.n_input, gh).sum(axis=0).T
     else:
         _weight_grads_after(spec, cache, dG, dGh, first, grads, n_threads, pool)
-    if fused and tokens:
-        _accumulate_input_grad(dG[first:], cache.X[first:], grads["weight_ih"],
-                               n_threads)
     if spec.peephole:
         grads["peephole"] += dpeep.sum(axis=0)
     if spec.layer_norm:
