@@ -28,7 +28,7 @@ from ._gates cimport (
 )
 from ._math cimport (
     lstm_back_fused, lstm_cell_fused, lstm_gates_inplace, sigmoid_inplace,
-    tanh_inplace,
+    sr_vector_width, tanh_inplace,
 )
 
 CELL_RNN = 0
@@ -37,6 +37,10 @@ CELL_GRU = 2
 ACT_TANH = 0
 ACT_RELU = 1
 PGEMM_ISA = sr_pgemm_init()   # 0 baseline, 1 AVX2 + FMA, 2 AVX-512
+# the widest vectors of the float32 gate functions of our own (16 AVX-512, 8
+# AVX2 + FMA), 0 where the loops call libm (or libmvec); the LSTM steps in one
+# pass run where it is not 0 and the hidden size is a multiple of 8
+VECTOR_WIDTH = sr_vector_width()
 
 
 def gate_activation(floating[::1] x, bint sigmoid):

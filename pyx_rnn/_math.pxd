@@ -51,6 +51,7 @@ cdef extern from "_vecmath.h" nogil:
                        float* tc_out, float* h_out, float* h, int n)
     int sr_lstm_back_f(const float* g, const float* tc, const float* c_prev,
                        float* dh, float* dc, float* dg, int n)
+    int sr_vector_width()
 
 
 cdef inline void sigmoid_inplace(floating* x, int n) noexcept nogil:

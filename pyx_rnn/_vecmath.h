@@ -6,14 +6,15 @@
  * these loops into calls of libmvec's SIMD tanh/exp (<= 4 ulp), and
  * target_clones compiles one version per instruction set (AVX-512, AVX2,
  * baseline), picked at load time. Elsewhere the same loops call the scalar
- * libm functions. On x86-64 CPUs with AVX2 but not AVX-512, float sigmoid and
- * tanh are our own AVX2 versions below instead. The results do not depend on
- * the thread count either way.
+ * libm functions. On x86-64 CPUs with AVX2 (or AVX-512), float sigmoid and
+ * tanh are our own vectorised versions below instead. The results do not
+ * depend on the thread count either way.
  */
 #ifndef SKLEARN_RNN_VECMATH_H
 #define SKLEARN_RNN_VECMATH_H
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(SKLEARN_RNN_LIBMVEC)
@@ -45,13 +46,16 @@ SR_CLONES static void sr_tanh_d(double *restrict x, int n) {
 }
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(SKLEARN_RNN_NO_ISA_DISPATCH)
-/* Float sigmoid and tanh with AVX2 + FMA, used on CPUs that have AVX2 but
- * not AVX-512. On an AMD EPYC (about 2.6 GHz), 32 values per call, libmvec's
- * AVX2 versions cost 0.64 ns per value for sigmoid and 0.98 for tanh, about
- * half the time of a small LSTM layer; these take 0.50 and 0.70
- * (benchmarks/OPTIMISATIONS.md). Where AVX-512 is available libmvec's
- * 16-wide versions are kept: an AVX-512 sigmoid of our own was only 10-20%
- * faster there (0.27-0.30 against 0.34 ns), not worth a third version.
+/* Float sigmoid and tanh of our own, written once with GCC's vector types and
+ * compiled for two widths: 8 floats with AVX2 + FMA, 16 with AVX-512. Each
+ * value goes through the same operations at either width, so the results
+ * are the same bits on both (the tests compare them). On an AMD EPYC (about
+ * 2.6 GHz, AVX2), 32 values per call, libmvec's AVX2 versions cost 0.64 ns
+ * per value for sigmoid and 0.98 for tanh, about half the time of a small
+ * LSTM layer; these take 0.50 and 0.70 (benchmarks/OPTIMISATIONS.md). With
+ * AVX-512, libmvec's float sigmoid (expf, then 1 / (1 + e)) also reached
+ * 3.1 ulp; these are inlined into the one-pass LSTM steps below, where a
+ * call of libmvec spills every vector register.
  *
  * exp(y): y = n ln2 + r with |r| <= ln2 / 2, exp(r) = 1 + r + r^2 q(r), q a
  * degree-4 polynomial fitted for minimum relative error (3e-9 in exact
@@ -62,184 +66,226 @@ SR_CLONES static void sr_tanh_d(double *restrict x, int n) {
  * tanh(x) = x + x^3 p(x^2) for |x| < 0.55 (p of degree 3, fitted: 4e-8
  * relative), else sign(x) (1 - 2 / (exp(2|x|) + 1)), exactly +-1 from
  * |x| = 9.1. Against double precision, over 930,000 floats spread over
- * the whole range: sigmoid within 2.03 ulp (libmvec-based: 2.91), tanh
- * within 1.34 (libmvec: 1.02); below the smallest normal float, sigmoid is
- * within 1e-38. NaN stays NaN. */
+ * the whole range: sigmoid within 2.03 ulp (libmvec-based: 2.91 to 3.1),
+ * tanh within 1.34 (libmvec: 1.02); below the smallest normal float,
+ * sigmoid is within 1e-38. NaN stays NaN. */
 #include <immintrin.h>
 #define SR_VEC_AVX2 __attribute__((target("avx2,fma")))
+#define SR_VEC_AVX512 __attribute__((target("avx512f")))
 
-SR_VEC_AVX2 static inline __m256 sr_exp8(__m256 y) {
-    /* min/max return their second operand when one is NaN: NaN stays NaN */
-    y = _mm256_max_ps(_mm256_set1_ps(-87.3f),
-                      _mm256_min_ps(_mm256_set1_ps(88.3f), y));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(y, _mm256_set1_ps(1.44269504f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    /* ln 2 in two parts: n * 0.693359375 is exact */
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), y);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 q = _mm256_set1_ps(0.001381459180265665f);
-    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(0.008368712849915028f));
-    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(0.04166838899254799f));
-    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(0.1666652113199234f));
-    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(0.4999999403953552f));
-    __m256 p = _mm256_add_ps(_mm256_fmadd_ps(q, _mm256_mul_ps(r, r), r),
-                             _mm256_set1_ps(1.0f));
-    __m256i e = _mm256_slli_epi32(
-        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
-SR_VEC_AVX2 static inline __m256 sr_sigmoid8(__m256 x) {
-    __m256 one = _mm256_set1_ps(1.0f);
-    __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, sr_exp8(
-        _mm256_sub_ps(_mm256_setzero_ps(), x))));
-    return _mm256_andnot_ps(
-        _mm256_cmp_ps(x, _mm256_set1_ps(-88.3f), _CMP_LT_OQ), s);
-}
-
-SR_VEC_AVX2 static inline __m256 sr_tanh8(__m256 x) {
-    __m256 sign = _mm256_set1_ps(-0.0f);
-    __m256 a = _mm256_andnot_ps(sign, x);
-    __m256 x2 = _mm256_mul_ps(x, x);
-    __m256 p = _mm256_set1_ps(0.01643737033009529f);
-    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-0.05267168954014778f));
-    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(0.13320723176002502f));
-    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-0.3333294689655304f));
-    __m256 small = _mm256_fmadd_ps(_mm256_mul_ps(p, x2), x, x);
-    __m256 e = sr_exp8(_mm256_add_ps(a, a));
-    __m256 t = _mm256_sub_ps(_mm256_set1_ps(1.0f), _mm256_div_ps(
-        _mm256_set1_ps(2.0f), _mm256_add_ps(e, _mm256_set1_ps(1.0f))));
-    __m256 large = _mm256_or_ps(t, _mm256_and_ps(sign, x));
-    return _mm256_blendv_ps(large, small,
-                            _mm256_cmp_ps(a, _mm256_set1_ps(0.55f), _CMP_LT_OQ));
-}
-
-/* f over x[0:n], 8 at a time; the last n % 8 through a padded copy, so that
- * every value goes through the same instructions wherever it lies. */
-#define SR_DEFINE_ARRAY8(NAME, F)                                             \
-SR_VEC_AVX2 static void NAME(float *restrict x, int n) {                      \
-    int i = 0;                                                                \
-    for (; i + 8 <= n; i += 8)                                                \
-        _mm256_storeu_ps(x + i, F(_mm256_loadu_ps(x + i)));                   \
-    if (i < n) {                                                              \
-        float tail[8] = {0};                                                  \
-        memcpy(tail, x + i, sizeof(float) * (size_t) (n - i));                \
-        _mm256_storeu_ps(tail, F(_mm256_loadu_ps(tail)));                     \
-        memcpy(x + i, tail, sizeof(float) * (size_t) (n - i));                \
-    }                                                                         \
-}
-SR_DEFINE_ARRAY8(sr_sigmoid_f_avx2, sr_sigmoid8)
-SR_DEFINE_ARRAY8(sr_tanh_f_avx2, sr_tanh8)
-
-/* 1 where the AVX2 versions are used; set when the module is loaded */
-static int sr_act_avx2 = 0;
-
-__attribute__((constructor)) static void sr_act_init(void) {
-    __builtin_cpu_init();
-    sr_act_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
-                  && !__builtin_cpu_supports("avx512f");
-}
-
-/* Units j..j+7 of the four gates of an LSTM row of 4n pre-activations x
- * (plus the bias b unless NULL): sigmoid on the input, forget and output
- * gates, tanh on the candidate; stored back into x and returned in v. The
- * same functions per value as sr_sigmoid8 and sr_tanh8, so the same bits as
- * separate calls. */
-SR_VEC_AVX2 static inline void sr_lstm_gates8(float *restrict x,
-                                              const float *restrict b, int n,
-                                              int j, __m256 v[4]) {
-    for (int k = 0; k < 4; k++) {
-        __m256 a = _mm256_loadu_ps(x + k * n + j);
-        if (b != NULL) a = _mm256_add_ps(a, _mm256_loadu_ps(b + k * n + j));
-        v[k] = k == 2 ? sr_tanh8(a) : sr_sigmoid8(a);
-        _mm256_storeu_ps(x + k * n + j, v[k]);
-    }
-}
-
-/* The four gates of an LSTM row at once, n a multiple of 8 (see
- * sr_lstm_gates_f below): one step of 8 units of each gate per iteration,
- * four independent chains of instructions for the core to overlap. */
-SR_VEC_AVX2 static void sr_lstm_gates_f_avx2(float *restrict x, int n) {
-    __m256 v[4];
-    for (int j = 0; j < n; j += 8) sr_lstm_gates8(x, NULL, n, j, v);
-}
+/* Vectors of 8 and 16 floats (loaded and stored unaligned) and of as many
+ * ints; a comparison of float vectors gives an int vector of 0 and -1. */
+typedef float sr_f8 __attribute__((vector_size(32), aligned(4), may_alias));
+typedef float sr_f16 __attribute__((vector_size(64), aligned(4), may_alias));
+typedef int sr_i8 __attribute__((vector_size(32)));
+typedef int sr_i16 __attribute__((vector_size(64)));
+#define SR_LOAD(V, p) (*(const V *) (p))
+#define SR_STORE(V, p, v) (*(V *) (p) = (v))
+#define SR_SPLAT(V, c) ((V) {0} + (c))
+#define SR_SIGN_BIT (-2147483647 - 1)
 
 /* a * b rounded before it is added to anything: GCC would otherwise fuse
  * the multiply and a following add into one FMA, which rounds once */
-SR_VEC_AVX2 static inline __m256 sr_mul8(__m256 a, __m256 b) {
-    __m256 p = _mm256_mul_ps(a, b);
-    __asm__("" : "+x"(p));
-    return p;
+#define SR_MUL(a, b) __extension__ ({                                         \
+    __typeof__((a) * (b)) sr_p_ = (a) * (b);                                  \
+    __asm__("" : "+v"(sr_p_));                                                \
+    sr_p_; })
+
+/* What the vector types do not spell, per width: a b + c and c - a b each
+ * rounded once, min and max (the second operand when one is NaN: NaN stays
+ * NaN), rounding to the nearest integer (ties to even). */
+#define SR_DEFINE_PRIMITIVES(W, TARGET, M, PFX, ROUND)                        \
+TARGET static inline sr_f##W sr_fmadd_##W(sr_f##W a, sr_f##W b, sr_f##W c) {  \
+    return (sr_f##W) PFX##_fmadd_ps((M) a, (M) b, (M) c);                     \
+}                                                                             \
+TARGET static inline sr_f##W sr_fnmadd_##W(sr_f##W a, sr_f##W b, sr_f##W c) { \
+    return (sr_f##W) PFX##_fnmadd_ps((M) a, (M) b, (M) c);                    \
+}                                                                             \
+TARGET static inline sr_f##W sr_min_##W(sr_f##W a, sr_f##W b) {               \
+    return (sr_f##W) PFX##_min_ps((M) a, (M) b);                              \
+}                                                                             \
+TARGET static inline sr_f##W sr_max_##W(sr_f##W a, sr_f##W b) {               \
+    return (sr_f##W) PFX##_max_ps((M) a, (M) b);                              \
+}                                                                             \
+TARGET static inline sr_f##W sr_round_##W(sr_f##W a) {                        \
+    return (sr_f##W) ROUND((M) a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); \
+}
+SR_DEFINE_PRIMITIVES(8, SR_VEC_AVX2, __m256, _mm256, _mm256_round_ps)
+SR_DEFINE_PRIMITIVES(16, SR_VEC_AVX512, __m512, _mm512, _mm512_roundscale_ps)
+
+/* exp, sigmoid and tanh of W floats (see above), and the arrays of them:
+ * x[0:n] W at a time, the last n % W through a padded copy, so that every
+ * value goes through the same instructions wherever it lies. */
+#define SR_DEFINE_ACTIVATIONS(W, TARGET)                                      \
+TARGET static inline sr_f##W sr_exp_##W(sr_f##W y) {                          \
+    typedef sr_f##W V;                                                        \
+    y = sr_max_##W(SR_SPLAT(V, -87.3f), sr_min_##W(SR_SPLAT(V, 88.3f), y));   \
+    V n = sr_round_##W(y * 1.44269504f);                                      \
+    /* ln 2 in two parts: n * 0.693359375 is exact */                         \
+    V r = sr_fnmadd_##W(n, SR_SPLAT(V, 0.693359375f), y);                     \
+    r = sr_fnmadd_##W(n, SR_SPLAT(V, -2.12194440e-4f), r);                    \
+    V q = SR_SPLAT(V, 0.001381459180265665f);                                 \
+    q = sr_fmadd_##W(q, r, SR_SPLAT(V, 0.008368712849915028f));               \
+    q = sr_fmadd_##W(q, r, SR_SPLAT(V, 0.04166838899254799f));                \
+    q = sr_fmadd_##W(q, r, SR_SPLAT(V, 0.1666652113199234f));                 \
+    q = sr_fmadd_##W(q, r, SR_SPLAT(V, 0.4999999403953552f));                 \
+    V p = sr_fmadd_##W(q, r * r, r) + 1.0f;                                   \
+    sr_i##W e = (__builtin_convertvector(n, sr_i##W) + 127) << 23;            \
+    return p * (V) e;                                                         \
+}                                                                             \
+TARGET static inline sr_f##W sr_sigmoid_##W(sr_f##W x) {                      \
+    sr_f##W s = 1.0f / (1.0f + sr_exp_##W(0.0f - x));                         \
+    return (sr_f##W) ((sr_i##W) s & ~(x < -88.3f));                           \
+}                                                                             \
+TARGET static inline sr_f##W sr_tanh_##W(sr_f##W x) {                         \
+    typedef sr_f##W V;                                                        \
+    typedef sr_i##W VI;                                                       \
+    V a = (V) ((VI) x & ~SR_SIGN_BIT);                                        \
+    V x2 = x * x;                                                             \
+    V p = SR_SPLAT(V, 0.01643737033009529f);                                  \
+    p = sr_fmadd_##W(p, x2, SR_SPLAT(V, -0.05267168954014778f));              \
+    p = sr_fmadd_##W(p, x2, SR_SPLAT(V, 0.13320723176002502f));               \
+    p = sr_fmadd_##W(p, x2, SR_SPLAT(V, -0.3333294689655304f));               \
+    V small = sr_fmadd_##W(p * x2, x, x);                                     \
+    V t = 1.0f - 2.0f / (sr_exp_##W(a + a) + 1.0f);                           \
+    VI large = (VI) t | ((VI) x & SR_SIGN_BIT);                               \
+    VI is_small = a < 0.55f;                                                  \
+    return (V) (((VI) small & is_small) | (large & ~is_small));               \
+}                                                                             \
+SR_DEFINE_ARRAY(sr_sigmoid_f_##W, W, TARGET, sr_sigmoid_##W)                  \
+SR_DEFINE_ARRAY(sr_tanh_f_##W, W, TARGET, sr_tanh_##W)
+
+#define SR_DEFINE_ARRAY(NAME, W, TARGET, F)                                   \
+TARGET static void NAME(float *restrict x, int n) {                           \
+    int i = 0;                                                                \
+    for (; i + W <= n; i += W)                                                \
+        SR_STORE(sr_f##W, x + i, F(SR_LOAD(sr_f##W, x + i)));                 \
+    if (i < n) {                                                              \
+        float tail[W] = {0};                                                  \
+        memcpy(tail, x + i, sizeof(float) * (size_t) (n - i));                \
+        SR_STORE(sr_f##W, tail, F(SR_LOAD(sr_f##W, tail)));                   \
+        memcpy(x + i, tail, sizeof(float) * (size_t) (n - i));                \
+    }                                                                         \
 }
 
-/* One LSTM step of one row without peepholes or layer norm, n a multiple of
- * 8, in one pass over 8 units at a time: g (the 4n gate pre-activations
+SR_DEFINE_ACTIVATIONS(8, SR_VEC_AVX2)
+SR_DEFINE_ACTIVATIONS(16, SR_VEC_AVX512)
+
+/* Units j..j+W-1 of the four gates of an LSTM row of 4n pre-activations x
+ * (plus the bias b unless NULL): sigmoid on the input, forget and output
+ * gates, tanh on the candidate; stored back into x and returned in v. The
+ * same function per value as the separate calls, so the same bits.
+ *
+ * The four gates of a row at once, n a multiple of W: one step of W units
+ * of each gate per iteration, four independent chains of instructions for
+ * the core to overlap.
+ *
+ * One LSTM step of one row without peepholes or layer norm, n a multiple of
+ * W, in one pass over W units at a time: g (the 4n gate pre-activations
  * without the bias b) receives the gate activations i, f, z, o, then
  * c = f c + i z and h = o tanh(c), into h_out and h (and c into c_out,
  * tanh(c) into tc_out, unless NULL). The same values, products and sums,
- * each rounded, as lstm_row's separate loops. */
-SR_VEC_AVX2 static void sr_lstm_cell_f_avx2(
-        float *restrict g, const float *restrict b, float *restrict c,
-        float *restrict c_out, float *restrict tc_out, float *restrict h_out,
-        float *restrict h, int n) {
-    __m256 v[4];
-    for (int j = 0; j < n; j += 8) {
-        sr_lstm_gates8(g, b, n, j, v);
-        __m256 i = v[0], f = v[1], z = v[2], o = v[3];
-        __m256 cj = _mm256_add_ps(sr_mul8(f, _mm256_loadu_ps(c + j)),
-                                  sr_mul8(i, z));
-        _mm256_storeu_ps(c + j, cj);
-        if (c_out != NULL) _mm256_storeu_ps(c_out + j, cj);
-        __m256 tc = sr_tanh8(cj);
-        if (tc_out != NULL) _mm256_storeu_ps(tc_out + j, tc);
-        __m256 hj = _mm256_mul_ps(o, tc);
-        _mm256_storeu_ps(h_out + j, hj);
-        _mm256_storeu_ps(h + j, hj);
-    }
+ * each rounded, as lstm_row's separate loops.
+ *
+ * The backward step of one LSTM row without peepholes or layer norm, n a
+ * multiple of W: from the gate activations g (i, f, z, o), tanh(c_t) tc and
+ * c_{t-1} c_prev, dh (dL/dh_t, zeroed on exit) and dc (dL/dc_t so far,
+ * dL/dc_{t-1} on exit), fills dg (dL/d gate pre-activations). The same
+ * products and sums, each rounded, in the same order, as lstm_row_back's
+ * loops. */
+#define SR_DEFINE_LSTM_STEPS(W, TARGET)                                       \
+TARGET static inline void sr_lstm_gates_##W(                                  \
+        float *restrict x, const float *restrict b, int n, int j,             \
+        sr_f##W v[4]) {                                                       \
+    for (int k = 0; k < 4; k++) {                                             \
+        sr_f##W a = SR_LOAD(sr_f##W, x + k * n + j);                          \
+        if (b != NULL) a = a + SR_LOAD(sr_f##W, b + k * n + j);               \
+        v[k] = k == 2 ? sr_tanh_##W(a) : sr_sigmoid_##W(a);                   \
+        SR_STORE(sr_f##W, x + k * n + j, v[k]);                               \
+    }                                                                         \
+}                                                                             \
+TARGET static void sr_lstm_gates_f_##W(float *restrict x, int n) {            \
+    sr_f##W v[4];                                                             \
+    for (int j = 0; j < n; j += W) sr_lstm_gates_##W(x, NULL, n, j, v);       \
+}                                                                             \
+TARGET static void sr_lstm_cell_f_##W(                                        \
+        float *restrict g, const float *restrict b, float *restrict c,        \
+        float *restrict c_out, float *restrict tc_out, float *restrict h_out, \
+        float *restrict h, int n) {                                           \
+    typedef sr_f##W V;                                                        \
+    V v[4];                                                                   \
+    for (int j = 0; j < n; j += W) {                                          \
+        sr_lstm_gates_##W(g, b, n, j, v);                                     \
+        V i = v[0], f = v[1], z = v[2], o = v[3];                             \
+        V cj = SR_MUL(f, SR_LOAD(V, c + j)) + SR_MUL(i, z);                   \
+        SR_STORE(V, c + j, cj);                                               \
+        if (c_out != NULL) SR_STORE(V, c_out + j, cj);                        \
+        V tc = sr_tanh_##W(cj);                                               \
+        if (tc_out != NULL) SR_STORE(V, tc_out + j, tc);                      \
+        V hj = o * tc;                                                        \
+        SR_STORE(V, h_out + j, hj);                                           \
+        SR_STORE(V, h + j, hj);                                               \
+    }                                                                         \
+}                                                                             \
+TARGET static void sr_lstm_back_f_##W(                                        \
+        const float *restrict g, const float *restrict tc,                    \
+        const float *restrict c_prev, float *restrict dh, float *restrict dc, \
+        float *restrict dg, int n) {                                          \
+    typedef sr_f##W V;                                                        \
+    for (int j = 0; j < n; j += W) {                                          \
+        V i = SR_LOAD(V, g + j), f = SR_LOAD(V, g + n + j);                   \
+        V z = SR_LOAD(V, g + 2 * n + j), o = SR_LOAD(V, g + 3 * n + j);       \
+        V t = SR_LOAD(V, tc + j), d_h = SR_LOAD(V, dh + j);                   \
+        SR_STORE(V, dg + 3 * n + j, d_h * t * o * (1.0f - o));                \
+        V d_c = SR_LOAD(V, dc + j) + SR_MUL(d_h * o, 1.0f - SR_MUL(t, t));    \
+        SR_STORE(V, dg + j, d_c * z * i * (1.0f - i));                        \
+        SR_STORE(V, dg + n + j, d_c * SR_LOAD(V, c_prev + j) * f * (1.0f - f)); \
+        SR_STORE(V, dg + 2 * n + j, d_c * i * (1.0f - SR_MUL(z, z)));         \
+        SR_STORE(V, dc + j, d_c * f);                                         \
+        SR_STORE(V, dh + j, (V) {0});                                         \
+    }                                                                         \
 }
+SR_DEFINE_LSTM_STEPS(8, SR_VEC_AVX2)
+SR_DEFINE_LSTM_STEPS(16, SR_VEC_AVX512)
 
-/* The backward step of one LSTM row without peepholes or layer norm, n a
- * multiple of 8, 8 units at a time: from the gate activations g (i, f, z, o),
- * tanh(c_t) tc and c_{t-1} c_prev, dh (dL/dh_t, zeroed on exit) and dc
- * (dL/dc_t so far, dL/dc_{t-1} on exit), fills dg (dL/d gate
- * pre-activations). The same products and sums, each rounded, in the same
- * order, as lstm_row_back's loops. */
-SR_VEC_AVX2 static void sr_lstm_back_f_avx2(
-        const float *restrict g, const float *restrict tc,
-        const float *restrict c_prev, float *restrict dh, float *restrict dc,
-        float *restrict dg, int n) {
-    __m256 one = _mm256_set1_ps(1.0f);
-    for (int j = 0; j < n; j += 8) {
-        __m256 i = _mm256_loadu_ps(g + j), f = _mm256_loadu_ps(g + n + j);
-        __m256 z = _mm256_loadu_ps(g + 2 * n + j);
-        __m256 o = _mm256_loadu_ps(g + 3 * n + j);
-        __m256 t = _mm256_loadu_ps(tc + j), d_h = _mm256_loadu_ps(dh + j);
-        _mm256_storeu_ps(dg + 3 * n + j, _mm256_mul_ps(_mm256_mul_ps(
-            _mm256_mul_ps(d_h, t), o), _mm256_sub_ps(one, o)));
-        __m256 d_c = _mm256_add_ps(_mm256_loadu_ps(dc + j), sr_mul8(
-            _mm256_mul_ps(d_h, o), _mm256_sub_ps(one, sr_mul8(t, t))));
-        _mm256_storeu_ps(dg + j, _mm256_mul_ps(_mm256_mul_ps(
-            _mm256_mul_ps(d_c, z), i), _mm256_sub_ps(one, i)));
-        _mm256_storeu_ps(dg + n + j, _mm256_mul_ps(_mm256_mul_ps(
-            _mm256_mul_ps(d_c, _mm256_loadu_ps(c_prev + j)), f),
-            _mm256_sub_ps(one, f)));
-        _mm256_storeu_ps(dg + 2 * n + j, _mm256_mul_ps(
-            _mm256_mul_ps(d_c, i), _mm256_sub_ps(one, sr_mul8(z, z))));
-        _mm256_storeu_ps(dc + j, _mm256_mul_ps(d_c, f));
-        _mm256_storeu_ps(dh + j, _mm256_setzero_ps());
-    }
+/* The widest vectors of our own functions on this CPU: 16 (AVX-512), 8
+ * (AVX2 and FMA) or 0 (neither: the loops above). Set when the module is
+ * loaded. The environment variable SKLEARN_RNN_NO_AVX512 (set, and not
+ * "0") leaves AVX-512 aside, so that the tests can run the AVX2 path on a
+ * CPU that has both. */
+static int sr_width = 0;
+
+__attribute__((constructor)) static void sr_width_init(void) {
+    __builtin_cpu_init();
+    const char *no512 = getenv("SKLEARN_RNN_NO_AVX512");
+    int use512 = !(no512 != NULL && no512[0] != '\0' && strcmp(no512, "0") != 0);
+    if (__builtin_cpu_supports("avx512f") && use512)
+        sr_width = 16;
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        sr_width = 8;
 }
 
 static void sr_sigmoid_f(float *restrict x, int n) {
-    if (sr_act_avx2) sr_sigmoid_f_avx2(x, n); else sr_sigmoid_f_libm(x, n);
+    if (sr_width == 16) sr_sigmoid_f_16(x, n);
+    else if (sr_width == 8) sr_sigmoid_f_8(x, n);
+    else sr_sigmoid_f_libm(x, n);
 }
 static void sr_tanh_f(float *restrict x, int n) {
-    if (sr_act_avx2) sr_tanh_f_avx2(x, n); else sr_tanh_f_libm(x, n);
+    if (sr_width == 16) sr_tanh_f_16(x, n);
+    else if (sr_width == 8) sr_tanh_f_8(x, n);
+    else sr_tanh_f_libm(x, n);
 }
-#define SR_HAVE_LSTM_GATES_AVX2 1
+
+/* Runs STEP_16 or STEP_8 (arguments ARGS) where the CPU and n allow it,
+ * then returns 1 from the enclosing function, which otherwise goes on. */
+#define SR_LSTM_STEP(STEP, ARGS)                                              \
+    if (sr_width == 16 && n % 16 == 0) { STEP##_16 ARGS; return 1; }          \
+    if (sr_width >= 8 && n % 8 == 0) { STEP##_8 ARGS; return 1; }
 #else
+static const int sr_width = 0;
 #define sr_sigmoid_f sr_sigmoid_f_libm
 #define sr_tanh_f sr_tanh_f_libm
+#define SR_LSTM_STEP(STEP, ARGS)
 #endif
 
 /* x[0:2n] = sigmoid (input and forget gates), x[2n:3n] = tanh (cell
@@ -253,43 +299,34 @@ static void NAME(T *restrict x, int n) {                                      \
 SR_DEFINE_LSTM_GATES(sr_lstm_gates_f_separate, float, sr_sigmoid_f, sr_tanh_f)
 SR_DEFINE_LSTM_GATES(sr_lstm_gates_d, double, sr_sigmoid_d, sr_tanh_d)
 
-static void sr_lstm_gates_f(float *restrict x, int n) {
-#if defined(SR_HAVE_LSTM_GATES_AVX2)
-    if (sr_act_avx2 && n % 8 == 0) {
-        sr_lstm_gates_f_avx2(x, n);
-        return;
-    }
-#endif
-    sr_lstm_gates_f_separate(x, n);
-}
-
-/* sr_lstm_back_f_avx2 where the CPU and n allow it: returns 1, else 0 (the
- * caller then runs the step itself). */
-static int sr_lstm_back_f(const float *restrict g, const float *restrict tc,
-                          const float *restrict c_prev, float *restrict dh,
-                          float *restrict dc, float *restrict dg, int n) {
-#if defined(SR_HAVE_LSTM_GATES_AVX2)
-    if (sr_act_avx2 && n % 8 == 0) {
-        sr_lstm_back_f_avx2(g, tc, c_prev, dh, dc, dg, n);
-        return 1;
-    }
-#endif
+/* The one-pass versions above where the CPU and n (a multiple of 8) allow
+ * them: these return 1, else 0, having done nothing (the caller then runs
+ * the step itself). */
+static int sr_lstm_gates_f_one_pass(float *restrict x, int n) {
+    SR_LSTM_STEP(sr_lstm_gates_f, (x, n))
     return 0;
 }
 
-/* sr_lstm_cell_f_avx2 where the CPU and n allow it: returns 1, else 0 (the
- * caller then runs the step itself). */
+static void sr_lstm_gates_f(float *restrict x, int n) {
+    if (!sr_lstm_gates_f_one_pass(x, n)) sr_lstm_gates_f_separate(x, n);
+}
+
+static int sr_lstm_back_f(const float *restrict g, const float *restrict tc,
+                          const float *restrict c_prev, float *restrict dh,
+                          float *restrict dc, float *restrict dg, int n) {
+    SR_LSTM_STEP(sr_lstm_back_f, (g, tc, c_prev, dh, dc, dg, n))
+    return 0;
+}
+
 static int sr_lstm_cell_f(float *restrict g, const float *restrict b,
                           float *restrict c, float *restrict c_out,
                           float *restrict tc_out, float *restrict h_out,
                           float *restrict h, int n) {
-#if defined(SR_HAVE_LSTM_GATES_AVX2)
-    if (sr_act_avx2 && n % 8 == 0) {
-        sr_lstm_cell_f_avx2(g, b, c, c_out, tc_out, h_out, h, n);
-        return 1;
-    }
-#endif
+    SR_LSTM_STEP(sr_lstm_cell_f, (g, b, c, c_out, tc_out, h_out, h, n))
     return 0;
 }
+
+/* The widest vectors of the float gate functions on this CPU (0: none) */
+static inline int sr_vector_width(void) { return sr_width; }
 
 #endif

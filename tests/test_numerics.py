@@ -22,6 +22,10 @@
 """
 
 import math
+import os
+import platform
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -460,11 +464,11 @@ def test_float32_training_ends_within_tolerance_of_float64():
 @pytest.mark.parametrize("sigmoid", [True, False], ids=["sigmoid", "tanh"])
 def test_gate_activations_are_accurate_everywhere(sigmoid, dtype):
     """The vectorised sigmoid and tanh the kernels apply to their gates (our
-    own AVX2 float32 versions where AVX-512 is absent, else libmvec or libm):
-    within 3 ulp (float32; 2.03 and 1.34 ulp measured for ours, 2.91 and 1.02
-    for libmvec's) or 4 ulp (float64) of a long-double reference over the
-    whole range, below the
-    smallest normal number within it, exact limits, NaN kept, and (float32)
+    own float32 versions with AVX2 or AVX-512, else libmvec or libm): within
+    3 ulp (float32; 2.03 and 1.34 ulp measured for ours; libmvec's sigmoid
+    measured 2.91 with AVX2 and 3.10 with AVX-512) or 4 ulp (float64) of a
+    long-double reference over the whole range, below the smallest normal
+    number within it, exact limits, NaN kept, and (float32)
     a value's result independent of its position in the array."""
     from pyx_rnn import _cells
     info = np.finfo(dtype)
@@ -513,10 +517,10 @@ def test_gate_activations_are_accurate_everywhere(sigmoid, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("hidden", [1, 5, 8, 16, 37, 64])
+@pytest.mark.parametrize("hidden", [1, 5, 8, 16, 24, 37, 64])
 def test_lstm_gate_activations_equal_the_separate_functions(hidden, dtype):
-    """The LSTM row's four gates at once (interleaved, 8 units of each per
-    step, where the hidden size allows): bitwise the sigmoid of the input,
+    """The LSTM row's four gates at once (interleaved, 16 or 8 units of each
+    per step, where the hidden size allows): bitwise the sigmoid of the input,
     forget and output gates and the tanh of the candidate."""
     from pyx_rnn import _cells
     rng = np.random.default_rng(hidden)
@@ -534,24 +538,84 @@ def test_lstm_gate_activations_equal_the_separate_functions(hidden, dtype):
         _cells.lstm_gate_activations(np.zeros(6, dtype))
 
 
+def _vector_width():
+    """The widest vectors of the float32 gate functions this CPU should run:
+    16 with AVX-512 (unless SKLEARN_RNN_NO_AVX512 leaves it aside), 8 with
+    AVX2 and FMA, else 0."""
+    cpu = np._core._multiarray_umath.__cpu_features__
+    no512 = os.environ.get("SKLEARN_RNN_NO_AVX512", "") not in ("", "0")
+    if cpu["AVX512F"] and not no512:
+        return 16
+    return 8 if cpu["AVX2"] and cpu["FMA3"] else 0
+
+
+def test_vector_width_follows_the_cpu():
+    from pyx_rnn import _cells
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        pytest.skip("the vectorised gate functions are for x86-64 with GCC")
+    assert _cells.VECTOR_WIDTH == _vector_width()
+
+
 def _assert_one_pass_is_the_loops(runs, hidden, dtype):
     """``runs[fused] = (whether the one pass ran, output arrays)``: the one
-    pass ran exactly where it exists (float32, AVX2 without AVX-512, hidden
-    a multiple of 8) and gave the loops' bits."""
+    pass ran exactly where it exists (float32, AVX2 or AVX-512, hidden a
+    multiple of 8) and gave the loops' bits."""
+    from pyx_rnn import _cells
     assert not runs[False][0]
-    cpu = np._core._multiarray_umath.__cpu_features__
-    avx2_only = cpu["AVX2"] and cpu["FMA3"] and not cpu["AVX512F"]
-    assert runs[True][0] == (avx2_only and dtype == np.float32 and hidden % 8 == 0)
+    assert runs[True][0] == (_cells.VECTOR_WIDTH > 0 and dtype == np.float32
+                             and hidden % 8 == 0)
     for one_pass, loops in zip(runs[True][1], runs[False][1]):
         assert_array_equal(one_pass, loops)
 
 
+@pytest.mark.skipif(
+    not np._core._multiarray_umath.__cpu_features__["AVX512F"]
+    or os.environ.get("SKLEARN_RNN_NO_AVX512", "") not in ("", "0"),
+    reason="the AVX2 path already runs here")
+def test_avx2_gates_on_an_avx512_cpu(tmp_path):
+    """The AVX2 gate functions and one-pass steps, which a CPU with AVX-512
+    does not take by itself, against the loops and the accuracy bounds:
+    the same tests in a process told to leave AVX-512 aside."""
+    env = dict(os.environ, SKLEARN_RNN_NO_AVX512="1")
+    tests = ["one_pass", "gate_activations", "vector_width"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         __file__, "-k", " or ".join(tests)],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout
+    # the same bits at both widths: every float32 value through the gate
+    # functions of 16 and of 8 lanes (one in 2^12 of all floats, and the
+    # values of [-20, 20] where the gates are neither 0 nor +-1)
+    from pyx_rnn import _cells
+    x = np.concatenate([
+        np.arange(0, 2**32, 4093, dtype=np.uint64).astype(np.uint32).view(np.float32),
+        np.linspace(-20, 20, 200_001, dtype=np.float32)])
+    np.save(tmp_path / "x.npy", x)
+    script = (
+        "import sys, numpy as np\n"
+        "from pyx_rnn import _cells\n"
+        "assert _cells.VECTOR_WIDTH == 8\n"
+        "x = np.load(sys.argv[1])\n"
+        "for sig in (True, False):\n"
+        "    y = x.copy(); _cells.gate_activation(y, sig)\n"
+        "    np.save(sys.argv[1][:-4] + str(sig) + '.npy', y)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "x.npy")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _cells.VECTOR_WIDTH == 16
+    for sig in (True, False):
+        y = x.copy()
+        _cells.gate_activation(y, sig)
+        assert_array_equal(y, np.load(tmp_path / f"x{sig}.npy"))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("hidden", [1, 5, 8, 16, 37, 64])
+@pytest.mark.parametrize("hidden", [1, 5, 8, 16, 24, 37, 64])
 def test_lstm_cell_in_one_pass_equals_the_separate_loops(hidden, dtype):
-    """The LSTM step of a row in one pass (float32, AVX2, hidden a multiple
-    of 8): bitwise the gates, cell state, its tanh (kept for the backward
-    pass) and hidden state of the separate loops, which follow the
+    """The LSTM step of a row in one pass (float32, AVX2 or AVX-512, hidden
+    a multiple of 8): bitwise the gates, cell state, its tanh (kept for the
+    backward pass) and hidden state of the separate loops, which follow the
     equations."""
     from pyx_rnn import _cells
     rng = np.random.default_rng(hidden)
@@ -584,11 +648,11 @@ def test_lstm_cell_in_one_pass_equals_the_separate_loops(hidden, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("hidden", [1, 5, 8, 16, 37, 64])
+@pytest.mark.parametrize("hidden", [1, 5, 8, 16, 24, 37, 64])
 def test_lstm_backward_step_in_one_pass_equals_the_separate_loops(hidden, dtype):
-    """The backward step of an LSTM row in one pass (float32, AVX2, hidden a
-    multiple of 8): bitwise the gate gradients and the state gradients of
-    the separate loops, which follow the chain rule."""
+    """The backward step of an LSTM row in one pass (float32, AVX2 or
+    AVX-512, hidden a multiple of 8): bitwise the gate gradients and the
+    state gradients of the separate loops, which follow the chain rule."""
     from pyx_rnn import _cells
     rng = np.random.default_rng(hidden)
     pre = rng.standard_normal((4, hidden)) * 3
