@@ -49,6 +49,8 @@ class Sequences:
         np.cumsum(self.lengths[:-1], out=self.starts[1:])
         self.fixed_length = bool(np.all(self.lengths == self.lengths[0]))
         self.n_tokens = n_tokens
+        # fixed length: the packing of a batch depends on its size only
+        self._packings = {}
 
     def __len__(self):
         return len(self.lengths)
@@ -77,7 +79,15 @@ class Sequences:
         Token sequences give a ``TokenInput`` (ids and weights of ``dtype``).
         """
         idx = np.asarray(idx, dtype=np.intp)
-        packing = Packing.from_lengths(self.lengths[idx])
+        packing = self._packings.get(len(idx)) if self.fixed_length else None
+        if packing is None:
+            packing = Packing.from_lengths(self.lengths[idx])
+            if self.fixed_length:
+                # shared by every batch of this size: read-only
+                for a in (packing.lengths, packing.order, packing.batch_sizes,
+                          packing.offsets):
+                    a.flags.writeable = False
+                self._packings[len(idx)] = packing
         if self.fixed_length:
             T = int(self.lengths[0])
             chosen = idx[packing.order]

@@ -166,6 +166,26 @@ def test_cross_val_score_with_list_of_variable_length_sequences():
     assert scores.min() > 0.9
 
 
+def test_fixed_length_batches_share_one_read_only_packing():
+    """Batches of fixed-length sequences of one size share their packing
+    (it depends on the size only), made read-only; the packed rows are those
+    of a packing made for the batch itself. Variable lengths are packed per
+    batch."""
+    from pyx_rnn.packing import Packing
+    from sklearn_rnn._sequences import check_sequences
+    X = np.random.default_rng(0).normal(size=(10, 4, 2))
+    seqs = check_sequences(X)
+    first, p1 = seqs.batch([3, 1, 7])
+    second, p2 = seqs.batch([0, 9, 2])
+    assert p2 is p1 and seqs.batch([5, 6])[1] is not p1
+    assert not p1.order.flags.writeable and not p1.offsets.flags.writeable
+    fresh = Packing.from_lengths(np.full(3, 4))
+    assert_array_equal(p1.batch_sizes, fresh.batch_sizes)
+    assert_array_equal(second, X[[0, 9, 2]].transpose(1, 0, 2).reshape(-1, 2))
+    varied = check_sequences([X[0], X[1, :3], X[2, :2]])
+    assert varied.batch([0, 1])[1] is not varied.batch([0, 1])[1]
+
+
 # ---------------------------------------------------------------------------
 # 2. persistence
 # ---------------------------------------------------------------------------
