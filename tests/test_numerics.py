@@ -576,12 +576,17 @@ def test_avx2_gates_on_an_avx512_cpu(tmp_path):
     """The AVX2 gate functions and one-pass steps, which a CPU with AVX-512
     does not take by itself, against the loops and the accuracy bounds:
     the same tests in a process told to leave AVX-512 aside."""
-    env = dict(os.environ, SKLEARN_RNN_NO_AVX512="1")
+    import pyx_rnn
+    # the child imports the package this process imports (an installed copy
+    # or a build in place), whatever its working directory puts on sys.path
+    where = os.path.dirname(os.path.dirname(os.path.abspath(pyx_rnn.__file__)))
+    path = os.pathsep.join(filter(None, [where, os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, SKLEARN_RNN_NO_AVX512="1", PYTHONPATH=path)
     tests = ["one_pass", "gate_activations", "vector_width"]
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         __file__, "-k", " or ".join(tests)],
-        env=env, capture_output=True, text=True, timeout=300)
+         os.path.abspath(__file__), "-k", " or ".join(tests)],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert " passed" in done.stdout
     # the same bits at both widths: every float32 value through the gate
@@ -601,7 +606,8 @@ def test_avx2_gates_on_an_avx512_cpu(tmp_path):
         "    y = x.copy(); _cells.gate_activation(y, sig)\n"
         "    np.save(sys.argv[1][:-4] + str(sig) + '.npy', y)\n")
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "x.npy")],
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert _cells.VECTOR_WIDTH == 16
     for sig in (True, False):
