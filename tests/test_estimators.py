@@ -175,7 +175,7 @@ def test_fixed_length_batches_share_one_read_only_packing():
     from sklearn_rnn._sequences import check_sequences
     X = np.random.default_rng(0).normal(size=(10, 4, 2))
     seqs = check_sequences(X)
-    first, p1 = seqs.batch([3, 1, 7])
+    _, p1 = seqs.batch([3, 1, 7])
     second, p2 = seqs.batch([0, 9, 2])
     assert p2 is p1 and seqs.batch([5, 6])[1] is not p1
     assert not p1.order.flags.writeable and not p1.offsets.flags.writeable
