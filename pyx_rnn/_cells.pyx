@@ -27,8 +27,9 @@ from ._gates cimport (
     lstm_row_back_steps, gru_n_row_back, gru_rz_row_back,
 )
 from ._math cimport (
-    lstm_back_fused, lstm_cell_fused, lstm_gates_inplace, sigmoid_inplace,
-    sr_vector_width, tanh_inplace,
+    gru_back_fused, gru_cell_fused, gru_one_pass, lstm_back_fused,
+    lstm_cell_fused, lstm_gates_inplace, sigmoid_inplace, sr_vector_width,
+    tanh_inplace,
 )
 
 CELL_RNN = 0
@@ -116,6 +117,69 @@ def lstm_back_step(floating[::1] g, floating[::1] tc, floating[::1] c_prev,
     return False
 
 
+def gru_cell_step(floating[::1] g, floating[::1] b_ih, floating[::1] hh,
+                  floating[::1] b_hh, floating[::1] aux, floating[::1] h_out,
+                  floating[::1] h, bint fused):
+    """One GRU step of one row (reset after the product, no layer norm), in
+    place, as the kernel runs it: ``g`` (the ``3 * hidden`` input
+    projections less the input bias ``b_ih``) receives r, z and the
+    candidate, ``aux`` the candidate's recurrent term ``hh_n + b_hn``,
+    ``h_out`` and ``h`` the new state, from the recurrent products ``hh``
+    (less ``b_hh``). With ``fused``, in one pass where the CPU, the type and
+    the size allow it; else (or where they do not) in separate loops. The
+    arrays must be distinct. Returns whether the one pass ran; exposed for
+    the tests."""
+    cdef int H = <int> h.shape[0]
+    cdef Py_ssize_t j
+    cdef Dims d = make_dims(GRU, TANH, False, True, False, False, False, 1, H)
+    if (g.shape[0] != 3 * H or b_ih.shape[0] != 3 * H or hh.shape[0] != 3 * H
+            or b_hh.shape[0] != 3 * H or aux.shape[0] != H
+            or h_out.shape[0] != H):
+        raise ValueError("g, b_ih, hh and b_hh must hold 3 * hidden values, "
+                         "the states hidden")
+    if H == 0:
+        return False
+    if fused and gru_one_pass(&g[0], H):
+        return gru_cell_fused(&g[0], &b_ih[0], &hh[0], &b_hh[0], &aux[0],
+                              &h_out[0], &h[0], H)
+    for j in range(3 * H):
+        g[j] = g[j] + b_ih[j]
+    gru_rz_row(&d, &g[0], &hh[0], &b_hh[0], NULL, NULL, NULL, NULL, &h[0],
+               &aux[0])
+    gru_n_row(&d, &g[0], &hh[0], &b_hh[0], NULL, NULL, NULL, NULL, &h_out[0],
+              &h[0])
+    return False
+
+
+def gru_back_step(floating[::1] g, floating[::1] aux, floating[::1] h_prev,
+                  floating[::1] dh, floating[::1] dg, floating[::1] dgh,
+                  bint fused):
+    """The backward step of one GRU row (reset after, no layer norm), in
+    place, as the kernel runs it: from the activations ``g`` (r, z and the
+    candidate), ``aux`` and ``h_{t-1}`` ``h_prev``, with ``dh`` dL/dh_t on
+    entry, fills ``dg`` and ``dgh`` (the input side's and the hidden side's
+    gradients of the pre-activations) and leaves ``z * dh`` in ``dh``. With
+    ``fused``, in one pass where the CPU, the type and the size allow it;
+    else (or where they do not) in separate loops. The arrays must be
+    distinct. Returns whether the one pass ran; exposed for the tests."""
+    cdef int H = <int> h_prev.shape[0]
+    cdef Dims d = make_dims(GRU, TANH, False, True, False, False, False, 1, H)
+    if (g.shape[0] != 3 * H or dg.shape[0] != 3 * H or dgh.shape[0] != 3 * H
+            or aux.shape[0] != H or dh.shape[0] != H):
+        raise ValueError("g, dg and dgh must hold 3 * hidden values, the "
+                         "states hidden")
+    if H == 0:
+        return False
+    if fused and gru_one_pass(&g[0], H):
+        return gru_back_fused(&g[0], &aux[0], &h_prev[0], &dh[0], &dg[0],
+                              &dgh[0], H)
+    gru_n_row_back(&d, &g[0], &h_prev[0], NULL, NULL, NULL, &dh[0], &dg[0],
+                   NULL, NULL)
+    gru_rz_row_back(&d, &g[0], &aux[0], &h_prev[0], NULL, NULL, NULL, NULL,
+                    &dg[0], &dgh[0], NULL, NULL)
+    return False
+
+
 def input_pack_length(int cell, int n_input, int hidden, int itemsize):
     """Length of the ``wpack_ih`` buffer of ``recurrent_forward``: the input
     weights in the panels of ``pyx_rnn/_pgemm.h``, with the recurrent weights
@@ -197,6 +261,10 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
     cdef bint keep = Hprev != NULL
     # rnn and lstm add the product to G in place; the gru needs it apart
     cdef bint fused = d.cell != GRU
+    # the gru's step in one pass: the input bias, both gates, the candidate
+    # and the new state
+    cdef bint gru_fused = (d.cell == GRU and d.reset_after and not d.layer_norm
+                           and gru_one_pass(b_hh, d.hidden))
     cdef const floating* A
     cdef floating* Gt      # the gate rows of this block at this step
     for step in range(d.n_steps):
@@ -234,7 +302,7 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
             rgemm(nb, ncols, H, A, H, P1, True, W_hh, H, True, Gt, GH)
         else:
             rgemm(nb, ncols, H, A, H, P1, True, W_hh, H, False, work, GH)
-        if X != NULL and b_ih != NULL:
+        if X != NULL and b_ih != NULL and not gru_fused:
             # the input bias (the GRU's; the rnn and the lstm pass both biases
             # in b_hh)
             for i in range(nb):
@@ -252,11 +320,15 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
                          C_out + r * H if C_out != NULL else NULL,
                          aux + r * H if aux != NULL else NULL, h + b * H,
                          c + b * H)
+            elif gru_fused:
+                gru_cell_fused(Gt + i * GH, b_ih if X != NULL else NULL,
+                               work + i * GH, b_hh, aux + r * H, H_out + r * H,
+                               h + b * H, H)
             else:
                 gru_rz_row(d, Gt + i * GH, work + i * GH, b_hh, ln_w, ln_b,
                            xhat + r * GH, rstd + r * G_, A + i * H,
                            aux + r * H)
-        if d.cell != GRU:
+        if d.cell != GRU or gru_fused:
             continue
         if two_phase:
             # candidate's recurrent product: W_hn (r * m * h)
@@ -291,6 +363,8 @@ cdef void backward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
     cdef const floating* h_prev
     cdef const floating* c_prev
     cdef bint two_phase = d.cell == GRU and not d.reset_after
+    cdef bint gru_fused = (d.cell == GRU and d.reset_after and not d.layer_norm
+                           and gru_one_pass(G, d.hidden))
     cdef Py_ssize_t lowest_stop = first_stop(t_stop, lo, hi)
     for step in range(d.n_steps):
         t = step if d.reverse else d.n_steps - 1 - step
@@ -338,6 +412,9 @@ cdef void backward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
                               c_prev, peep,
                               ln_w, xhat + r * GH, rstd + r * G_, dh + b * H,
                               dc + b * H, dG + r * GH, dpeep, dln_w, dln_b)
+            elif gru_fused:
+                gru_back_fused(G + r * GH, aux + r * H, h_prev, dh + b * H,
+                               dG + r * GH, dGh + r * GH, H)
             else:
                 gru_n_row_back(d, G + r * GH, h_prev, ln_w, xhat + r * GH,
                                rstd + r * G_, dh + b * H, dG + r * GH, dln_w,

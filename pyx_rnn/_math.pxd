@@ -52,6 +52,12 @@ cdef extern from "_vecmath.h" nogil:
     int sr_lstm_back_f(const float* g, const float* tc, const float* c_prev,
                        float* dh, float* dc, float* dg, int n)
     int sr_vector_width()
+    int sr_one_pass(int n)
+    int sr_gru_cell_f(float* g, const float* b_ih, const float* hh,
+                      const float* b_hh, float* aux, float* h_out, float* h,
+                      int n)
+    int sr_gru_back_f(const float* g, const float* aux, const float* h_prev,
+                      float* dh, float* dg, float* dgh, int n)
 
 
 cdef inline void sigmoid_inplace(floating* x, int n) noexcept nogil:
@@ -108,5 +114,42 @@ cdef inline bint lstm_back_fused(const floating* g, const floating* tc,
     there is none; the same bits as ``lstm_row_back``'s loops."""
     if floating is float:
         return sr_lstm_back_f(g, tc, c_prev, dh, dc, dg, n)
+    else:
+        return False
+
+
+cdef inline bint gru_one_pass(const floating* any, int n) noexcept nogil:
+    """Whether ``gru_cell_fused`` and ``gru_back_fused`` run for this type,
+    CPU and ``n`` (``any``: any array of the type, for its type only)."""
+    if floating is float:
+        return sr_one_pass(n)
+    else:
+        return False
+
+
+cdef inline bint gru_cell_fused(floating* g, const floating* b_ih,
+                                const floating* hh, const floating* b_hh,
+                                floating* aux, floating* h_out, floating* h,
+                                int n) noexcept nogil:
+    """One GRU step of a row (reset after, no layer norm) in one pass where
+    ``gru_one_pass`` allows it (see ``sr_gru_cell_f``): the same bits as
+    ``gru_rz_row`` then ``gru_n_row`` (after ``b_ih``, unless NULL, is
+    added to ``g``). Returns False, having done nothing, elsewhere."""
+    if floating is float:
+        return sr_gru_cell_f(g, b_ih, hh, b_hh, aux, h_out, h, n)
+    else:
+        return False
+
+
+cdef inline bint gru_back_fused(const floating* g, const floating* aux,
+                                const floating* h_prev, floating* dh,
+                                floating* dg, floating* dgh,
+                                int n) noexcept nogil:
+    """The backward step of a GRU row (reset after, no layer norm) in one
+    pass where ``gru_one_pass`` allows it: the same bits as
+    ``gru_n_row_back`` then ``gru_rz_row_back``. Returns False, having done
+    nothing, elsewhere."""
+    if floating is float:
+        return sr_gru_back_f(g, aux, h_prev, dh, dg, dgh, n)
     else:
         return False

@@ -248,6 +248,71 @@ TARGET static void sr_lstm_back_f_##W(                                        \
 SR_DEFINE_LSTM_STEPS(8, SR_VEC_AVX2)
 SR_DEFINE_LSTM_STEPS(16, SR_VEC_AVX512)
 
+/* One GRU step of one row (reset after the product, as PyTorch's, without
+ * layer norm), n a multiple of W, in one pass: g holds the 3n input
+ * projections (plus b_ih unless NULL), hh the 3n recurrent products (less
+ * b_hh); on exit g holds r, z and the candidate n, aux the candidate's
+ * recurrent term a = hh_n + b_hn, h_out and h the new state
+ * h = (1 - z) n + z h. The same sums and products, each rounded, in the
+ * same order, as gru_rz_row's and gru_n_row's loops (with the input bias
+ * added first, as forward_block adds it).
+ *
+ * Its backward step: from g (r, z, n), aux, h_prev and dh (dL/dh_t, z dh_t
+ * on exit), fills dg (the gradients of the three pre-activations) and dgh
+ * (the hidden side's: dg_r, dg_z, r dg_n), as gru_n_row_back's and
+ * gru_rz_row_back's loops. */
+#define SR_DEFINE_GRU_STEPS(W, TARGET)                                        \
+TARGET static void sr_gru_cell_f_##W(                                         \
+        float *restrict g, const float *restrict b_ih,                        \
+        const float *restrict hh, const float *restrict b_hh,                 \
+        float *restrict aux, float *restrict h_out, float *restrict h,        \
+        int n) {                                                              \
+    typedef sr_f##W V;                                                        \
+    for (int j = 0; j < n; j += W) {                                          \
+        V x_r = SR_LOAD(V, g + j), x_z = SR_LOAD(V, g + n + j);               \
+        V x_n = SR_LOAD(V, g + 2 * n + j);                                    \
+        if (b_ih != NULL) {                                                   \
+            x_r = x_r + SR_LOAD(V, b_ih + j);                                 \
+            x_z = x_z + SR_LOAD(V, b_ih + n + j);                             \
+            x_n = x_n + SR_LOAD(V, b_ih + 2 * n + j);                         \
+        }                                                                     \
+        V r = sr_sigmoid_##W(x_r + SR_LOAD(V, hh + j) + SR_LOAD(V, b_hh + j)); \
+        V z = sr_sigmoid_##W(x_z + SR_LOAD(V, hh + n + j)                     \
+                             + SR_LOAD(V, b_hh + n + j));                     \
+        V a = SR_LOAD(V, hh + 2 * n + j) + SR_LOAD(V, b_hh + 2 * n + j);      \
+        V c = sr_tanh_##W(x_n + SR_MUL(r, a));                                \
+        V hj = SR_MUL(1.0f - z, c) + SR_MUL(z, SR_LOAD(V, h + j));            \
+        SR_STORE(V, g + j, r);                                                \
+        SR_STORE(V, g + n + j, z);                                            \
+        SR_STORE(V, g + 2 * n + j, c);                                        \
+        SR_STORE(V, aux + j, a);                                              \
+        SR_STORE(V, h_out + j, hj);                                           \
+        SR_STORE(V, h + j, hj);                                               \
+    }                                                                         \
+}                                                                             \
+TARGET static void sr_gru_back_f_##W(                                         \
+        const float *restrict g, const float *restrict aux,                   \
+        const float *restrict h_prev, float *restrict dh, float *restrict dg, \
+        float *restrict dgh, int n) {                                         \
+    typedef sr_f##W V;                                                        \
+    for (int j = 0; j < n; j += W) {                                          \
+        V r = SR_LOAD(V, g + j), z = SR_LOAD(V, g + n + j);                   \
+        V c = SR_LOAD(V, g + 2 * n + j), d_h = SR_LOAD(V, dh + j);            \
+        V dg_n = d_h * (1.0f - z) * (1.0f - SR_MUL(c, c));                    \
+        V dg_z = d_h * (SR_LOAD(V, h_prev + j) - c) * z * (1.0f - z);         \
+        V dg_r = dg_n * SR_LOAD(V, aux + j) * r * (1.0f - r);                 \
+        SR_STORE(V, dg + j, dg_r);                                            \
+        SR_STORE(V, dg + n + j, dg_z);                                        \
+        SR_STORE(V, dg + 2 * n + j, dg_n);                                    \
+        SR_STORE(V, dgh + j, dg_r);                                           \
+        SR_STORE(V, dgh + n + j, dg_z);                                       \
+        SR_STORE(V, dgh + 2 * n + j, dg_n * r);                               \
+        SR_STORE(V, dh + j, d_h * z);                                         \
+    }                                                                         \
+}
+SR_DEFINE_GRU_STEPS(8, SR_VEC_AVX2)
+SR_DEFINE_GRU_STEPS(16, SR_VEC_AVX512)
+
 /* The widest vectors of our own functions on this CPU: 16 (AVX-512), 8
  * (AVX2 and FMA) or 0 (neither: the loops above). Set when the module is
  * loaded. The environment variable SKLEARN_RNN_NO_AVX512 (set, and not
@@ -276,16 +341,16 @@ static void sr_tanh_f(float *restrict x, int n) {
     else sr_tanh_f_libm(x, n);
 }
 
-/* Runs STEP_16 or STEP_8 (arguments ARGS) where the CPU and n allow it,
- * then returns 1 from the enclosing function, which otherwise goes on. */
-#define SR_LSTM_STEP(STEP, ARGS)                                              \
-    if (sr_width == 16 && n % 16 == 0) { STEP##_16 ARGS; return 1; }          \
-    if (sr_width >= 8 && n % 8 == 0) { STEP##_8 ARGS; return 1; }
+/* STEP_16 or STEP_8 (arguments ARGS) where the CPU and n allow it: an
+ * expression, 1 where one of them ran, else 0. */
+#define SR_ONE_PASS(STEP, ARGS)                                               \
+    (sr_width == 16 && n % 16 == 0 ? (STEP##_16 ARGS, 1)                      \
+     : sr_width >= 8 && n % 8 == 0 ? (STEP##_8 ARGS, 1) : 0)
 #else
 static const int sr_width = 0;
 #define sr_sigmoid_f sr_sigmoid_f_libm
 #define sr_tanh_f sr_tanh_f_libm
-#define SR_LSTM_STEP(STEP, ARGS)
+#define SR_ONE_PASS(STEP, ARGS) 0
 #endif
 
 /* x[0:2n] = sigmoid (input and forget gates), x[2n:3n] = tanh (cell
@@ -303,8 +368,7 @@ SR_DEFINE_LSTM_GATES(sr_lstm_gates_d, double, sr_sigmoid_d, sr_tanh_d)
  * them: these return 1, else 0, having done nothing (the caller then runs
  * the step itself). */
 static int sr_lstm_gates_f_one_pass(float *restrict x, int n) {
-    SR_LSTM_STEP(sr_lstm_gates_f, (x, n))
-    return 0;
+    return SR_ONE_PASS(sr_lstm_gates_f, (x, n));
 }
 
 static void sr_lstm_gates_f(float *restrict x, int n) {
@@ -314,16 +378,31 @@ static void sr_lstm_gates_f(float *restrict x, int n) {
 static int sr_lstm_back_f(const float *restrict g, const float *restrict tc,
                           const float *restrict c_prev, float *restrict dh,
                           float *restrict dc, float *restrict dg, int n) {
-    SR_LSTM_STEP(sr_lstm_back_f, (g, tc, c_prev, dh, dc, dg, n))
-    return 0;
+    return SR_ONE_PASS(sr_lstm_back_f, (g, tc, c_prev, dh, dc, dg, n));
 }
 
 static int sr_lstm_cell_f(float *restrict g, const float *restrict b,
                           float *restrict c, float *restrict c_out,
                           float *restrict tc_out, float *restrict h_out,
                           float *restrict h, int n) {
-    SR_LSTM_STEP(sr_lstm_cell_f, (g, b, c, c_out, tc_out, h_out, h, n))
-    return 0;
+    return SR_ONE_PASS(sr_lstm_cell_f, (g, b, c, c_out, tc_out, h_out, h, n));
+}
+
+/* Whether sr_gru_cell_f and sr_gru_back_f run for rows of n units: 1 where
+ * the CPU and n (a multiple of 8) allow it (they return the same). */
+static inline int sr_one_pass(int n) { return sr_width >= 8 && n % 8 == 0; }
+
+static int sr_gru_cell_f(float *restrict g, const float *restrict b_ih,
+                         const float *restrict hh, const float *restrict b_hh,
+                         float *restrict aux, float *restrict h_out,
+                         float *restrict h, int n) {
+    return SR_ONE_PASS(sr_gru_cell_f, (g, b_ih, hh, b_hh, aux, h_out, h, n));
+}
+
+static int sr_gru_back_f(const float *restrict g, const float *restrict aux,
+                         const float *restrict h_prev, float *restrict dh,
+                         float *restrict dg, float *restrict dgh, int n) {
+    return SR_ONE_PASS(sr_gru_back_f, (g, aux, h_prev, dh, dg, dgh, n));
 }
 
 /* The widest vectors of the float gate functions on this CPU (0: none) */

@@ -686,3 +686,73 @@ def test_lstm_backward_step_in_one_pass_equals_the_separate_loops(hidden, dtype)
     assert_array_equal(dh, 0)
     with pytest.raises(ValueError, match="4 \\* hidden"):
         _cells.lstm_back_step(g[1:], tc, c_prev, dh, dc, dg, True)
+
+
+def _sigmoid64(x):
+    return 1 / (1 + np.exp(-x))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hidden", [1, 5, 8, 16, 24, 37, 64])
+def test_gru_cell_in_one_pass_equals_the_separate_loops(hidden, dtype):
+    """The GRU step of a row in one pass (reset after, float32, AVX2 or
+    AVX-512, hidden a multiple of 8): bitwise the gates, the candidate's
+    recurrent term and the new state of the separate loops, which follow
+    PyTorch's equations."""
+    from pyx_rnn import _cells
+    rng = np.random.default_rng(hidden)
+    g0, b_ih, hh0, b_hh = (rng.standard_normal((4, 3 * hidden)) * 2).astype(dtype)
+    h0 = rng.standard_normal(hidden).astype(dtype)
+    runs = {}
+    for fused in (True, False):
+        g, hh, h = g0.copy(), hh0.copy(), h0.copy()
+        aux, h_out = np.full((2, hidden), np.nan, dtype)
+        ran = _cells.gru_cell_step(g, b_ih, hh, b_hh, aux, h_out, h, fused)
+        runs[fused] = ran, (g, hh, aux, h_out, h)
+    _assert_one_pass_is_the_loops(runs, hidden, dtype)
+    g, hh, aux, h_out, h = runs[True][1]
+    assert_array_equal(hh, hh0)
+    assert_array_equal(h_out, h)
+    # PyTorch's equations, to float32's precision
+    x = (g0.astype(np.float64) + b_ih).reshape(3, hidden)
+    rec = (hh0.astype(np.float64) + b_hh).reshape(3, hidden)
+    r, z = _sigmoid64(x[0] + rec[0]), _sigmoid64(x[1] + rec[1])
+    n = np.tanh(x[2] + r * rec[2])
+    assert_allclose(g, np.concatenate([r, z, n]), rtol=1e-5, atol=1e-6)
+    assert_allclose(aux, rec[2], rtol=1e-6, atol=1e-6)
+    assert_allclose(h, (1 - z) * n + z * h0, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="3 \\* hidden"):
+        _cells.gru_cell_step(g0[1:], b_ih, hh, b_hh, aux, h_out, h, True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hidden", [1, 5, 8, 16, 24, 37, 64])
+def test_gru_backward_step_in_one_pass_equals_the_separate_loops(hidden, dtype):
+    """The backward step of a GRU row in one pass (reset after, float32,
+    AVX2 or AVX-512, hidden a multiple of 8): bitwise the gradients of the
+    separate loops, which follow the chain rule."""
+    from pyx_rnn import _cells
+    rng = np.random.default_rng(hidden)
+    pre = rng.standard_normal((3, hidden)) * 3
+    g = np.concatenate([_sigmoid64(pre[0]), _sigmoid64(pre[1]),
+                        np.tanh(pre[2])]).astype(dtype)
+    aux, h_prev, dh0 = (rng.standard_normal((3, hidden)) * 2).astype(dtype)
+    runs = {}
+    for fused in (True, False):
+        dh = dh0.copy()
+        dg, dgh = np.full((2, 3 * hidden), np.nan, dtype)
+        ran = _cells.gru_back_step(g, aux, h_prev, dh, dg, dgh, fused)
+        runs[fused] = ran, (dh, dg, dgh)
+    _assert_one_pass_is_the_loops(runs, hidden, dtype)
+    dh, dg, dgh = runs[True][1]
+    # the chain rule, to float32's precision
+    r, z, n = g.astype(np.float64).reshape(3, hidden)
+    dg_n = dh0 * (1 - z) * (1 - n * n)
+    dg_r = dg_n * aux * r * (1 - r)
+    dg_z = dh0 * (h_prev - n) * z * (1 - z)
+    assert_allclose(dg, np.concatenate([dg_r, dg_z, dg_n]), rtol=1e-5, atol=1e-6)
+    assert_allclose(dgh, np.concatenate([dg_r, dg_z, dg_n * r]), rtol=1e-5,
+                    atol=1e-6)
+    assert_allclose(dh, dh0 * z, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="3 \\* hidden"):
+        _cells.gru_back_step(g[1:], aux, h_prev, dh, dg, dgh, True)
