@@ -54,8 +54,8 @@ SR_CLONES static void sr_tanh_d(double *restrict x, int n) {
  * per value for sigmoid and 0.98 for tanh, about half the time of a small
  * LSTM layer; these take 0.50 and 0.70 (benchmarks/OPTIMISATIONS.md). With
  * AVX-512, libmvec's float sigmoid (expf, then 1 / (1 + e)) also reached
- * 3.1 ulp; these are inlined into the one-pass LSTM steps below, where a
- * call of libmvec spills every vector register.
+ * 3.1 ulp; these are inlined into the one-pass LSTM and GRU steps below,
+ * where a call of libmvec would spill every vector register.
  *
  * exp(y): y = n ln2 + r with |r| <= ln2 / 2, exp(r) = 1 + r + r^2 q(r), q a
  * degree-4 polynomial fitted for minimum relative error (3e-9 in exact
@@ -341,17 +341,24 @@ static void sr_tanh_f(float *restrict x, int n) {
     else sr_tanh_f_libm(x, n);
 }
 
-/* STEP_16 or STEP_8 (arguments ARGS) where the CPU and n allow it: an
- * expression, 1 where one of them ran, else 0. */
+/* STEP_16 or STEP_8 (arguments ARGS) where sr_one_pass(n) allows it (16
+ * lanes where n is a multiple of 16): an expression, 1 where one of them
+ * ran, else 0. */
 #define SR_ONE_PASS(STEP, ARGS)                                               \
-    (sr_width == 16 && n % 16 == 0 ? (STEP##_16 ARGS, 1)                      \
-     : sr_width >= 8 && n % 8 == 0 ? (STEP##_8 ARGS, 1) : 0)
+    (!sr_one_pass(n) ? 0                                                      \
+     : sr_width == 16 && n % 16 == 0 ? (STEP##_16 ARGS, 1) : (STEP##_8 ARGS, 1))
 #else
 static const int sr_width = 0;
 #define sr_sigmoid_f sr_sigmoid_f_libm
 #define sr_tanh_f sr_tanh_f_libm
 #define SR_ONE_PASS(STEP, ARGS) 0
 #endif
+
+/* Whether the one-pass steps below run for rows of n units: where the CPU
+ * has our vector functions and n is a multiple of 8. The GRU's kernel asks
+ * first (it then skips the loops around the step); the LSTM's steps return
+ * whether they ran. */
+static inline int sr_one_pass(int n) { return sr_width >= 8 && n % 8 == 0; }
 
 /* x[0:2n] = sigmoid (input and forget gates), x[2n:3n] = tanh (cell
  * candidate), x[3n:4n] = sigmoid (output gate): one LSTM row's gates. */
@@ -387,10 +394,6 @@ static int sr_lstm_cell_f(float *restrict g, const float *restrict b,
                           float *restrict h, int n) {
     return SR_ONE_PASS(sr_lstm_cell_f, (g, b, c, c_out, tc_out, h_out, h, n));
 }
-
-/* Whether sr_gru_cell_f and sr_gru_back_f run for rows of n units: 1 where
- * the CPU and n (a multiple of 8) allow it (they return the same). */
-static inline int sr_one_pass(int n) { return sr_width >= 8 && n % 8 == 0; }
 
 static int sr_gru_cell_f(float *restrict g, const float *restrict b_ih,
                          const float *restrict hh, const float *restrict b_hh,
