@@ -64,29 +64,35 @@ def lstm_gate_activations(floating[::1] x):
         lstm_gates_inplace(&x[0], <int> (x.shape[0] // 4))
 
 
-def lstm_cell_step(floating[::1] g, floating[::1] b, floating[::1] c,
-                   floating[::1] c_out, floating[::1] tc_out,
-                   floating[::1] h_out, floating[::1] h, bint fused):
-    """One LSTM step of one row without peepholes or layer norm, in place, as
-    the kernel runs it: ``g`` (``4 * hidden`` gate pre-activations less the
-    bias ``b``) receives the activations, ``c`` and ``c_out`` the new cell
-    state, ``tc_out`` its tanh, ``h_out`` and ``h`` the new hidden state.
-    With ``fused``, in one pass where the CPU, the type and the size allow
-    it; else (or where they do not) in separate loops. The arrays must be
-    distinct. Returns whether the one pass ran; exposed for the tests."""
-    cdef int H = <int> c.shape[0]
+def lstm_cell_step(floating[:, ::1] g, floating[::1] b, floating[:, ::1] c,
+                   floating[:, ::1] c_out, floating[:, ::1] tc_out,
+                   floating[:, ::1] h_out, floating[:, ::1] h, bint fused):
+    """One LSTM step of some rows without peepholes or layer norm, in place,
+    as the kernel runs it: ``g`` (``4 * hidden`` gate pre-activations a row,
+    less the bias ``b``) receives the activations, ``c`` and ``c_out`` the
+    new cell states, ``tc_out`` their tanh, ``h_out`` and ``h`` the new
+    hidden states (``hidden`` a row). With ``fused``, all rows in one pass
+    where the CPU, the type and the size allow it; else (or where they do
+    not) row by row in separate loops. The arrays must be distinct. Returns
+    whether the one pass ran; exposed for the tests."""
+    cdef int rows = <int> g.shape[0], H = <int> c.shape[1], i
     cdef Dims d = make_dims(LSTM, TANH, False, False, False, False, False, 1, H)
-    if (g.shape[0] != 4 * H or b.shape[0] != 4 * H or c_out.shape[0] != H
-            or tc_out.shape[0] != H or h_out.shape[0] != H or h.shape[0] != H):
-        raise ValueError("g and b must hold 4 * hidden values, the states "
-                         "hidden")
-    if H == 0:
+    if (g.shape[1] != 4 * H or b.shape[0] != 4 * H
+            or c_out.shape[0] != rows or c_out.shape[1] != H
+            or tc_out.shape[0] != rows or tc_out.shape[1] != H
+            or h_out.shape[0] != rows or h_out.shape[1] != H
+            or h.shape[0] != rows or h.shape[1] != H or c.shape[0] != rows):
+        raise ValueError("g must hold 4 * hidden values a row, b 4 * hidden, "
+                         "the states hidden a row, all with the rows of g")
+    if H == 0 or rows == 0:
         return False
-    if fused and lstm_cell_fused(&g[0], &b[0], &c[0], &c_out[0], &tc_out[0],
-                                 &h_out[0], &h[0], H):
+    if fused and lstm_cell_fused(&g[0, 0], &b[0], &c[0, 0], &c_out[0, 0],
+                                 &tc_out[0, 0], &h_out[0, 0], &h[0, 0], H, rows):
         return True
-    lstm_row_steps(&d, &g[0], NULL, &b[0], NULL, NULL, NULL, NULL, NULL,
-                   &h_out[0], &c_out[0], &tc_out[0], &h[0], &c[0])
+    for i in range(rows):
+        lstm_row_steps(&d, &g[i, 0], NULL, &b[0], NULL, NULL, NULL, NULL, NULL,
+                       &h_out[i, 0], &c_out[i, 0], &tc_out[i, 0], &h[i, 0],
+                       &c[i, 0])
     return False
 
 
@@ -308,6 +314,14 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
             for i in range(nb):
                 for j in range(GH):
                     Gt[i * GH + j] = Gt[i * GH + j] + b_ih[j]
+        # the LSTM's step of all the block's rows in one pass (the rows of
+        # the outputs and states are consecutive)
+        if (d.cell == LSTM and not d.peephole and not d.layer_norm
+                and lstm_cell_fused(Gt, b_hh, c + lo * H,
+                                    C_out + r0 * H if C_out != NULL else NULL,
+                                    aux + r0 * H if aux != NULL else NULL,
+                                    H_out + r0 * H, h + lo * H, H, nb)):
+            continue
         for i in range(nb):
             r = r0 + i
             b = lo + i

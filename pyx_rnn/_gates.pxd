@@ -155,7 +155,8 @@ cdef inline void lstm_row(Dims* d, floating* g, const floating* hh,
     ``c_out`` and ``tc_out`` NULL: the cell state and its tanh (for the
     backward pass) are not kept (inference)."""
     if (hh == NULL and not d.peephole and not d.layer_norm
-            and lstm_cell_fused(g, b_hh, c, c_out, tc_out, h_out, h, d.hidden)):
+            and lstm_cell_fused(g, b_hh, c, c_out, tc_out, h_out, h, d.hidden,
+                                1)):
         return
     lstm_row_steps(d, g, hh, b_hh, peep, ln_w, ln_b, xhat, rstd, h_out, c_out,
                    tc_out, h, c)

@@ -617,40 +617,46 @@ def test_avx2_gates_on_an_avx512_cpu(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", [1, 3, 7])
 @pytest.mark.parametrize("hidden", [1, 5, 8, 16, 24, 37, 64])
-def test_lstm_cell_in_one_pass_equals_the_separate_loops(hidden, dtype):
-    """The LSTM step of a row in one pass (float32, AVX2 or AVX-512, hidden
-    a multiple of 8): bitwise the gates, cell state, its tanh (kept for the
-    backward pass) and hidden state of the separate loops, which follow the
-    equations."""
+def test_lstm_cell_in_one_pass_equals_the_separate_loops(hidden, rows, dtype):
+    """The LSTM step of some rows in one pass (float32, AVX2 or AVX-512,
+    hidden a multiple of 8; blocks of units of several rows interleaved,
+    with a remainder of any size): bitwise the gates, cell state, its tanh
+    (kept for the backward pass) and hidden state of the separate loops,
+    which follow the equations."""
     from pyx_rnn import _cells
     rng = np.random.default_rng(hidden)
-    g0 = (rng.standard_normal(4 * hidden) * 4).astype(dtype)
+    g0 = (rng.standard_normal((rows, 4 * hidden)) * 4).astype(dtype)
     b = rng.standard_normal(4 * hidden).astype(dtype)
-    c0, h0 = (rng.standard_normal((2, hidden)) * 3).astype(dtype)
+    c0, h0 = (rng.standard_normal((2, rows, hidden)) * 3).astype(dtype)
     runs = {}
     for fused in (True, False):
         g, c, h = g0.copy(), c0.copy(), h0.copy()
-        c_out, tc_out, h_out = np.full((3, hidden), np.nan, dtype)
+        c_out, tc_out, h_out = np.full((3, rows, hidden), np.nan, dtype)
         ran = _cells.lstm_cell_step(g, b, c, c_out, tc_out, h_out, h, fused)
         runs[fused] = ran, (g, c, c_out, tc_out, h_out, h)
     _assert_one_pass_is_the_loops(runs, hidden, dtype)
     g, c, c_out, tc_out, h_out, h = runs[True][1]
     assert_array_equal(c_out, c)
     assert_array_equal(h_out, h)
-    tanh_c = c.copy()
-    _cells.gate_activation(tanh_c, False)
-    assert_array_equal(tc_out, tanh_c)
+    for row_c, row_tc in zip(c, tc_out):
+        # row by row: float64's vector tanh and its scalar tail may differ
+        tanh_c = row_c.copy()
+        _cells.gate_activation(tanh_c, False)
+        assert_array_equal(row_tc, tanh_c)
     # the equations, to float32's precision
-    pre = (g0 + b).astype(np.float64).reshape(4, hidden)
-    i, f, o = (1 / (1 + np.exp(-pre[k])) for k in (0, 1, 3))
-    z = np.tanh(pre[2])
+    pre = (g0 + b).astype(np.float64).reshape(rows, 4, hidden)
+    i, f, o = (1 / (1 + np.exp(-pre[:, k])) for k in (0, 1, 3))
+    z = np.tanh(pre[:, 2])
     c_want = f * c0 + i * z
-    assert_allclose(g, np.concatenate([i, f, z, o]), rtol=1e-6, atol=1e-7)
+    assert_allclose(g, np.concatenate([i, f, z, o], axis=1), rtol=1e-6, atol=1e-7)
     assert_allclose(c, c_want, rtol=1e-5, atol=1e-6)
     assert_allclose(h, o * np.tanh(c_want), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="4 \\* hidden"):
-        _cells.lstm_cell_step(g0[1:], b, c, c_out, tc_out, h_out, h, True)
+        _cells.lstm_cell_step(g0[:, 1:].copy(), b, c, c_out, tc_out, h_out, h, True)
+    with pytest.raises(ValueError, match="rows of g"):
+        _cells.lstm_cell_step(g0, b, c[1:], c_out, tc_out, h_out, h, True)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
