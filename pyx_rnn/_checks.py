@@ -407,7 +407,11 @@ def _check_pool(pool, where):
     if not isinstance(pool, MutableMapping):
         raise TypeError(f"{where}: pool must be None or a dict, got "
                         f"{type(pool).__name__}")
+    from .layers import _BackwardPlan, _ForwardPlan
     for key, a in pool.items():
+        if (key, type(a)) in (("forward_plan", _ForwardPlan),
+                              ("backward_plan", _BackwardPlan)):
+            continue   # the layer's own record of its buffers
         if not isinstance(a, np.ndarray) or _needs_copy(a):
             raise ValueError(
                 f"{where}: pool[{key!r}] is not a C-contiguous, writable numpy "

@@ -276,6 +276,42 @@ def accumulate_column_sums(floating[:, :] A, floating[::1] out):
                 pout[j] += row[i * lda + j]
 
 
+def add_block_sums(const floating[:, ::1] parts, floating[:, :] out,
+                   bint transposed):
+    """``out += parts.sum(axis=0)``, with NumPy's bits: each entry's partial
+    sums (one row of ``parts`` per block of sequences) added in block order,
+    then the total added to ``out``. A row of ``parts`` holds ``out`` in
+    row-major order or, with ``transposed``, ``out.T`` (the backward kernel
+    sums ``W.T``'s gradient). ``out`` may be a view with contiguous rows."""
+    cdef Py_ssize_t K = parts.shape[0], R = out.shape[0], C = out.shape[1]
+    if parts.shape[1] != R * C:
+        raise ValueError(f"parts must hold out's {R * C} entries a row, got "
+                         f"{parts.shape[1]}")
+    if C > 1 and out.strides[1] != sizeof(floating):
+        raise ValueError("out must have contiguous rows")
+    if K == 0 or R == 0 or C == 0:
+        return
+    cdef Py_ssize_t ldo = out.strides[0] // sizeof(floating)
+    cdef Py_ssize_t N = R * C
+    # the parts' layout: n_a rows of n_b entries
+    cdef Py_ssize_t n_a = C if transposed else R, n_b = R if transposed else C
+    cdef Py_ssize_t a, b, k, at
+    cdef const floating* P = &parts[0, 0]
+    cdef floating* Out = &out[0, 0]
+    cdef floating total
+    with nogil:
+        for a in range(n_a):
+            for b in range(n_b):
+                at = a * n_b + b
+                total = P[at]
+                for k in range(1, K):
+                    total = total + P[k * N + at]
+                if transposed:
+                    Out[b * ldo + a] = Out[b * ldo + a] + total
+                else:
+                    Out[a * ldo + b] = Out[a * ldo + b] + total
+
+
 def gather_rows(const Py_ssize_t[::1] ids, floating[::1] weights,
                 floating[:, ::1] table, floating[:, ::1] out, int n_threads):
     """``out[r] = weights[r] * table[ids[r]]``: an embedding lookup, or the

@@ -262,7 +262,9 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
         Recurrent-dropout mask.
     pool : dict, optional
         Buffers to reuse from call to call (see ``_take``); the returned
-        arrays then live in it until the next call with the same pool.
+        arrays then live in it until the next call with the same pool. It
+        also records which buffers a call used, for the next call of the
+        same layer and sizes.
     keep_cache : bool
         False for inference: what only the backward pass needs (the previous
         states, the cell states) is not stored, and ``cache`` is None.
@@ -283,85 +285,127 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
                           n_threads, block_rows, pool, keep_cache)
 
 
+class _ForwardPlan:
+    """The buffers and fixed kernel arguments of ``_layer_forward`` for calls
+    of one layer and shape (``key``), kept in the pool (``"forward_plan"``): a
+    call then only puts in its own arrays (``SLOTS``), rather than finding a
+    dozen buffers again. The buffers are the pool's own (``_take``), the
+    ones it would give."""
+
+    # positions of the per-call arguments of _cells.recurrent_forward
+    SLOTS = dict(batch_sizes=6, offsets=7, X=8, W_ih=9, b_ih=10, W_hh=14,
+                 b_hh=15, peep=16, ln_w=17, ln_b=18, mask=19, h=20, c=21,
+                 n_threads=31)
+
+    def __init__(self, spec, key, pool):
+        _, dtype, n_rows, B, block_rows, keep_cache, unmasked, tokens = key
+        self.key = key
+        H_, gh = spec.hidden, spec.gates * spec.hidden
+        n_blocks = -(-B // block_rows)
+        lstm, gru = spec.cell == "lstm", spec.cell == "gru"
+        # The input projection is computed by the kernel, step by step, when
+        # the recurrent product is packed (the same micro-kernel); token input
+        # is gathered over all steps first.
+        self.fuse_input = fuse = (not tokens
+                                  and use_packed_product(spec, block_rows, False))
+        # the rnn and the lstm add both biases to the gates in one pass (the
+        # GRU's candidate needs them apart): their sum, made at every call
+        self.bias_sum = (_take(pool, "bias_sum", (gh,), dtype)
+                         if fuse and not gru else None)
+        if fuse:
+            wpack_ih = _take(pool, "wpack_ih", (_cells.input_pack_length(
+                CELLS[spec.cell], spec.n_input, H_, np.dtype(dtype).itemsize),),
+                dtype)
+            G = _take(pool, "G", (n_rows, gh), dtype) if keep_cache else _empty(dtype)
+            G_block = (_empty(dtype) if keep_cache
+                       else _take(pool, "G_block", (n_blocks, block_rows * gh), dtype))
+        else:
+            wpack_ih, G_block = _empty(dtype, 1), _empty(dtype)
+            G = _take(pool, "G", (n_rows, gh), dtype)
+        self.G = G
+        self.C = (_take(pool, "C", (n_rows, H_), dtype) if lstm and keep_cache
+                  else _empty(dtype))
+        self.H = _take(pool, "H", (n_rows, H_), dtype)
+        self.Hprev = (_take(pool, "Hprev", (n_rows, H_), dtype)
+                      if keep_cache or not unmasked else _empty(dtype))
+        # the GRU's a_n or r * m * h; the LSTM's tanh(c_t), for the backward
+        # pass
+        self.aux = (_take(pool, "aux", (n_rows, H_), dtype)
+                    if gru or (lstm and keep_cache) else _empty(dtype))
+        if spec.layer_norm:
+            self.xhat = _take(pool, "xhat", (n_rows, gh), dtype)
+            self.rstd = _take(pool, "rstd", (n_rows, spec.gates), dtype)
+        else:
+            self.xhat = self.rstd = _empty(dtype)
+        work = _take(pool, "work", (n_blocks, block_rows * gh), dtype)
+        # the rnn and the lstm pack W_hh into wpack_ih, below W_ih
+        wpack = (_wpack(spec, block_rows, dtype, pool, False)
+                 if not fuse or gru else _empty(dtype, 1))
+        self.args = [
+            CELLS[spec.cell], ACTIVATIONS[spec.activation], spec.reverse,
+            spec.reset_after, spec.layer_norm, spec.peephole, None, None,
+            None, None, None, wpack_ih, G, G_block, None, None, None, None,
+            None, None, None, None, self.H, self.C, self.Hprev, self.aux,
+            self.xhat, self.rstd, work, wpack, block_rows, None]
+
+
 def _layer_forward(spec, w, X, batch_sizes, offsets, h0, c0, mask, n_threads,
                    block_rows, pool, keep_cache):
     """``layer_forward`` on arguments already checked: by
     ``check_layer_forward_args``, or by ``Network`` once per call for all its
     layers (see ``Network._layer_args_checked``)."""
     dtype = w["weight_ih"].dtype
-    n_rows = len(X)
     B = int(batch_sizes[0])
-    H_, gh = spec.hidden, spec.gates * spec.hidden
     if block_rows is None:
         block_rows = default_block_rows(B)
-    n_blocks = -(-B // block_rows)
-    lstm, gru = spec.cell == "lstm", spec.cell == "gru"
-
-    # The input projection is computed by the kernel, step by step, when the
-    # recurrent product is packed (the same micro-kernel); token input is
-    # gathered over all steps first.
-    fuse_input = (not isinstance(X, TokenInput)
-                  and use_packed_product(spec, block_rows, False))
-    b_hh = w["bias_hh"]
-    if fuse_input:
-        X_in, b_ih = X, w["bias_ih"]
+    key = (spec, dtype, len(X), B, block_rows, keep_cache, mask is None,
+           isinstance(X, TokenInput))
+    plan = None if pool is None else pool.get("forward_plan")
+    if plan is None or plan.key != key:
+        plan = _ForwardPlan(spec, key, pool)
+        if pool is not None:
+            pool["forward_plan"] = plan
+    H_ = spec.hidden
+    gru = spec.cell == "gru"
+    if plan.fuse_input:
+        X_in, b_ih, b_hh = X, w["bias_ih"], w["bias_hh"]
         if not gru:
-            # both biases added to the gates in one pass (the GRU's candidate
-            # needs them apart)
-            b_ih, b_hh = _empty(dtype, 1), w["bias_ih"] + w["bias_hh"]
-        wpack_ih = _take(pool, "wpack_ih", (_cells.input_pack_length(
-            CELLS[spec.cell], spec.n_input, H_, np.dtype(dtype).itemsize),), dtype)
-        G = _take(pool, "G", (n_rows, gh), dtype) if keep_cache else _empty(dtype)
-        G_block = (_empty(dtype) if keep_cache
-                   else _take(pool, "G_block", (n_blocks, block_rows * gh), dtype))
+            b_ih, b_hh = _empty(dtype, 1), plan.bias_sum
+            np.add(w["bias_ih"], w["bias_hh"], out=b_hh)
     else:
-        X_in, b_ih, wpack_ih, G_block = (_empty(dtype), _empty(dtype, 1),
-                                         _empty(dtype, 1), _empty(dtype))
-        G = _take(pool, "G", (n_rows, gh), dtype)
-        _input_product(X, w["weight_ih"], G, n_threads)
-        G += w["bias_ih"]
+        X_in, b_ih, b_hh = _empty(dtype), _empty(dtype, 1), w["bias_hh"]
+        _input_product(X, w["weight_ih"], plan.G, n_threads)
+        plan.G += w["bias_ih"]
     # the states, updated in place by every block at every step
     h = _aligned((B, H_), dtype, zero=True)
     if h0 is not None:
         h[...] = h0
     h0 = h.copy() if keep_cache else None
-    if lstm:
+    if spec.cell == "lstm":
         c = _aligned((B, H_), dtype, zero=True)
         if c0 is not None:
             c[...] = c0
         c0 = c.copy() if keep_cache else None
-        C = _take(pool, "C", (n_rows, H_), dtype) if keep_cache else _empty(dtype)
     else:
-        c = c0 = C = _empty(dtype)
-    H = _take(pool, "H", (n_rows, H_), dtype)
-    Hprev = (_take(pool, "Hprev", (n_rows, H_), dtype)
-             if keep_cache or mask is not None else _empty(dtype))
-    # the GRU's a_n or r * m * h; the LSTM's tanh(c_t), for the backward pass
-    aux = (_take(pool, "aux", (n_rows, H_), dtype) if gru or (lstm and keep_cache)
-           else _empty(dtype))
-    if spec.layer_norm:
-        xhat = _take(pool, "xhat", (n_rows, gh), dtype)
-        rstd = _take(pool, "rstd", (n_rows, spec.gates), dtype)
-    else:
-        xhat = rstd = _empty(dtype)
+        c = c0 = _empty(dtype)
     mask = _empty(dtype) if mask is None else np.ascontiguousarray(mask, dtype)
-    work = _take(pool, "work", (n_blocks, block_rows * gh), dtype)
-    _cells.recurrent_forward(
-        CELLS[spec.cell], ACTIVATIONS[spec.activation], spec.reverse,
-        spec.reset_after, spec.layer_norm, spec.peephole, batch_sizes, offsets,
-        X_in, w["weight_ih"], b_ih, wpack_ih, G, G_block, w["weight_hh"], b_hh,
-        _param(w, "peephole", dtype),
-        _param(w, "ln_weight", dtype), _param(w, "ln_bias", dtype), mask, h, c,
-        H, C, Hprev, aux, xhat, rstd, work,
-        # the rnn and the lstm pack W_hh into wpack_ih, below W_ih
-        _wpack(spec, block_rows, dtype, pool, False) if not fuse_input or gru
-        else _empty(dtype, 1), block_rows, n_threads,
-    )
+    # a copy: the plan keeps no reference to this call's arrays
+    args, at = plan.args.copy(), _ForwardPlan.SLOTS
+    args[at["batch_sizes"]], args[at["offsets"]] = batch_sizes, offsets
+    args[at["X"]], args[at["W_ih"]], args[at["b_ih"]] = X_in, w["weight_ih"], b_ih
+    args[at["W_hh"]], args[at["b_hh"]] = w["weight_hh"], b_hh
+    args[at["peep"]] = _param(w, "peephole", dtype)
+    args[at["ln_w"]] = _param(w, "ln_weight", dtype)
+    args[at["ln_b"]] = _param(w, "ln_bias", dtype)
+    args[at["mask"]], args[at["h"]], args[at["c"]] = mask, h, c
+    args[at["n_threads"]] = n_threads
+    _cells.recurrent_forward(*args)
     if not keep_cache:
-        return H, h, c, None
-    cache = LayerCache(X, G, H, C, Hprev, aux, xhat, rstd, h0, c0, mask,
-                       batch_sizes, offsets, block_rows)
-    return H, h, c, cache
+        return plan.H, h, c, None
+    cache = LayerCache(X, plan.G, plan.H, plan.C, plan.Hprev, plan.aux,
+                       plan.xhat, plan.rstd, h0, c0, mask, batch_sizes, offsets,
+                       block_rows)
+    return plan.H, h, c, cache
 
 
 def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
@@ -401,6 +445,49 @@ def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
                            need_dx, n_threads, pool)
 
 
+class _BackwardPlan:
+    """The buffers of ``_layer_backward`` for calls of one layer and shape
+    (``key``), kept in the pool (``"backward_plan"``; see ``_ForwardPlan``):
+    the gradients of the gates, the kernel's scratch, and its partial sums
+    of the parameters' gradients, one row per block of sequences (zeroed at
+    every call)."""
+
+    def __init__(self, spec, key, pool):
+        _, dtype, n_rows, B, block_rows, tokens = key
+        self.key = key
+        H_, gh = spec.hidden, spec.gates * spec.hidden
+        n_blocks = -(-B // block_rows)
+        self.separate_dgh = spec.cell == "gru" and spec.reset_after
+        self.dG = _take(pool, "dG", (n_rows, gh), dtype)
+        self.dGh = (_take(pool, "dGh", (n_rows, gh), dtype) if self.separate_dgh
+                    else self.dG)
+        self.work = _take(pool, "work", (n_blocks, block_rows * gh), dtype)
+        self.wpack = _wpack(spec, block_rows, dtype, pool, True)
+        self.fused = fused_weight_gradients(spec, np.dtype(dtype).itemsize)
+        if self.fused:
+            columns = _cells.panel_columns(np.dtype(dtype).itemsize)
+            self.edge = _take(pool, "edge", (n_blocks, block_rows * columns), dtype)
+        else:
+            self.edge = _empty(dtype)
+        self.partials = []
+
+        def partial(name, width, wanted=True):
+            if not wanted:
+                return _empty(dtype)
+            a = _take(pool, name, (n_blocks, width), dtype)
+            self.partials.append(a)
+            return a
+        self.dpeep = partial("dpeep", 3 * H_, spec.peephole)
+        self.dln_w = partial("dln_w", gh, spec.layer_norm)
+        self.dln_b = partial("dln_b", gh, spec.layer_norm)
+        self.dbias_ih = partial("dbias_ih", gh)
+        self.dbias_hh = partial("dbias_hh", gh, self.separate_dgh)
+        self.dWhh_t = partial("dWhh_t", H_ * gh, self.fused)
+        # token input: the input weight gradient is a scatter-add
+        self.dWih_t = partial("dWih_t", spec.n_input * gh,
+                              self.fused and not tokens)
+
+
 def _layer_backward(spec, w, grads, cache, dH, dh_n, dc_n, t_stop, need_dx,
                     n_threads, pool):
     """``layer_backward`` on arguments already checked (see
@@ -408,80 +495,72 @@ def _layer_backward(spec, w, grads, cache, dH, dh_n, dc_n, t_stop, need_dx,
     dtype = cache.G.dtype
     n_rows = len(cache.X)
     B = cache.h0.shape[0]
-    H_, gh = spec.hidden, spec.gates * spec.hidden
-    block_rows = cache.block_rows
-    n_blocks = -(-B // block_rows)
-    lstm = spec.cell == "lstm"
-    separate_dgh = spec.cell == "gru" and spec.reset_after
-
+    H_ = spec.hidden
+    tokens = isinstance(cache.X, TokenInput)
+    key = (spec, dtype, n_rows, B, cache.block_rows, tokens)
+    plan = None if pool is None else pool.get("backward_plan")
+    if plan is None or plan.key != key:
+        plan = _BackwardPlan(spec, key, pool)
+        if pool is not None:
+            pool["backward_plan"] = plan
+    for a in plan.partials:
+        a.fill(0)
     stops, first = _stops(t_stop, cache.offsets, int(cache.batch_sizes[0]))
-    # rows below a block's smallest stop are not written by the kernel
-    truncated = stops.size > 0 and stops.max() > 0
-    dG = _take(pool, "dG", (n_rows, gh), dtype, zero=truncated)
-    dGh = (_take(pool, "dGh", (n_rows, gh), dtype, zero=truncated) if separate_dgh
-           else dG)
+    dG, dGh = plan.dG, plan.dGh
+    if stops.size > 0 and stops.max() > 0:
+        # rows below a block's smallest stop are not written by the kernel
+        dG.fill(0)
+        if plan.separate_dgh:
+            dGh.fill(0)
     dh = np.zeros((B, H_), dtype) if dh_n is None else np.array(dh_n, dtype, order="C")
-    if lstm:
+    if spec.cell == "lstm":
         dc = (np.zeros((B, H_), dtype) if dc_n is None
               else np.array(dc_n, dtype, order="C"))
     else:
         dc = _empty(dtype)
-    dpeep = (np.zeros((n_blocks, 3 * H_), dtype) if spec.peephole
-             else _empty(dtype))
-    dln_w, dln_b = (np.zeros((2, n_blocks, gh), dtype) if spec.layer_norm
-                    else (_empty(dtype), _empty(dtype)))
-    dbias_ih = np.zeros((n_blocks, gh), dtype)
-    dbias_hh = np.zeros((n_blocks, gh), dtype) if separate_dgh else _empty(dtype)
-    work = _take(pool, "work", (n_blocks, block_rows * gh), dtype)
-    tokens = isinstance(cache.X, TokenInput)
-    fused = fused_weight_gradients(spec, np.dtype(dtype).itemsize)
-    if fused:
-        dWhh_t = np.zeros((n_blocks, H_ * gh), dtype)
-        # token input: the input weight gradient is a scatter-add, below
-        X_in = _empty(dtype) if tokens else cache.X
-        dWih_t = _empty(dtype) if tokens else np.zeros(
-            (n_blocks, spec.n_input * gh), dtype)
-        edge = _take(pool, "edge", (n_blocks, block_rows * _cells.panel_columns(
-            np.dtype(dtype).itemsize)), dtype)
-    else:
-        dWhh_t = dWih_t = X_in = edge = _empty(dtype)
+    fused = plan.fused
+    X_in = cache.X if fused and not tokens else _empty(dtype)
     _cells.recurrent_backward(
         CELLS[spec.cell], ACTIVATIONS[spec.activation], spec.reverse,
         spec.reset_after, spec.layer_norm, spec.peephole, cache.batch_sizes,
         cache.offsets, stops, cache.G, w["weight_hh"],
         _param(w, "peephole", dtype), _param(w, "ln_weight", dtype), cache.mask,
         cache.h0, cache.c0, cache.H, cache.C, cache.Hprev, cache.aux, cache.xhat,
-        cache.rstd, np.ascontiguousarray(dH, dtype), dh, dc, dG, dGh, dpeep,
-        dln_w, dln_b, dbias_ih, dbias_hh, X_in, dWih_t, dWhh_t, edge, work,
-        _wpack(spec, block_rows, dtype, pool, True),
-        block_rows, n_threads,
+        cache.rstd, np.ascontiguousarray(dH, dtype), dh, dc, dG, dGh, plan.dpeep,
+        plan.dln_w, plan.dln_b, plan.dbias_ih, plan.dbias_hh, X_in, plan.dWih_t,
+        plan.dWhh_t, plan.edge, plan.work, plan.wpack, cache.block_rows,
+        n_threads,
     )
-    # bias gradients: the kernel's partial sums per block, added in order
-    db_ih = dbias_ih.sum(axis=0)
-    grads["bias_ih"] += db_ih
-    grads["bias_hh"] += dbias_hh.sum(axis=0) if separate_dgh else db_ih
+    # the kernel's partial sums per block, added in block order (those of
+    # the weights are transposed)
+    _add_block_sums(plan.dbias_ih, grads["bias_ih"])
+    _add_block_sums(plan.dbias_hh if plan.separate_dgh else plan.dbias_ih,
+                    grads["bias_hh"])
     if fused:
-        # the kernel's partial sums of the transposed gradients, per block,
-        # added in order
-        grads["weight_hh"] += dWhh_t.reshape(n_blocks, H_, gh).sum(axis=0).T
+        _dense.add_block_sums(plan.dWhh_t, grads["weight_hh"], True)
         if tokens:
             _accumulate_input_grad(dG[first:], cache.X[first:],
                                    grads["weight_ih"], n_threads)
         else:
-            grads["weight_ih"] += dWih_t.reshape(
-                n_blocks, spec.n_input, gh).sum(axis=0).T
+            _dense.add_block_sums(plan.dWih_t, grads["weight_ih"], True)
     else:
         _weight_grads_after(spec, cache, dG, dGh, first, grads, n_threads, pool)
     if spec.peephole:
-        grads["peephole"] += dpeep.sum(axis=0)
+        _add_block_sums(plan.dpeep, grads["peephole"])
     if spec.layer_norm:
-        grads["ln_weight"] += dln_w.sum(axis=0)
-        grads["ln_bias"] += dln_b.sum(axis=0)
+        _add_block_sums(plan.dln_w, grads["ln_weight"])
+        _add_block_sums(plan.dln_b, grads["ln_bias"])
     dX = None
     if need_dx:
         dX = _take(pool, "dX", (n_rows, spec.n_input), dtype)
         _dense.matmul(dG, w["weight_ih"], dX, False, 0.0, n_threads)
     return dX, dh, dc
+
+
+def _add_block_sums(parts, out):
+    """``out += parts.sum(axis=0)`` for a 1-D ``out`` (see
+    ``_dense.add_block_sums``)."""
+    _dense.add_block_sums(parts, out.reshape(1, -1), False)
 
 
 # --------------------------------------------------------------------------

@@ -469,10 +469,12 @@ class Network:
         return d_init, dX
 
     def _head(self, top, rows, pool):
-        """Output layer on the given rows of the top output: (Z, Y); ``pool``
-        (a dict) keeps the packed weights' buffer from call to call."""
+        """Output layer on the given rows of the top output: ``(Z, Y, X)``,
+        ``X`` being those rows (None for Jordan networks, whose ``Y`` is the
+        top output); ``pool`` (a dict) keeps the packed weights' buffer from
+        call to call."""
         if self.jordan is not None:
-            return None, top[rows]
+            return None, top[rows], None
         W, b = self.weights["output.weight"], self.weights["output.bias"]
         X = np.ascontiguousarray(top[rows])
         Z = np.empty((len(X), len(W)), self.dtype)
@@ -482,21 +484,30 @@ class Network:
             _dense.linear_pack_length(W.shape[0], W.shape[1], Z.itemsize),),
             self.dtype)
         _dense.linear(X, W, b, Z, wpack, 1)
-        return Z, _activate(Z, self.output_activation)
+        return Z, _activate(Z, self.output_activation), X
 
-    def _head_backward(self, top, rows, dZ, n_top_rows):
-        """Gradient of the output layer; returns dL/d(top output) at every row."""
+    def _head_backward(self, X, rows, dZ, n_top_rows):
+        """Gradient of the output layer, whose input ``X`` (from ``_head``)
+        is the top output at ``rows``; returns dL/d(top output) at every
+        row."""
         if self.jordan is not None:
             d_top = np.zeros((n_top_rows, self.n_output), self.dtype)
             d_top[rows] = dZ
             return d_top
         g = self.grad_views
-        g["output.weight"] += dZ.T @ top[rows]
+        g["output.weight"] += dZ.T @ X
         g["output.bias"] += dZ.sum(axis=0)
-        # reused from batch to batch: no page faults for a large fresh array
-        d_top = _take(self._pool.setdefault("head", {}), "d_top",
-                      (n_top_rows, self.n_top), self.dtype, zero=True)
+        # reused from batch to batch: no page faults for a large fresh array;
+        # zero but for the rows the output layer reads, and only the rows
+        # the last call wrote are not zero already
+        head = self._pool.setdefault("head", {})
+        d_top = _take(head, "d_top", (n_top_rows, self.n_top), self.dtype)
+        if head.get("d_top_of") is d_top:
+            d_top[head["d_top_rows"]] = 0
+        else:
+            d_top.fill(0)
         d_top[rows] = dZ @ self.weights["output.weight"]
+        head["d_top_of"], head["d_top_rows"] = d_top, rows
         return d_top
 
     def _top_rows(self, packing, return_sequences):
@@ -549,7 +560,7 @@ class Network:
                 X, packing, initial_state, None, 0.0, None, n_threads, block_rows,
                 pool, keep_cache=False, checked=checked)
         feats, rows = self._gather_top(top, packing, return_sequences)
-        Z, Y = self._head(feats, rows, pool)
+        Z, Y, _ = self._head(feats, rows, pool)
         return Z, Y, states
 
     def loss_gradient(self, X, packing, targets, loss, *, sample_weight=None,
@@ -680,13 +691,13 @@ class Network:
                     rows_w = np.arange(len(rows_w))
                 else:
                     feats = top
-                Z, Y = self._head(feats, rows_w, self._pool)
+                Z, Y, head_in = self._head(feats, rows_w, self._pool)
                 v, dZ = loss_and_gradient(
                     loss, self.output_activation, Z, Y,
                     targets if idx is None else targets[idx],
                     row_weight if idx is None else row_weight[idx], total_weight)
                 value += v
-                d_top = self._head_backward(feats, rows_w, dZ, feats.shape[0])
+                d_top = self._head_backward(head_in, rows_w, dZ, feats.shape[0])
                 if self.bidirectional and not return_sequences:
                     d_top = _scatter_bidirectional(d_top, pw, self.hidden_sizes[-1])
                 self._backward_span(kept, d_top, truncate_at, n_threads, back_pool)

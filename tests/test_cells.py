@@ -955,6 +955,71 @@ def test_layer_forward_without_cache(c):
         layer_forward(spec, w, X, pk.batch_sizes, pk.offsets, keep_cache=None)
 
 
+def test_layers_sharing_a_pool_keep_their_own_buffers():
+    """A pool records the buffers of a layer's forward and backward calls
+    (its "plans") for its next call of the same shape: layers of other
+    sizes or cells that share the pool get their own, the same results as
+    with a pool each, and the public entry points accept the records but
+    nothing else under their keys."""
+    pb = layer_problem(cfg("lstm"), THREAD_LENGTHS, seed=65)
+    X, pk = pack(pb["seqs"], np.float32)
+    rng = np.random.default_rng(65)
+    specs = [LayerSpec("lstm", N_INPUT, HIDDEN), LayerSpec("gru", N_INPUT, HIDDEN),
+             LayerSpec("lstm", N_INPUT, HIDDEN + 8)]
+    ws = [{k: rng.standard_normal(shape).astype(np.float32)
+           for k, shape in spec.shapes().items()} for spec in specs]
+
+    def run(spec, w, pool, backward):
+        H, h_n, c_n, cache = layer_forward(spec, w, X, pk.batch_sizes,
+                                           pk.offsets, n_threads=2, pool=pool)
+        out = [H.copy(), h_n, c_n]
+        if backward:
+            grads = {k: np.zeros_like(v) for k, v in w.items()}
+            dX, dh0, dc0 = layer_backward(spec, w, grads, cache, np.ones_like(H),
+                                          n_threads=2, pool=pool)
+            out += [dX.copy(), dh0, dc0, *grads.values()]
+        return out
+
+    shared = {}
+    for backward in (False, True, True):
+        for spec, w in zip(specs, ws):
+            for a, b in zip(run(spec, w, shared, backward),
+                            run(spec, w, {}, backward)):
+                assert_array_equal(a, b, strict=True)
+    assert {"forward_plan", "backward_plan"} <= set(shared)
+    for key in ("forward_plan", "backward_plan"):
+        with pytest.raises(ValueError, match=f"pool\\['{key}'\\]"):
+            layer_forward(specs[0], ws[0], X, pk.batch_sizes, pk.offsets,
+                          pool={key: object()})
+
+
+@DTYPES
+@pytest.mark.parametrize("n_blocks", [1, 2, 3, 5])
+def test_add_block_sums_has_numpys_bits(n_blocks, dtype):
+    """The backward pass's partial sums per block, added to a gradient
+    (``_dense.add_block_sums``): bitwise ``out += parts.sum(axis=0)``,
+    with ``out`` as is or transposed, also into a view with a row stride,
+    and one column of sums (a bias) through a 1-row view."""
+    from pyx_rnn import _dense
+    rng = np.random.default_rng(n_blocks)
+    # magnitudes far apart: another order of the additions changes the bits
+    parts = (rng.standard_normal((n_blocks, 6 * 7))
+             * 10.0 ** rng.integers(-4, 5, size=(n_blocks, 1))).astype(dtype)
+    base = rng.standard_normal((6, 9)).astype(dtype)
+    for transposed in (False, True):
+        out = base.copy()
+        _dense.add_block_sums(parts, out[:, 2:], transposed)
+        total = parts.sum(axis=0)
+        want = base.copy()
+        want[:, 2:] += total.reshape(7, 6).T if transposed else total.reshape(6, 7)
+        assert_array_equal(out, want, strict=True)
+    bias, columns = base[0].copy(), parts[:, :9].copy()
+    _dense.add_block_sums(columns, bias.reshape(1, -1), False)
+    assert_array_equal(bias, base[0] + columns.sum(axis=0), strict=True)
+    with pytest.raises(ValueError, match="36 entries a row, got 42"):
+        _dense.add_block_sums(parts, np.zeros((6, 6), dtype), False)
+
+
 # ---------------------------------------------------------------------------
 # 8. weight gradients over all steps: pyx_rnn._dense.accumulate_outer
 # ---------------------------------------------------------------------------
