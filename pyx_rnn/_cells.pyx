@@ -23,7 +23,7 @@ from ._blas cimport (
 )
 from ._gates cimport (
     Dims, RNN, LSTM, GRU, TANH, first_stop, make_dims, ptr1, ptr2, rnn_row,
-    lstm_row, lstm_row_steps, gru_rz_row, gru_n_row, rnn_row_back, lstm_row_back,
+    lstm_row_steps, gru_rz_row, gru_n_row, rnn_row_back, lstm_row_back,
     lstm_row_back_steps, gru_n_row_back, gru_rz_row_back,
 )
 from ._math cimport (
@@ -329,11 +329,11 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
                 rnn_row(d, Gt + i * GH, NULL, b_hh, ln_w, ln_b,
                         xhat + r * GH, rstd + r * G_, H_out + r * H, h + b * H)
             elif d.cell == LSTM:
-                lstm_row(d, Gt + i * GH, NULL, b_hh, peep, ln_w, ln_b,
-                         xhat + r * GH, rstd + r * G_, H_out + r * H,
-                         C_out + r * H if C_out != NULL else NULL,
-                         aux + r * H if aux != NULL else NULL, h + b * H,
-                         c + b * H)
+                lstm_row_steps(d, Gt + i * GH, NULL, b_hh, peep, ln_w, ln_b,
+                               xhat + r * GH, rstd + r * G_, H_out + r * H,
+                               C_out + r * H if C_out != NULL else NULL,
+                               aux + r * H if aux != NULL else NULL,
+                               h + b * H, c + b * H)
             elif gru_fused:
                 gru_cell_fused(Gt + i * GH, b_ih if X != NULL else NULL,
                                work + i * GH, b_hh, aux + r * H, H_out + r * H,

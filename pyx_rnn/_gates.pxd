@@ -8,7 +8,7 @@ from cython cimport floating
 from libc.math cimport sqrt
 
 from ._math cimport (
-    sigmoid, tanh_, exp_, lstm_back_fused, lstm_cell_fused, lstm_gates_inplace,
+    sigmoid, tanh_, exp_, lstm_back_fused, lstm_gates_inplace,
     sigmoid_inplace, tanh_inplace,
 )
 
@@ -145,23 +145,6 @@ cdef inline void rnn_row(Dims* d, floating* g, const floating* hh,
         h[j] = g[j]
 
 
-cdef inline void lstm_row(Dims* d, floating* g, const floating* hh,
-                          const floating* b_hh, const floating* peep,
-                          const floating* ln_w, const floating* ln_b,
-                          floating* xhat, floating* rstd, floating* h_out,
-                          floating* c_out, floating* tc_out, floating* h,
-                          floating* c) noexcept nogil:
-    """``hh`` NULL: the recurrent product is already added to ``g``;
-    ``c_out`` and ``tc_out`` NULL: the cell state and its tanh (for the
-    backward pass) are not kept (inference)."""
-    if (hh == NULL and not d.peephole and not d.layer_norm
-            and lstm_cell_fused(g, b_hh, c, c_out, tc_out, h_out, h, d.hidden,
-                                1)):
-        return
-    lstm_row_steps(d, g, hh, b_hh, peep, ln_w, ln_b, xhat, rstd, h_out, c_out,
-                   tc_out, h, c)
-
-
 cdef inline void lstm_row_steps(Dims* d, floating* g, const floating* hh,
                                 const floating* b_hh, const floating* peep,
                                 const floating* ln_w, const floating* ln_b,
@@ -169,7 +152,11 @@ cdef inline void lstm_row_steps(Dims* d, floating* g, const floating* hh,
                                 floating* h_out, floating* c_out,
                                 floating* tc_out, floating* h,
                                 floating* c) noexcept nogil:
-    """``lstm_row`` in separate loops, for every configuration."""
+    """One LSTM row's step in separate loops, for every configuration (the
+    kernel runs rows without peepholes or layer norm in one pass where it
+    can: ``lstm_cell_fused``). ``hh`` NULL: the recurrent product is already
+    added to ``g``; ``c_out`` and ``tc_out`` NULL: the cell state and its
+    tanh (for the backward pass) are not kept (inference)."""
     cdef Py_ssize_t j, k, H = d.hidden
     if hh != NULL:
         for j in range(4 * H):

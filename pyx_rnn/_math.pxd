@@ -98,7 +98,7 @@ cdef inline bint lstm_cell_fused(floating* g, const floating* b, floating* c,
     state in ``c`` (and ``c_out`` unless NULL) and its tanh in ``tc_out``
     (unless NULL), the new hidden state in ``h_out`` and ``h`` (rows ``n``
     apart). Returns False, having done nothing, where there is none; the
-    same bits as ``lstm_row``'s separate loops."""
+    same bits as ``lstm_row_steps``'s separate loops."""
     if floating is float:
         return sr_lstm_cell_f(g, b, c, c_out, tc_out, h_out, h, n, rows)
     else:

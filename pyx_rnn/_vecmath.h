@@ -171,13 +171,15 @@ TARGET static void NAME(float *restrict x, int n) {                           \
 SR_DEFINE_ACTIVATIONS(8, SR_VEC_AVX2)
 SR_DEFINE_ACTIVATIONS(16, SR_VEC_AVX512)
 
-/* Units j..j+W-1 of the four gates of an LSTM row of 4n pre-activations x
- * (plus the bias b unless NULL): sigmoid on the input, forget and output
- * gates, tanh on the candidate; stored back into x and returned in v. The
- * same function per value as the separate calls, so the same bits.
+/* The four gates of m <= U groups of W units of LSTM rows (group u: units
+ * j[u].. of row row[u], rows 4n apart), pre-activations in g plus the bias
+ * b unless NULL: sigmoid on the input, forget and output gates, tanh on the
+ * candidate; stored back into g and returned in v. The same function per
+ * value as the separate calls, so the same bits. Inlined with m a constant,
+ * so that the loops over the groups unroll.
  *
- * The four gates of a row at once, n a multiple of W: one step of W units
- * of each gate per iteration, four independent chains of instructions for
+ * The four gates of a row at once, n a multiple of W: one group of W units
+ * at a time, four independent chains of instructions (one per gate) for
  * the core to overlap.
  *
  * One LSTM step of `rows` consecutive rows without peepholes or layer norm,
@@ -186,7 +188,7 @@ SR_DEFINE_ACTIVATIONS(16, SR_VEC_AVX512)
  * activations i, f, z, o, then c = f c + i z and h = o tanh(c), into h_out
  * and h (and c into c_out, tanh(c) into tc_out, unless NULL); the rows of g
  * are 4n apart, those of the others n. The same values, products and sums,
- * each rounded, as lstm_row's separate loops. Each block of W units is a
+ * each rounded, as lstm_row_steps's loops. Each block of W units is a
  * long chain of dependent instructions (tanh of c waits for three gates),
  * which the core overlaps poorly with the next block's: U = 4 blocks (of
  * any rows) go through each stage together. On a Zen 4 core, 16 rows of 32
@@ -201,29 +203,12 @@ SR_DEFINE_ACTIVATIONS(16, SR_VEC_AVX512)
  * products and sums, each rounded, in the same order, as lstm_row_back's
  * loops. */
 #define SR_DEFINE_LSTM_STEPS(W, TARGET, U)                                    \
-TARGET static inline void sr_lstm_gates_##W(                                  \
-        float *restrict x, const float *restrict b, int n, int j,             \
-        sr_f##W v[4]) {                                                       \
-    for (int k = 0; k < 4; k++) {                                             \
-        sr_f##W a = SR_LOAD(sr_f##W, x + k * n + j);                          \
-        if (b != NULL) a = a + SR_LOAD(sr_f##W, b + k * n + j);               \
-        v[k] = k == 2 ? sr_tanh_##W(a) : sr_sigmoid_##W(a);                   \
-        SR_STORE(sr_f##W, x + k * n + j, v[k]);                               \
-    }                                                                         \
-}                                                                             \
-TARGET static void sr_lstm_gates_f_##W(float *restrict x, int n) {            \
-    sr_f##W v[4];                                                             \
-    for (int j = 0; j < n; j += W) sr_lstm_gates_##W(x, NULL, n, j, v);       \
-}                                                                             \
-/* m <= U blocks: block u is units j[u].. of row row[u] (m a constant     \
- * once inlined, so that the loops over u unroll) */                         \
 TARGET static inline __attribute__((always_inline)) void                      \
-sr_lstm_cell_blocks_##W(                                                      \
-        float *restrict g, const float *restrict b, float *restrict c,        \
-        float *restrict c_out, float *restrict tc_out, float *restrict h_out, \
-        float *restrict h, int n, const int *row, const int *j, int m) {      \
+sr_lstm_gates_blocks_##W(                                                     \
+        float *restrict g, const float *restrict b, int n, const int *row,    \
+        const int *j, int m, sr_f##W v[4][U]) {                               \
     typedef sr_f##W V;                                                        \
-    V v[4][U], a[U], cj[U], tc[U];                                            \
+    V a[U];                                                                   \
     for (int k = 0; k < 4; k++) {                                             \
         for (int u = 0; u < m; u++) {                                         \
             a[u] = SR_LOAD(V, g + row[u] * 4 * n + k * n + j[u]);             \
@@ -234,6 +219,22 @@ sr_lstm_cell_blocks_##W(                                                      \
         for (int u = 0; u < m; u++)                                           \
             SR_STORE(V, g + row[u] * 4 * n + k * n + j[u], v[k][u]);          \
     }                                                                         \
+}                                                                             \
+TARGET static void sr_lstm_gates_f_##W(float *restrict x, int n) {            \
+    sr_f##W v[4][U];                                                          \
+    const int row = 0;                                                        \
+    for (int j = 0; j < n; j += W)                                            \
+        sr_lstm_gates_blocks_##W(x, NULL, n, &row, &j, 1, v);                 \
+}                                                                             \
+/* The step of m <= U groups of units (see sr_lstm_gates_blocks) */          \
+TARGET static inline __attribute__((always_inline)) void                      \
+sr_lstm_cell_blocks_##W(                                                      \
+        float *restrict g, const float *restrict b, float *restrict c,        \
+        float *restrict c_out, float *restrict tc_out, float *restrict h_out, \
+        float *restrict h, int n, const int *row, const int *j, int m) {      \
+    typedef sr_f##W V;                                                        \
+    V v[4][U], cj[U], tc[U];                                                  \
+    sr_lstm_gates_blocks_##W(g, b, n, row, j, m, v);                          \
     for (int u = 0; u < m; u++)                                               \
         cj[u] = SR_MUL(v[1][u], SR_LOAD(V, c + row[u] * n + j[u]))            \
                 + SR_MUL(v[0][u], v[2][u]);                                   \
