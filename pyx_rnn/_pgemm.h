@@ -76,13 +76,22 @@ static void NAME(const T *B, int ldb, int trans, int K, int N, T *P) {        \
 SR_DEFINE_PACK(sr_pack_f, float)
 SR_DEFINE_PACK(sr_pack_d, double)
 
-/* Write the finished sums of one row of one panel (ncols valid columns). */
+/* Write the finished sums of one row of one panel (ncols valid columns).
+ * A whole panel row is a copy of constant size, which the compiler turns
+ * into vector stores; only the last, partial panel of a row goes through a
+ * copy of variable size (a call to the C library). */
 #define SR_STORE_ROW(T, NR, acc, c, ncols, accumulate)                        \
     do {                                                                      \
         T sr_tmp_[NR];                                                        \
         memcpy(sr_tmp_, (acc), sizeof(T) * NR);                               \
         if (accumulate) {                                                     \
-            for (int j_ = 0; j_ < (ncols); j_++) (c)[j_] += sr_tmp_[j_];      \
+            if ((ncols) == NR) {                                              \
+                for (int j_ = 0; j_ < NR; j_++) (c)[j_] += sr_tmp_[j_];       \
+            } else {                                                          \
+                for (int j_ = 0; j_ < (ncols); j_++) (c)[j_] += sr_tmp_[j_];  \
+            }                                                                 \
+        } else if ((ncols) == NR) {                                           \
+            memcpy((c), sr_tmp_, sizeof(T) * NR);                             \
         } else {                                                              \
             memcpy((c), sr_tmp_, sizeof(T) * (size_t) (ncols));               \
         }                                                                     \
