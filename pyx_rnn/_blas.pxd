@@ -55,6 +55,14 @@ cdef extern from "_pgemm.h" nogil:
     void sr_gemm_tn_d(int m, int n, int K, const double* A, int lda,
                       const double* B, int ldb, double* C, int ldc,
                       double* edge)
+    void sr_add_rows_f(int rows, long n, const float* src, long lds,
+                       float* dst)
+    void sr_add_rows_d(int rows, long n, const double* src, long lds,
+                       double* dst)
+    void sr_add_to_rows_f(int rows, long n, const float* src, float* dst,
+                          long ldd)
+    void sr_add_to_rows_d(int rows, long n, const double* src, double* dst,
+                          long ldd)
 
 
 cdef inline void pack_b(bint trans, int k, int n, const floating* b, int ldb,
@@ -119,3 +127,24 @@ cdef inline void gemm_tn(int m, int n, int k, const floating* a, int lda,
         sr_gemm_tn_f(m, n, k, a, lda, b, ldb, c, ldc, edge)
     else:
         sr_gemm_tn_d(m, n, k, a, lda, b, ldb, c, ldc, edge)
+
+
+cdef inline void add_rows(int rows, Py_ssize_t n, const floating* src,
+                          Py_ssize_t lds, floating* dst) noexcept nogil:
+    """``dst[:n] += src[r, :n]`` for each of ``rows`` rows of ``src`` (row
+    stride ``lds``) in order, vectorised for the CPU; the same bits as the
+    loop."""
+    if floating is float:
+        sr_add_rows_f(rows, n, src, lds, dst)
+    else:
+        sr_add_rows_d(rows, n, src, lds, dst)
+
+
+cdef inline void add_to_rows(int rows, Py_ssize_t n, const floating* src,
+                             floating* dst, Py_ssize_t ldd) noexcept nogil:
+    """``dst[r, :n] += src[:n]`` for each of ``rows`` rows of ``dst`` (row
+    stride ``ldd``), vectorised for the CPU; the same bits as the loop."""
+    if floating is float:
+        sr_add_to_rows_f(rows, n, src, dst, ldd)
+    else:
+        sr_add_to_rows_d(rows, n, src, dst, ldd)

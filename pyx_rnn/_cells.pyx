@@ -19,8 +19,10 @@ from cython cimport floating
 from cython.parallel cimport prange
 
 from ._blas cimport (
-    gemm_tn, pack_b, pack_b2, pgemm2, rgemm, sr_pack_length, sr_pgemm_init,
+    add_rows, add_to_rows, gemm_tn, pack_b, pack_b2, pgemm2, rgemm,
+    sr_pack_length, sr_pgemm_init,
 )
+from libc.string cimport memcpy
 from ._gates cimport (
     Dims, RNN, LSTM, GRU, TANH, first_stop, make_dims, ptr1, ptr2, rnn_row,
     lstm_row_steps, gru_rz_row, gru_n_row, rnn_row_back, lstm_row_back,
@@ -288,15 +290,15 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
                   False, Gt, GH)
         # The recurrent product reads the masked previous state, which is
         # also kept (Hprev) for the weight gradient.
-        if keep:
+        if keep and d.has_mask:
             for i in range(nb):
                 b = lo + i
-                if d.has_mask:
-                    for j in range(H):
-                        Hprev[(r0 + i) * H + j] = h[b * H + j] * mask[b * H + j]
-                else:
-                    for j in range(H):
-                        Hprev[(r0 + i) * H + j] = h[b * H + j]
+                for j in range(H):
+                    Hprev[(r0 + i) * H + j] = h[b * H + j] * mask[b * H + j]
+        elif keep:
+            # the block's rows of h and of this step are both consecutive
+            memcpy(Hprev + r0 * H, h + lo * H, nb * H * sizeof(floating))
+        if keep:
             A = Hprev + r0 * H
         else:
             A = h + lo * H
@@ -311,9 +313,7 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
         if X != NULL and b_ih != NULL and not gru_fused:
             # the input bias (the GRU's; the rnn and the lstm pass both biases
             # in b_hh)
-            for i in range(nb):
-                for j in range(GH):
-                    Gt[i * GH + j] = Gt[i * GH + j] + b_ih[j]
+            add_to_rows(nb, GH, b_ih, Gt, GH)
         # the LSTM's step of all the block's rows in one pass (the rows of
         # the outputs and states are consecutive)
         if (d.cell == LSTM and not d.peephole and not d.layer_norm
@@ -373,7 +373,7 @@ cdef void backward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
                          floating* work) noexcept nogil:
     cdef int H = d.hidden, GH = d.gates * d.hidden, G_ = d.gates
     cdef int step, t, nb, i, j, ncols
-    cdef Py_ssize_t r0, r, b, prev_row, jj
+    cdef Py_ssize_t r0, r, b, prev_row
     cdef const floating* h_prev
     cdef const floating* c_prev
     cdef bint two_phase = d.cell == GRU and not d.reset_after
@@ -388,6 +388,9 @@ cdef void backward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
         if nb <= 0:
             continue
         r0 = off[t] + lo
+        # dL/dh_t from above, for all the block's rows at once (consecutive
+        # in dh and in dH; a truncated row's is set to zero below)
+        add_rows(1, nb * H, dH + r0 * H, 0, dh + lo * H)
         for i in range(nb):
             r = r0 + i
             b = lo + i
@@ -415,8 +418,6 @@ cdef void backward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
             else:
                 h_prev = h0 + b * H
                 c_prev = c0 + b * H if d.cell == LSTM else NULL
-            for j in range(H):
-                dh[b * H + j] += dH[r * H + j]
             if d.cell == RNN:
                 rnn_row_back(d, H_out + r * H, ln_w, xhat + r * GH,
                              rstd[r * G_] if d.layer_norm else 0, dh + b * H,
@@ -454,22 +455,17 @@ cdef void backward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
         # gradient w.r.t. the masked previous state
         rgemm(nb, H, ncols, dGh + r0 * GH, GH, P1, False, W_hh, H, two_phase,
               work, H)
-        for i in range(nb):
-            b = lo + i
-            if d.has_mask:
+        if d.has_mask:
+            for i in range(nb):
+                b = lo + i
                 for j in range(H):
                     dh[b * H + j] += work[i * H + j] * mask[b * H + j]
-            else:
-                for j in range(H):
-                    dh[b * H + j] += work[i * H + j]
+        else:
+            add_rows(1, nb * H, work, 0, dh + lo * H)
         # bias gradients: this block's partial sums, while the rows are in cache
-        for i in range(nb):
-            r = r0 + i
-            for jj in range(GH):
-                db_ih[jj] += dG[r * GH + jj]
-            if db_hh != NULL:
-                for jj in range(GH):
-                    db_hh[jj] += dGh[r * GH + jj]
+        add_rows(nb, GH, dG + r0 * GH, GH, db_ih)
+        if db_hh != NULL:
+            add_rows(nb, GH, dGh + r0 * GH, GH, db_hh)
         # weight gradients (transposed): this block's partial sums, step by
         # step, while the rows are in cache
         if dWhh_t != NULL:

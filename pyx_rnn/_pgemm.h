@@ -264,6 +264,28 @@ SR_DEFINE_GEMM(sr_pgemm_d_base, double, sr_vd2, 1, )
 SR_DEFINE_GEMM_TN(sr_gemm_tn_f_base, float, sr_vf4, 1, )
 SR_DEFINE_GEMM_TN(sr_gemm_tn_d_base, double, sr_vd2, 1, )
 
+/* The element-wise sums of the kernels' steps, vectorised by the compiler
+ * for each instruction set like the products (the extension itself is
+ * compiled for baseline x86-64): sr_add_rows_* adds each of `rows` rows of
+ * `src` (stride lds), in order, to dst[0:n] (the bias gradients' partial
+ * sums, or one block of state gradients with rows = 1); sr_add_to_rows_*
+ * adds src[0:n] to each of `rows` rows of dst (stride ldd; a bias). Every
+ * element is one addition per row, in row order, at any width: the same
+ * bits as the scalar loops. */
+#define SR_DEFINE_ADDS(SFX, T, ATTR)                                          \
+ATTR static void sr_add_rows_##SFX(int rows, long n, const T *restrict src,   \
+                                   long lds, T *restrict dst) {               \
+    for (int r = 0; r < rows; r++)                                            \
+        for (long j = 0; j < n; j++) dst[j] += src[(long) r * lds + j];       \
+}                                                                             \
+ATTR static void sr_add_to_rows_##SFX(int rows, long n, const T *restrict src,\
+                                      T *restrict dst, long ldd) {            \
+    for (int r = 0; r < rows; r++)                                            \
+        for (long j = 0; j < n; j++) dst[(long) r * ldd + j] += src[j];       \
+}
+SR_DEFINE_ADDS(f_base, float, )
+SR_DEFINE_ADDS(d_base, double, )
+
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(SKLEARN_RNN_NO_ISA_DISPATCH)
 #define SR_PGEMM_DISPATCH 1
 #define SR_AVX2 __attribute__((target("avx2,fma")))
@@ -276,6 +298,10 @@ SR_DEFINE_GEMM_TN(sr_gemm_tn_f_avx2, float, sr_vf8, 3, SR_AVX2)
 SR_DEFINE_GEMM_TN(sr_gemm_tn_d_avx2, double, sr_vd4, 3, SR_AVX2)
 SR_DEFINE_GEMM_TN(sr_gemm_tn_f_avx512, float, sr_vf16, 12, SR_AVX512)
 SR_DEFINE_GEMM_TN(sr_gemm_tn_d_avx512, double, sr_vd8, 12, SR_AVX512)
+SR_DEFINE_ADDS(f_avx2, float, SR_AVX2)
+SR_DEFINE_ADDS(d_avx2, double, SR_AVX2)
+SR_DEFINE_ADDS(f_avx512, float, SR_AVX512)
+SR_DEFINE_ADDS(d_avx512, double, SR_AVX512)
 #endif
 
 /* 0: baseline, 1: AVX2 + FMA, 2: AVX-512. Set once at module load. */
@@ -334,5 +360,23 @@ static void NAME(int m, int n, int K, const T *A, int lda, const T *B,        \
 
 SR_DEFINE_TN(sr_gemm_tn_f, float)
 SR_DEFINE_TN(sr_gemm_tn_d, double)
+
+/* sr_add_rows_* and sr_add_to_rows_* (see SR_DEFINE_ADDS) */
+#define SR_DEFINE_ADD_DISPATCH(SFX, T)                                        \
+static void sr_add_rows_##SFX(int rows, long n, const T *src, long lds,       \
+                              T *dst) {                                       \
+    if (rows <= 0 || n <= 0) return;                                          \
+    SR_DISPATCH(sr_add_rows_##SFX, rows, n, src, lds, dst);                   \
+    sr_add_rows_##SFX##_base(rows, n, src, lds, dst);                         \
+}                                                                             \
+static void sr_add_to_rows_##SFX(int rows, long n, const T *src, T *dst,      \
+                                 long ldd) {                                  \
+    if (rows <= 0 || n <= 0) return;                                          \
+    SR_DISPATCH(sr_add_to_rows_##SFX, rows, n, src, dst, ldd);                \
+    sr_add_to_rows_##SFX##_base(rows, n, src, dst, ldd);                      \
+}
+
+SR_DEFINE_ADD_DISPATCH(f, float)
+SR_DEFINE_ADD_DISPATCH(d, double)
 
 #endif
