@@ -382,3 +382,53 @@ def adam_update(floating[::1] params, floating[::1] grads, floating[::1] m,
             d = d + eps
             d = mi / d
             pp[i] = pp[i] - d * s
+
+
+def sum_squares(const floating[::1] x):
+    """``sum(x ** 2)`` in double precision, in one pass and one fixed order
+    whatever the thread count: element ``i`` goes to partial sum ``i % 4``
+    (each square rounded to double, exact for float32), and the four
+    partial sums are added in order at the end. NaN and infinity carry
+    through."""
+    cdef Py_ssize_t n = x.shape[0], i
+    cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0, a
+    if n == 0:
+        return 0.0
+    cdef const floating* p = &x[0]
+    with nogil:
+        for i in range(0, n - 3, 4):
+            a = p[i]
+            s0 += a * a
+            a = p[i + 1]
+            s1 += a * a
+            a = p[i + 2]
+            s2 += a * a
+            a = p[i + 3]
+            s3 += a * a
+        for i in range(n - n % 4, n):
+            a = p[i]
+            s0 += a * a
+    return ((s0 + s1) + s2) + s3
+
+
+def all_finite(const floating[:, ::1] x):
+    """Whether no element of ``x`` is NaN or infinite: whether none has all
+    its exponent bits set (integer operations, which the compiler
+    vectorises, unlike comparisons of floats that must respect NaN)."""
+    cdef Py_ssize_t n = x.shape[0] * x.shape[1], i
+    cdef unsigned int bad32 = 0
+    cdef unsigned long long bad64 = 0
+    cdef const unsigned int* p32
+    cdef const unsigned long long* p64
+    if n == 0:
+        return True
+    with nogil:
+        if floating is float:
+            p32 = <const unsigned int*> &x[0, 0]
+            for i in range(n):
+                bad32 |= (p32[i] & 0x7f800000u) == 0x7f800000u
+        else:
+            p64 = <const unsigned long long*> &x[0, 0]
+            for i in range(n):
+                bad64 |= (p64[i] & 0x7ff0000000000000ull) == 0x7ff0000000000000ull
+    return bad32 == 0 and bad64 == 0

@@ -167,6 +167,16 @@ def _aligned(shape, dtype, zero=False):
     return a
 
 
+def _aligned_pair(shape, dtype):
+    """Two new zeroed arrays as ``_aligned`` makes them (an LSTM's states),
+    from one allocation."""
+    dtype = np.dtype(dtype)
+    size = math.prod(shape)
+    stride = -(-size * dtype.itemsize // 64) * 64 // dtype.itemsize
+    both = _aligned((2 * stride,), dtype, zero=True)
+    return both[:size].reshape(shape), both[stride:stride + size].reshape(shape)
+
+
 def _take(pool, key, shape, dtype, zero=False):
     """A buffer of the given shape (aligned, see ``_aligned``): reused from
     ``pool`` (a dict) when it holds one of that shape, else new. Reuse saves
@@ -341,11 +351,14 @@ class _ForwardPlan:
         # the rnn and the lstm pack W_hh into wpack_ih, below W_ih
         wpack = (_wpack(spec, block_rows, dtype, pool, False)
                  if not fuse or gru else _empty(dtype, 1))
+        # the parameters the spec has not: empty
+        peep = None if spec.peephole else _empty(dtype, 1)
+        ln = None if spec.layer_norm else _empty(dtype, 1)
         self.args = [
             CELLS[spec.cell], ACTIVATIONS[spec.activation], spec.reverse,
             spec.reset_after, spec.layer_norm, spec.peephole, None, None,
-            None, None, None, wpack_ih, G, G_block, None, None, None, None,
-            None, None, None, None, self.H, self.C, self.Hprev, self.aux,
+            None, None, None, wpack_ih, G, G_block, None, None, peep, ln,
+            ln, None, None, None, self.H, self.C, self.Hprev, self.aux,
             self.xhat, self.rstd, work, wpack, block_rows, None]
 
 
@@ -377,26 +390,28 @@ def _layer_forward(spec, w, X, batch_sizes, offsets, h0, c0, mask, n_threads,
         _input_product(X, w["weight_ih"], plan.G, n_threads)
         plan.G += w["bias_ih"]
     # the states, updated in place by every block at every step
-    h = _aligned((B, H_), dtype, zero=True)
+    lstm = spec.cell == "lstm"
+    h, c = _aligned_pair((B, H_), dtype) if lstm else (
+        _aligned((B, H_), dtype, zero=True), _empty(dtype))
     if h0 is not None:
         h[...] = h0
     h0 = h.copy() if keep_cache else None
-    if spec.cell == "lstm":
-        c = _aligned((B, H_), dtype, zero=True)
+    if lstm:
         if c0 is not None:
             c[...] = c0
         c0 = c.copy() if keep_cache else None
     else:
-        c = c0 = _empty(dtype)
+        c0 = c
     mask = _empty(dtype) if mask is None else np.ascontiguousarray(mask, dtype)
     # a copy: the plan keeps no reference to this call's arrays
     args, at = plan.args.copy(), _ForwardPlan.SLOTS
     args[at["batch_sizes"]], args[at["offsets"]] = batch_sizes, offsets
     args[at["X"]], args[at["W_ih"]], args[at["b_ih"]] = X_in, w["weight_ih"], b_ih
     args[at["W_hh"]], args[at["b_hh"]] = w["weight_hh"], b_hh
-    args[at["peep"]] = _param(w, "peephole", dtype)
-    args[at["ln_w"]] = _param(w, "ln_weight", dtype)
-    args[at["ln_b"]] = _param(w, "ln_bias", dtype)
+    if spec.peephole:
+        args[at["peep"]] = w["peephole"]
+    if spec.layer_norm:
+        args[at["ln_w"]], args[at["ln_b"]] = w["ln_weight"], w["ln_bias"]
     args[at["mask"]], args[at["h"]], args[at["c"]] = mask, h, c
     args[at["n_threads"]] = n_threads
     _cells.recurrent_forward(*args)

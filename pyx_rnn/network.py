@@ -36,6 +36,7 @@ from .tokens import TokenInput
 
 CELL_NAMES = ("rnn", "jordan", "lstm", "gru")
 LOSSES = ("squared_error", "log_loss", "binary_log_loss")
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 class Network:
@@ -616,7 +617,12 @@ class Network:
         then switched off, since the intermediate results of a diverging
         network may legitimately overflow (the loss reports it)."""
         values = X.weights if isinstance(X, TokenInput) else X
-        if not np.isfinite(values).all():
+        if (type(values) is np.ndarray and values.ndim == 2
+                and values.dtype in _FLOATS and values.flags.c_contiguous):
+            finite = _dense.all_finite(values)
+        else:
+            finite = np.isfinite(values).all()
+        if not finite:
             raise ValueError("X contains NaN or infinity; remove or impute those "
                              "values first")
 
@@ -752,9 +758,8 @@ class Network:
         g = self.grads
         if clip_value is not None:
             np.clip(g, -clip_value, clip_value, out=g)
-        # summed in float64 (einsum converts in small chunks: no float64
-        # copy of the gradient)
-        norm = math.sqrt(float(np.einsum("i,i->", g, g, dtype=np.float64)))
+        # summed in float64, in one compiled pass (no float64 copy)
+        norm = math.sqrt(_dense.sum_squares(g))
         if clip_norm is not None and norm > clip_norm:
             g *= clip_norm / norm
         return norm

@@ -92,8 +92,15 @@ class Packing:
         return self.offsets[: self.lengths[b]] + b
 
     def last_rows(self):
-        """Packed row of the last step of each sequence, in packed order."""
-        return self.offsets[self.lengths - 1] + np.arange(self.n_sequences)
+        """Packed row of the last step of each sequence, in packed order.
+        Made at the first call and kept (read-only): a packing, like its
+        arrays, is not to be changed once made."""
+        rows = self.__dict__.get("_last_rows")
+        if rows is None:
+            rows = self.offsets[self.lengths - 1] + np.arange(self.n_sequences)
+            rows.flags.writeable = False
+            object.__setattr__(self, "_last_rows", rows)
+        return rows
 
     def flat_index(self):
         """For every packed row, its row in the caller's sequences concatenated

@@ -955,6 +955,23 @@ def test_layer_forward_without_cache(c):
         layer_forward(spec, w, X, pk.batch_sizes, pk.offsets, keep_cache=None)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (3, 13), (32, 32), (5, 16)])
+@DTYPES
+def test_lstm_states_made_together_are_apart_and_aligned(shape, dtype):
+    """An LSTM layer's two states come from one allocation
+    (``layers._aligned_pair``): both zero, of the given shape, each starting
+    on a cache line, with no element in common."""
+    from pyx_rnn import _dense, layers
+    h, c = layers._aligned_pair(shape, dtype)
+    for a in (h, c):
+        assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous
+        assert _dense.data_address(a.view(np.uint8).reshape(-1)) % 64 == 0
+        assert not a.any()
+    h[...] = 1
+    assert not c.any()
+    assert not np.shares_memory(h, c)
+
+
 def test_layers_sharing_a_pool_keep_their_own_buffers():
     """A pool records the buffers of a layer's forward and backward calls
     (its "plans") for its next call of the same shape: layers of other
@@ -1018,6 +1035,54 @@ def test_add_block_sums_has_numpys_bits(n_blocks, dtype):
     assert_array_equal(bias, base[0] + columns.sum(axis=0), strict=True)
     with pytest.raises(ValueError, match="36 entries a row, got 42"):
         _dense.add_block_sums(parts, np.zeros((6, 6), dtype), False)
+
+
+@DTYPES
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 5, 8, 11, 4099])
+def test_sum_squares_in_double(n, dtype):
+    """``_dense.sum_squares`` (the gradient norm of ``clip_gradients``): the
+    sum of squares in double precision, as NumPy's within rounding, with
+    every remainder of its four partial sums; infinity and NaN carry
+    through, and float32 values past sqrt(float32 max) do not overflow."""
+    from pyx_rnn import _dense
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * 10.0 ** rng.integers(-3, 4, size=n)).astype(dtype)
+    want = float(np.sum(x.astype(np.float64) ** 2))
+    assert_allclose(_dense.sum_squares(x), want, rtol=1e-14, atol=0)
+    if n == 0:
+        return
+    big = np.full(n, np.finfo(np.float32).max, dtype)
+    assert_allclose(_dense.sum_squares(big), n * float(big[0]) ** 2, rtol=1e-13)
+    for bad, expected in ((np.inf, np.inf), (-np.inf, np.inf), (np.nan, None)):
+        y = x.copy()
+        y[-1] = bad
+        got = _dense.sum_squares(y)
+        assert np.isnan(got) if expected is None else got == expected
+
+
+@DTYPES
+@pytest.mark.parametrize("shape", [(0, 3), (1, 1), (7, 3), (50, 33)])
+def test_all_finite_finds_every_nan_and_infinity(shape, dtype):
+    """``_dense.all_finite`` (the check of a network's input) against
+    ``np.isfinite``: a NaN or an infinity of either sign at any position
+    is found; the largest and the smallest values, subnormals and -0 are
+    finite."""
+    from pyx_rnn import _dense
+    info = np.finfo(dtype)
+    x = np.random.default_rng(shape[0]).standard_normal(shape).astype(dtype)
+    assert _dense.all_finite(x)
+    if x.size == 0:
+        return
+    flat = x.reshape(-1)
+    for special in (info.max, -info.max, info.tiny, info.smallest_subnormal, -0.0):
+        flat[len(flat) // 2] = special
+        assert _dense.all_finite(x)
+    for bad in (np.nan, np.inf, -np.inf, -np.nan):
+        for i in sorted({0, len(flat) // 3, len(flat) - 1}):
+            y = x.copy()
+            y.reshape(-1)[i] = bad
+            assert not _dense.all_finite(y)
+            assert _dense.all_finite(y) == np.isfinite(y).all()
 
 
 # ---------------------------------------------------------------------------

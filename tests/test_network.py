@@ -529,6 +529,18 @@ def test_final_state_carried(cell, net_kw, n_seq):
     assert np.abs(Y0 - Y_all[split * n_seq:]).max() > 1e-6
 
 
+def test_last_rows_made_once_and_read_only():
+    """``Packing.last_rows`` (the rows the output layer reads): the row of
+    each sequence's last step, kept from the first call, read-only."""
+    pk = Packing.from_lengths([3, 5, 1, 5, 2])
+    rows = pk.last_rows()
+    want = [pk.offsets[n - 1] + b for b, n in enumerate(pk.lengths)]
+    assert_array_equal(rows, want)
+    assert pk.last_rows() is rows
+    with pytest.raises(ValueError, match="read-only"):
+        rows[0] = 0
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_final_states_variable_lengths(cell):
     """Each sequence's final state is the one after its own last step, also
