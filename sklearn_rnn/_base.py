@@ -457,7 +457,7 @@ class BaseRNN(BaseEstimator):
     def _step(self, seqs, targets, sample_weight, b, tbptt, n_threads, limit):
         net = self._network
         X, packing, T, sw = self._batch_arrays(seqs, targets, sample_weight, b, limit)
-        if not np.any(sw > 0):
+        if sw is not None and not np.any(sw > 0):
             # every sequence of the batch has zero weight: nothing to learn
             # (the engine would divide by a total weight of 0)
             return 0.0, 0.0
@@ -472,10 +472,11 @@ class BaseRNN(BaseEstimator):
             net.grad_views["embedding.weight"][...] = 0
         net.clip_gradients(self.clip_norm, self.clip_value)
         self._optimizer.step(net.grads)
-        return value, float(sw.sum())
+        return value, float(len(b) if sw is None else sw.sum())
 
     def _batch_arrays(self, seqs, targets, sample_weight, b, limit=None):
-        """Packed inputs, targets and weights of the sequences ``b``; with a
+        """Packed inputs, targets and weights of the sequences ``b`` (None
+        without sample weights: the engine's default, all ones); with a
         curriculum ``limit``, only their last ``limit`` steps."""
         b = np.asarray(b)
         if limit is None:
@@ -490,8 +491,8 @@ class BaseRNN(BaseEstimator):
                 rows = source_rows[part.step_rows(local, packing)]
         chosen = b[packing.order]
         T = targets[rows] if self.return_sequences else targets[chosen]
-        sw = (np.ones(len(b)) if sample_weight is None
-              else sample_weight[chosen]).astype(self._dtype)
+        sw = (None if sample_weight is None
+              else sample_weight[chosen].astype(self._dtype))
         # class indices stay integers; anything else is cast to the dtype
         T = np.ascontiguousarray(T, np.intp if T.dtype.kind in "iu" else self._dtype)
         return X, packing, T, sw

@@ -51,3 +51,38 @@ def test_parallel_fits_equal_sequential_fits():
     for e, g in zip(expected, got):
         assert_array_equal(e, g)
     assert not np.array_equal(expected[0], expected[1])
+
+
+def test_single_threaded_blas_limits_and_restores():
+    """``single_threaded_blas`` holds every BLAS library to one thread inside
+    the block, nested blocks and blocks in other threads included, and
+    restores the previous limits when the last block ends, every time (its
+    controller of the libraries is made once and reused)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from pyx_rnn._threads import single_threaded_blas
+
+    def blas_threads():
+        return {i["filepath"]: i["num_threads"] for i in threadpool_info()
+                if i["user_api"] == "blas"}
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        assert before and set(before.values()) == {2}
+        for _ in range(3):
+            with single_threaded_blas():
+                assert set(blas_threads().values()) == {1}
+                with single_threaded_blas():
+                    assert set(blas_threads().values()) == {1}
+                assert set(blas_threads().values()) == {1}
+                with ThreadPoolExecutor(2) as pool:
+                    seen = list(pool.map(lambda _: _inside(single_threaded_blas,
+                                                           blas_threads), range(4)))
+                assert all(s == {1} for s in seen)
+                assert set(blas_threads().values()) == {1}
+            assert blas_threads() == before
+
+
+def _inside(context, probe):
+    with context():
+        return set(probe().values())
