@@ -12,12 +12,13 @@
 
 Writes ``benchmarks/SCALING.md`` with ``--write``. Linux only.
 
-    python benchmarks/bench_scaling.py [--write]
+    python benchmarks/bench_scaling.py [--write] [--rounds 5]
 """
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -86,6 +87,8 @@ def _in_child(kind):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="alternations of 1 and 2 threads per workload")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -97,20 +100,23 @@ def main(argv=None):
              f"Measured {time.strftime('%Y-%m-%d')} with "
              "`python benchmarks/bench_scaling.py --write`, float32, on the "
              "2-core machine of `RESULTS.md`.", "",
-             "## Threads: training s/epoch (median of 3, alternated, each in "
-             "a fresh process)", "",
+             f"## Threads: training s/epoch (median of {args.rounds}, "
+             "alternated, each in a fresh process)", "",
              "| workload | 1 thread | 2 threads | speed-up |", "|---|---|---|---|"]
     for name in ("medium-lstm", "medium-gru", "medium-rnn"):
         # The thread counts alternate (1, 2, 1, 2, ...), so that both see the
         # same spells of a busy machine, each in a fresh process: on the AMD
         # guest of session 5, a 2-thread GRU epoch took 1.35 s in a fresh
-        # process and 1.56-1.81 s after another workload had run in it.
+        # process and 1.56-1.81 s after another workload had run in it. The
+        # guest of sessions 7-9 sometimes runs 2 threads at about one
+        # core's speed for a minute: 5 rounds keep one such spell from
+        # setting the median.
         times = {1: [], 2: []}
-        for _ in range(3):
+        for _ in range(args.rounds):
             for n_threads in (1, 2):
                 r = _in_child(f"epoch-:{name}:{n_threads}")
                 times[n_threads].append(r["seconds"])
-        one, two = (sorted(times[n])[1] for n in (1, 2))
+        one, two = (statistics.median(times[n]) for n in (1, 2))
         lines.append(f"| {name} | {one:.3f} | {two:.3f} | {one / two:.2f}× |")
         print(lines[-1], flush=True)
 
