@@ -17,8 +17,9 @@ import numpy as np
 
 from cython cimport floating
 from cython.parallel cimport prange
+from libc.limits cimport INT_MAX
 
-from ._blas cimport gemm, pack_b, rgemm, sr_pack_length
+from ._blas cimport add_rows, gemm, pack_b, rgemm, sr_pack_length
 from ._math cimport sqrt_
 
 # Rows of the output computed by one BLAS call: large enough to keep BLAS
@@ -258,22 +259,26 @@ cdef int _accumulate_outer_parts(const floating* pA, int lda,
 
 
 def accumulate_column_sums(floating[:, :] A, floating[::1] out):
-    """``out += A.sum(axis=0)``, adding rows in order (a bias gradient).
-    ``A`` may be a column slice of a C-contiguous array (rows contiguous)."""
+    """``out += A.sum(axis=0)``, adding rows in order (a bias gradient),
+    vectorised for the CPU (``add_rows``). ``A`` may be a column slice of a
+    C-contiguous array (rows contiguous)."""
     if A.shape[0] > 0 and A.shape[1] > 1 and A.strides[1] != sizeof(floating):
         raise ValueError("A must have contiguous rows")
-    cdef Py_ssize_t R = A.shape[0], i
-    cdef Py_ssize_t M = A.shape[1], j
+    cdef Py_ssize_t R = A.shape[0], M = A.shape[1]
     if R == 0 or M == 0:
         return
+    if out.shape[0] != M:
+        raise ValueError(f"out must have A's {M} columns, got {out.shape[0]}")
     cdef Py_ssize_t lda = A.strides[0] // sizeof(floating)
-    cdef const floating* row = &A[0, 0]
+    cdef Py_ssize_t r0 = 0, rows
+    cdef const floating* pA = &A[0, 0]
     cdef floating* pout = &out[0]
     with nogil:
-        # pointers, not memoryview indexing, so that the inner loop vectorises
-        for i in range(R):
-            for j in range(M):
-                pout[j] += row[i * lda + j]
+        # add_rows counts rows in an int: chunks of at most INT_MAX rows
+        while r0 < R:
+            rows = min(R - r0, <Py_ssize_t> INT_MAX)
+            add_rows(<int> rows, M, pA + r0 * lda, lda, pout)
+            r0 += rows
 
 
 def add_block_sums(const floating[:, ::1] parts, floating[:, :] out,

@@ -295,6 +295,18 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
                           n_threads, block_rows, pool, keep_cache)
 
 
+def _plan(pool, name, kind, spec, key):
+    """The plan (``_ForwardPlan`` or ``_BackwardPlan``) kept in ``pool``
+    under ``name`` if it was made for ``key``, else a new one, kept there
+    for the next call."""
+    plan = None if pool is None else pool.get(name)
+    if plan is None or plan.key != key:
+        plan = kind(spec, key, pool)
+        if pool is not None:
+            pool[name] = plan
+    return plan
+
+
 class _ForwardPlan:
     """The buffers and fixed kernel arguments of ``_layer_forward`` for calls
     of one layer and shape (``key``), kept in the pool (``"forward_plan"``): a
@@ -371,13 +383,9 @@ def _layer_forward(spec, w, X, batch_sizes, offsets, h0, c0, mask, n_threads,
     B = int(batch_sizes[0])
     if block_rows is None:
         block_rows = default_block_rows(B)
-    key = (spec, dtype, len(X), B, block_rows, keep_cache, mask is None,
-           isinstance(X, TokenInput))
-    plan = None if pool is None else pool.get("forward_plan")
-    if plan is None or plan.key != key:
-        plan = _ForwardPlan(spec, key, pool)
-        if pool is not None:
-            pool["forward_plan"] = plan
+    plan = _plan(pool, "forward_plan", _ForwardPlan, spec, (
+        spec, dtype, len(X), B, block_rows, keep_cache, mask is None,
+        isinstance(X, TokenInput)))
     H_ = spec.hidden
     gru = spec.cell == "gru"
     if plan.fuse_input:
@@ -512,12 +520,8 @@ def _layer_backward(spec, w, grads, cache, dH, dh_n, dc_n, t_stop, need_dx,
     B = cache.h0.shape[0]
     H_ = spec.hidden
     tokens = isinstance(cache.X, TokenInput)
-    key = (spec, dtype, n_rows, B, cache.block_rows, tokens)
-    plan = None if pool is None else pool.get("backward_plan")
-    if plan is None or plan.key != key:
-        plan = _BackwardPlan(spec, key, pool)
-        if pool is not None:
-            pool["backward_plan"] = plan
+    plan = _plan(pool, "backward_plan", _BackwardPlan, spec,
+                 (spec, dtype, n_rows, B, cache.block_rows, tokens))
     for a in plan.partials:
         a.fill(0)
     stops, first = _stops(t_stop, cache.offsets, int(cache.batch_sizes[0]))

@@ -1038,6 +1038,29 @@ def test_add_block_sums_has_numpys_bits(n_blocks, dtype):
 
 
 @DTYPES
+@pytest.mark.parametrize("n_rows", [0, 1, 7, 300])
+def test_accumulate_column_sums_adds_rows_in_order(n_rows, dtype):
+    """``_dense.accumulate_column_sums`` (the Jordan kernel's bias
+    gradients): bitwise ``out += row`` for each row in order, from a column
+    slice of a wider array, with magnitudes far apart (another order of the
+    additions changes the bits); an ``out`` of the wrong length is refused."""
+    from pyx_rnn import _dense
+    rng = np.random.default_rng(n_rows)
+    wide = (rng.standard_normal((n_rows, 45))
+            * 10.0 ** rng.integers(-4, 5, size=(n_rows, 1))).astype(dtype)
+    A = wide[:, 3:40]
+    out = rng.standard_normal(37).astype(dtype)
+    want = out.copy()
+    for row in A:
+        want += row
+    _dense.accumulate_column_sums(A, out)
+    assert_array_equal(out, want, strict=True)
+    if n_rows:
+        with pytest.raises(ValueError, match="A's 37 columns"):
+            _dense.accumulate_column_sums(A, np.zeros(36, dtype))
+
+
+@DTYPES
 @pytest.mark.parametrize("n", [0, 1, 3, 4, 5, 8, 11, 4099])
 def test_sum_squares_in_double(n, dtype):
     """``_dense.sum_squares`` (the gradient norm of ``clip_gradients``): the
