@@ -55,6 +55,14 @@ cdef extern from "_pgemm.h" nogil:
     void sr_gemm_tn_d(int m, int n, int K, const double* A, int lda,
                       const double* B, int ldb, double* C, int ldc,
                       double* edge)
+    long sr_outer_work_length(long n1, long n2, long itemsize)
+    void sr_outer_f(int m, int n1, int n2, int K, const float* A, long lda,
+                    const float* B1, long ldb1, const float* B2, long ldb2,
+                    float* C1, long ldc1, float* C2, long ldc2, float* work)
+    void sr_outer_d(int m, int n1, int n2, int K, const double* A, long lda,
+                    const double* B1, long ldb1, const double* B2, long ldb2,
+                    double* C1, long ldc1, double* C2, long ldc2,
+                    double* work)
     void sr_add_rows_f(int rows, long n, const float* src, long lds,
                        float* dst)
     void sr_add_rows_d(int rows, long n, const double* src, long lds,
@@ -127,6 +135,23 @@ cdef inline void gemm_tn(int m, int n, int k, const floating* a, int lda,
         sr_gemm_tn_f(m, n, k, a, lda, b, ldb, c, ldc, edge)
     else:
         sr_gemm_tn_d(m, n, k, a, lda, b, ldb, c, ldc, edge)
+
+
+cdef inline void outer(int m, int n1, int n2, int k, const floating* a,
+                       Py_ssize_t lda, const floating* b1, Py_ssize_t ldb1,
+                       const floating* b2, Py_ssize_t ldb2, floating* c1,
+                       Py_ssize_t ldc1, floating* c2, Py_ssize_t ldc2,
+                       floating* work) noexcept nogil:
+    """``C1[m, n1] += A.T @ B1`` and ``C2[m, n2] += A.T @ B2`` (``A`` is ``k
+    x m``, all row-major) in one product, summed over ``k`` in fixed blocks
+    of rows (``SR_OUTER_KC``); ``work`` holds ``sr_outer_work_length(n1,
+    n2, sizeof)`` elements."""
+    if floating is float:
+        sr_outer_f(m, n1, n2, k, a, lda, b1, ldb1, b2, ldb2, c1, ldc1, c2,
+                   ldc2, work)
+    else:
+        sr_outer_d(m, n1, n2, k, a, lda, b1, ldb1, b2, ldb2, c1, ldc1, c2,
+                   ldc2, work)
 
 
 cdef inline void add_rows(int rows, Py_ssize_t n, const floating* src,

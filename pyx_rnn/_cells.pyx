@@ -355,6 +355,54 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
                       h + (lo + i) * H)
 
 
+# The L1 data cache of current x86 cores is 8- or 12-way, indexed by bits 6-11
+# of the address: rows whose stride is a multiple of 4 KiB all fall in one
+# set. The packed product reads 12 rows of A at once, so such a stride (the
+# LSTM's gate gradients at 256 or 512 units in float32, for example) evicts
+# its own rows: 7-10% slower (benchmarks/OPTIMISATIONS.md, session 10).
+cdef enum:
+    ALIASING_STRIDE = 4096
+    CACHE_LINE = 64
+
+
+cdef inline int spread_stride(int ncols, Py_ssize_t itemsize) noexcept nogil:
+    """A row stride (elements) for ``ncols`` columns: whole cache lines, and
+    not a multiple of ``ALIASING_STRIDE`` bytes."""
+    cdef int line = <int> (CACHE_LINE // itemsize)
+    cdef int ld = (ncols + line - 1) // line * line
+    if (ld * itemsize) % ALIASING_STRIDE == 0:
+        ld += line
+    return ld
+
+
+def backward_work_columns(int cell, bint reset_after, int hidden,
+                          int block_rows, int itemsize):
+    """Columns per block of the ``work`` array of ``recurrent_backward``:
+    the recurrent product's ``block_rows x hidden`` result, then room for a
+    copy of the gate gradients it reads at a row stride that does not alias
+    in the L1 cache (``spread_stride``)."""
+    cdef int gates = 1 if cell == RNN else (4 if cell == LSTM else 3)
+    return block_rows * (hidden + spread_stride(gates * hidden, itemsize))
+
+
+cdef inline const floating* spread_rows(const floating* src, Py_ssize_t lds,
+                                        int nb, int ncols, floating* scratch,
+                                        int* ld) noexcept nogil:
+    """The ``nb x ncols`` rows at ``src`` (stride ``lds``) for a product: in
+    place, or, when ``lds`` is a multiple of ``ALIASING_STRIDE`` bytes,
+    copied into ``scratch`` at stride ``spread_stride`` (``*ld`` receives the
+    stride used). Copies change no value."""
+    cdef int i
+    if (lds * <Py_ssize_t> sizeof(floating)) % ALIASING_STRIDE != 0:
+        ld[0] = <int> lds
+        return src
+    ld[0] = spread_stride(ncols, sizeof(floating))
+    for i in range(nb):
+        memcpy(scratch + <Py_ssize_t> i * ld[0], src + i * lds,
+               ncols * sizeof(floating))
+    return scratch
+
+
 cdef void backward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
                          const Py_ssize_t* off, const Py_ssize_t* t_stop,
                          const floating* G,
@@ -380,6 +428,10 @@ cdef void backward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
     cdef bint gru_fused = (d.cell == GRU and d.reset_after and not d.layer_norm
                            and gru_one_pass(G, d.hidden))
     cdef Py_ssize_t lowest_stop = first_stop(t_stop, lo, hi)
+    # work: the recurrent product's rows, then the copy made by spread_rows
+    cdef floating* spread = work + (hi - lo) * H
+    cdef const floating* A
+    cdef int lda
     for step in range(d.n_steps):
         t = step if d.reverse else d.n_steps - 1 - step
         if t < lowest_stop:
@@ -441,8 +493,9 @@ cdef void backward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
         ncols = GH
         if two_phase:
             # d(r * m * h) = dg_n @ W_hn, needed by the reset gate
-            rgemm(nb, H, H, dG + r0 * GH + 2 * H, GH, P2, False,
-                  W_hh + 2 * H * H, H, False, work, H)
+            A = spread_rows(dG + r0 * GH + 2 * H, GH, nb, H, spread, &lda)
+            rgemm(nb, H, H, A, lda, P2, False, W_hh + 2 * H * H, H, False,
+                  work, H)
             for i in range(nb):
                 r = r0 + i
                 gru_rz_row_back(d, G + r * GH, aux + r * H, Hprev + r * H,
@@ -453,8 +506,8 @@ cdef void backward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
                     work[i * H + j] = work[i * H + j] * G[r * GH + j]
             ncols = 2 * H
         # gradient w.r.t. the masked previous state
-        rgemm(nb, H, ncols, dGh + r0 * GH, GH, P1, False, W_hh, H, two_phase,
-              work, H)
+        A = spread_rows(dGh + r0 * GH, GH, nb, ncols, spread, &lda)
+        rgemm(nb, H, ncols, A, lda, P1, False, W_hh, H, two_phase, work, H)
         if d.has_mask:
             for i in range(nb):
                 b = lo + i
@@ -626,7 +679,8 @@ def recurrent_backward(int cell, int activation, bint reverse,
     the input weight gradient, ``X.T @ dG``, from the packed input ``X``;
     both must be zero on entry and are added in block order by the caller.
     ``edge`` (``n_blocks x block_rows * SR_PANEL_BYTES / itemsize``) is their
-    scratch.
+    scratch, and ``work`` (``n_blocks x backward_work_columns``) that of the
+    recurrent product.
     ``wpack`` is as for ``recurrent_forward`` (with ``backward=True``).
     """
     cdef int n_steps = batch_sizes.shape[0]
@@ -681,6 +735,10 @@ def recurrent_backward(int cell, int activation, bint reverse,
             and estride < block_rows * sr_pack_length(1, 1, sizeof(floating))):
         raise ValueError("recurrent_backward: edge must have block_rows * "
                          "SR_PANEL_BYTES / itemsize columns")
+    if n_blocks > 0 and (work.shape[0] < n_blocks or work.shape[1] < block_rows * (
+            d.hidden + spread_stride(d.gates * d.hidden, sizeof(floating)))):
+        raise ValueError("recurrent_backward: work must have n_blocks rows of "
+                         "backward_work_columns columns")
     pack_recurrent(&d, True, pW, ptr1(wpack), &P1, &P2)
     for k in prange(n_blocks, nogil=True, schedule="dynamic",
                     num_threads=min(n_threads, n_blocks)):

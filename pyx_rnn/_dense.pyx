@@ -5,9 +5,9 @@
 These are the big GEMMs of a layer: the input projection of every step (where
 the recurrent kernel does not compute it itself), the gradient w.r.t. the layer
 input and the weight gradients accumulated over all steps. Each product is cut
-into blocks (or parts of its sum) that depend only on the shapes, and every
-block is one single-threaded BLAS call (or, for weight gradients with at most
-four columns, our own loop), so the result is bitwise the same whatever the
+into blocks of output rows, and every block is one single-threaded BLAS call
+(the weight gradients: the packed product of ``_pgemm.h``, or our own loop
+for at most four columns), so the result is bitwise the same whatever the
 thread count. Also here: the output layer through the packed kernel
 (``linear``: a row's output independent of the other rows), the token
 gather/scatter and the element-wise Adam update over the flat parameter
@@ -19,8 +19,15 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.limits cimport INT_MAX
 
-from ._blas cimport add_rows, gemm, pack_b, rgemm, sr_pack_length
+from ._blas cimport (
+    add_rows, gemm, outer, pack_b, rgemm, sr_outer_work_length, sr_pack_length,
+    sr_pgemm_init,
+)
 from ._math cimport sqrt_
+
+# each extension module has its own copy of _pgemm.h's dispatch: without
+# this, the products here would run the baseline kernels
+PGEMM_ISA = sr_pgemm_init()
 
 # Rows of the output computed by one BLAS call: large enough to keep BLAS
 # efficient, small enough to give both threads work.
@@ -33,19 +40,6 @@ cdef inline int block_size(Py_ssize_t n_rows) noexcept nogil:
     if size < MIN_BLOCK:
         size = MIN_BLOCK
     return <int> size
-
-
-cdef inline int outer_block_size(int n_rows) noexcept nogil:
-    """Rows of ``C`` per BLAS call of ``accumulate_outer``: every call packs
-    all of ``B`` again, so blocks are large (256 rows: 1.5x the throughput of
-    64-row blocks on a 512 x 6400 x 128 weight gradient), but there are at
-    least two of them, for two threads, once ``C`` has 64 rows."""
-    cdef int size = (n_rows + 1) // 2
-    if size < 32:
-        size = 32
-    if size > 256:
-        size = 256
-    return size
 
 
 def matmul(floating[:, ::1] A, floating[:, ::1] B, floating[:, ::1] C,
@@ -118,36 +112,28 @@ def linear(floating[:, ::1] X, floating[:, ::1] W, floating[::1] b,
                 pO[i * N + j] = pO[i * N + j] + pb[j]
 
 
-# accumulate_outer sums over at least this many rows per BLAS call when it
-# splits the sum (a power of two number of parts, at most MAX_BLOCKS)
-cdef int MIN_SUM_ROWS = 2048
+def outer_work_size(Py_ssize_t n1, Py_ssize_t n2, int itemsize, int n_threads):
+    """Elements of the ``work`` buffer of ``accumulate_outer`` (``n2 = 0``)
+    and ``accumulate_outer2`` on ``n_threads`` threads: each thread's copy
+    of one block of rows of ``B1`` and ``B2`` and of one tile of ``A``."""
+    return max(1, n_threads) * sr_outer_work_length(n1, n2, itemsize)
 
 
-cdef inline int outer_parts(Py_ssize_t n_rows) noexcept nogil:
-    cdef int n_parts = 1
-    while n_parts < MAX_BLOCKS and 2 * n_parts * <Py_ssize_t> MIN_SUM_ROWS <= n_rows:
-        n_parts *= 2
-    return n_parts
-
-
-def outer_work_size(Py_ssize_t n_rows, Py_ssize_t m, Py_ssize_t n):
-    """Elements of the ``work`` buffer ``accumulate_outer`` uses for a sum
-    over ``n_rows`` rows into an ``m x n`` matrix (0: none)."""
-    cdef int n_parts = outer_parts(n_rows)
-    return 0 if n_parts == 1 else n_parts * m * n
-
-
-# accumulate_outer computes products with at most this many columns itself:
-# BLAS takes a matrix-vector path there, at 4 GFLOP/s on a 1600 x 128 x 1
-# input-weight gradient (a univariate series), against about 40 here
+# accumulate_outer computes products with at most this many columns with its
+# own loop: a panel of the packed product would be mostly zeros there (and
+# BLAS took a matrix-vector path, at 4 GFLOP/s on a 1600 x 128 x 1 input-weight
+# gradient (a univariate series), against about 40 here)
 cdef int NARROW = 4
 # rows of C per block of the narrow product (its sums stay in L1)
 cdef int NARROW_BLOCK = 256
+# rows of C per tile of the packed product on AVX-512 (SR_OUTER_MAX_MR): the
+# rows of C are split among threads in multiples of it
+cdef int OUTER_TILE = 12
 
 
-cdef void outer_narrow(const floating* A, int lda, const floating* B, int ldb,
-                       floating* C, int ldc, Py_ssize_t R, int lo, int m,
-                       int N) noexcept nogil:
+cdef void outer_narrow(const floating* A, Py_ssize_t lda, const floating* B,
+                       Py_ssize_t ldb, floating* C, Py_ssize_t ldc,
+                       Py_ssize_t R, int lo, int m, int N) noexcept nogil:
     """``C[lo:lo+m, :N] += A[:, lo:lo+m].T @ B[:, :N]``: every entry one
     sum over the rows in order, vectorised across the entries of a column."""
     cdef floating acc[256]      # NARROW_BLOCK
@@ -167,43 +153,41 @@ cdef void outer_narrow(const floating* A, int lda, const floating* B, int ldb,
             C[(lo + i) * ldc + j] += acc[i]
 
 
+cdef Py_ssize_t row_stride(floating[:, :] M, str name) except -1:
+    """Elements between the rows of ``M``, whose rows must be contiguous."""
+    if M.shape[0] > 0 and M.shape[1] > 1 and M.strides[1] != sizeof(floating):
+        raise ValueError(f"{name} must have contiguous rows")
+    return M.strides[0] // sizeof(floating)
+
+
 def accumulate_outer(floating[:, :] A, floating[:, ::1] B,
                      floating[:, :] C, int n_threads, work=None):
     """``C += A.T @ B``, summing over the rows of ``A`` and ``B``.
 
     This accumulates a weight gradient over every step of a batch. With at
     most ``NARROW`` columns in ``B`` every entry of ``C`` is one sum over the
-    rows, computed here, vectorised over the rows of ``C``. Otherwise, with at
-    least ``2 * MIN_SUM_ROWS`` rows the sum is split into 2, 4, ... parts of
-    consecutive rows: one BLAS call per part, each packing its rows of ``A``
-    and ``B`` once, and the parts are then added to ``C`` in order. Below
-    that, the rows of ``C`` (the columns of ``A``) are split into blocks, and
-    each entry of ``C`` is one sum over all rows. Either way the cut depends
-    only on the shapes, never on the thread count. ``A`` and ``C`` may be
-    column slices of C-contiguous arrays (rows contiguous, any row stride).
-    ``work`` (1-D, ``outer_work_size`` elements or more, same dtype) holds
-    the parts; a new buffer is allocated when it is None or too small.
+    rows, computed here, vectorised over the rows of ``C``. Otherwise the
+    packed product (``_pgemm.h``, ``sr_outer``) sums the rows in blocks of
+    ``SR_OUTER_KC`` (256), each from zero and in order, and adds each block's
+    sum to ``C`` in turn; the rows of ``C`` are split among the threads.
+    Either way every entry's sum is the same whatever the thread count.
+    ``A`` and ``C`` may be column slices of C-contiguous arrays (rows
+    contiguous, any row stride). ``work`` (1-D, ``outer_work_size``
+    elements or more, same dtype) is the product's scratch; a new buffer is
+    allocated when it is None or too small.
     """
-    if A.shape[0] > 0 and A.shape[1] > 1 and A.strides[1] != sizeof(floating):
-        raise ValueError("A must have contiguous rows")
-    if C.shape[1] > 1 and C.strides[1] != sizeof(floating):
-        raise ValueError("C must have contiguous rows")
+    cdef Py_ssize_t lda = row_stride(A, "A")
+    cdef Py_ssize_t ldc = row_stride(C, "C")
     cdef Py_ssize_t R = A.shape[0]
     cdef int M = <int> C.shape[0]
     cdef int N = <int> C.shape[1]
-    cdef int size = outer_block_size(M)
-    cdef int n_blocks = (M + size - 1) // size
-    cdef int k, lo, m
+    cdef int n_blocks, size, k, lo
     if R == 0 or M == 0 or N == 0:
         return
     cdef floating* pA = &A[0, 0]
     cdef floating* pB = &B[0, 0]
     cdef floating* pC = &C[0, 0]
-    cdef int lda = <int> (A.strides[0] // sizeof(floating))
-    cdef int ldb = <int> B.shape[1]
-    cdef int ldc = <int> (C.strides[0] // sizeof(floating))
-    cdef int n_parts = outer_parts(R)
-    cdef floating[::1] parts
+    cdef Py_ssize_t ldb = B.shape[1]
     if N <= NARROW:
         n_blocks = (M + NARROW_BLOCK - 1) // NARROW_BLOCK
         if M >= 64:   # two blocks, for two threads
@@ -214,47 +198,66 @@ def accumulate_outer(floating[:, :] A, floating[:, ::1] B,
             lo = k * size
             outer_narrow(pA, lda, pB, ldb, pC, ldc, R, lo, min(size, M - lo), N)
         return
-    if n_parts > 1:
-        dtype = np.float32 if floating is float else np.float64
-        if (work is None or work.dtype != dtype or work.ndim != 1
-                or work.shape[0] < n_parts * M * N):
-            work = np.empty(n_parts * M * N, dtype)
-        parts = work
-        _accumulate_outer_parts(pA, lda, pB, ldb, pC, ldc, R, M, N, n_parts,
-                                &parts[0], n_threads)
+    _outer(pA, lda, R, M, pB, ldb, N, pB, ldb, 0, pC, ldc, pC, ldc,
+           n_threads, work)
+
+
+def accumulate_outer2(floating[:, :] A, floating[:, ::1] B1,
+                      floating[:, ::1] B2, floating[:, :] C1,
+                      floating[:, :] C2, int n_threads, work=None):
+    """``C1 += A.T @ B1`` and ``C2 += A.T @ B2``: bitwise the same as two
+    calls of ``accumulate_outer``, but, unless ``B1`` or ``B2`` has at most
+    ``NARROW`` columns, one product that copies the tiles of ``A`` (a
+    layer's gate gradients, the largest of the three) once for both.
+    ``work`` is as for ``accumulate_outer`` with ``n2`` the columns of
+    ``B2``."""
+    if B1.shape[0] != A.shape[0] or B2.shape[0] != A.shape[0]:
+        raise ValueError("A, B1 and B2 must have the same number of rows")
+    if (C1.shape[0] != A.shape[1] or C2.shape[0] != A.shape[1]
+            or C1.shape[1] != B1.shape[1] or C2.shape[1] != B2.shape[1]):
+        raise ValueError("C1 and C2 must be A.shape[1] x B1.shape[1] and "
+                         "A.shape[1] x B2.shape[1]")
+    if B1.shape[1] <= NARROW or B2.shape[1] <= NARROW:
+        accumulate_outer(A, B1, C1, n_threads, work)
+        accumulate_outer(A, B2, C2, n_threads, work)
         return
+    cdef Py_ssize_t lda = row_stride(A, "A")
+    cdef Py_ssize_t ldc1 = row_stride(C1, "C1")
+    cdef Py_ssize_t ldc2 = row_stride(C2, "C2")
+    if A.shape[0] == 0 or A.shape[1] == 0:
+        return
+    _outer(&A[0, 0], lda, A.shape[0], <int> A.shape[1], &B1[0, 0],
+           B1.shape[1], <int> B1.shape[1], &B2[0, 0], B2.shape[1],
+           <int> B2.shape[1], &C1[0, 0], ldc1, &C2[0, 0], ldc2, n_threads, work)
+
+
+cdef int _outer(const floating* pA, Py_ssize_t lda, Py_ssize_t R, int M,
+                const floating* pB1, Py_ssize_t ldb1, int N1,
+                const floating* pB2, Py_ssize_t ldb2, int N2,
+                floating* pC1, Py_ssize_t ldc1, floating* pC2,
+                Py_ssize_t ldc2, int n_threads, work) except -1:
+    """The packed product of ``accumulate_outer2``, the ``M`` rows of
+    ``C1`` and ``C2`` cut into one block per thread (whole tiles)."""
+    if R > INT_MAX:
+        raise ValueError("accumulate_outer: too many rows")
+    cdef int tiles = (M + OUTER_TILE - 1) // OUTER_TILE
+    cdef int n_blocks = max(1, min(n_threads, tiles))
+    cdef int size = (tiles + n_blocks - 1) // n_blocks * OUTER_TILE
+    cdef int k, lo
+    n_blocks = (M + size - 1) // size
+    cdef Py_ssize_t length = sr_outer_work_length(N1, N2, sizeof(floating))
+    dtype = np.float32 if floating is float else np.float64
+    if (work is None or work.dtype != dtype or work.ndim != 1
+            or work.shape[0] < n_blocks * length):
+        work = np.empty(n_blocks * length, dtype)
+    cdef floating[::1] scratch = work
+    cdef floating* pW = &scratch[0]
     for k in prange(n_blocks, nogil=True, schedule="static",
-                    num_threads=min(n_threads, n_blocks)):
+                    num_threads=n_blocks):
         lo = k * size
-        m = min(size, M - lo)
-        gemm(True, False, m, N, <int> R, <floating> 1, pA + lo, lda, pB, ldb,
-             <floating> 1, pC + lo * ldc, ldc)
-
-
-cdef int _accumulate_outer_parts(const floating* pA, int lda,
-                                 const floating* pB, int ldb, floating* pC,
-                                 int ldc, Py_ssize_t R, int M, int N,
-                                 int n_parts, floating* pP,
-                                 int n_threads) except -1:
-    """``accumulate_outer`` with the sum over rows cut into ``n_parts``
-    consecutive parts: part ``k`` goes to its own ``M x N`` block of ``pP``,
-    and every entry of ``C`` then adds the parts in order ``0, 1, ...``."""
-    cdef Py_ssize_t rows = (R + n_parts - 1) // n_parts
-    cdef Py_ssize_t r0, i, j
-    cdef int k, p, size = block_size(M)
-    cdef int n_blocks = (M + size - 1) // size
-    for k in prange(n_parts, nogil=True, schedule="static",
-                    num_threads=min(n_threads, n_parts)):
-        r0 = k * rows
-        gemm(True, False, M, N, <int> min(rows, R - r0), <floating> 1,
-             pA + r0 * lda, lda, pB + r0 * ldb, ldb, <floating> 0,
-             pP + <Py_ssize_t> k * M * N, N)
-    for k in prange(n_blocks, nogil=True, schedule="static",
-                    num_threads=min(n_threads, n_blocks)):
-        for i in range(k * size, min(k * size + size, M)):
-            for p in range(n_parts):
-                for j in range(N):
-                    pC[i * ldc + j] += pP[(<Py_ssize_t> p * M + i) * N + j]
+        outer(min(size, M - lo), N1, N2, <int> R, pA + lo, lda, pB1, ldb1,
+              pB2, ldb2, pC1 + lo * ldc1, ldc1, pC2 + lo * ldc2, ldc2,
+              pW + k * length)
     return 0
 
 

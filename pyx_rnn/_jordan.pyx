@@ -18,11 +18,14 @@ import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange
 
-from ._blas cimport gemm, pack_b, rgemm, sr_pack_length
+from ._blas cimport gemm, pack_b, rgemm, sr_pack_length, sr_pgemm_init
 from ._gates cimport (
     Dims, RNN, first_stop, make_dims, ptr2, rnn_row, rnn_row_back, output_row,
     output_row_back,
 )
+
+# this module's copy of _pgemm.h's dispatch (see _dense)
+PGEMM_ISA = sr_pgemm_init()
 
 
 cdef struct Net:

@@ -259,10 +259,85 @@ ATTR static void NAME(int m, int n, int K, const T *A, int lda, const T *B,   \
     }                                                                         \
 }
 
+/* C1[m, n1] += A.T @ B1 and C2[m, n2] += A.T @ B2 in one product: A is
+ * K x m at row stride lda, B1 and B2 K x n1 and K x n2 (strides ldb1,
+ * ldb2), C1 and C2 at strides ldc1, ldc2; all row-major. The weight
+ * gradients of a layer over a batch, every row of the batch one k: A holds
+ * the gate gradients, B1 the inputs and B2 the previous states, so that A,
+ * the largest, is read once for both. (BLAS packs the same matrices; this
+ * uses the packed product's micro-kernels, nearer the FMA peak:
+ * benchmarks/OPTIMISATIONS.md, session 10.)
+ * The sum over k runs in blocks of SR_OUTER_KC rows, in order: each block
+ * is summed from zero in registers, in order of k, then added to C1 or C2.
+ * Per block, B1's and B2's rows are copied into panels (as sr_pack_*: NR
+ * columns, zero past the last; B2's panels start after B1's) and each tile
+ * of A's columns into a kc x rows array, so that the micro-kernels read
+ * both sequentially. `work` holds sr_outer_work_length(n1, n2) elements. */
+#ifndef SR_OUTER_KC
+#define SR_OUTER_KC 256
+#endif
+#define SR_OUTER_MAX_MR 12
+static inline long sr_outer_work_length(long n1, long n2, long itemsize) {
+    return SR_OUTER_KC * (sr_pack_length(n1, 1, itemsize)
+                          + sr_pack_length(n2, 1, itemsize) + SR_OUTER_MAX_MR);
+}
+/* One tile of R columns of A, from column i: packed, then times every panel. */
+#define SR_OUTER_TILE(KERNEL, R)                                              \
+    do {                                                                      \
+        for (int k = 0; k < kc; k++)                                          \
+            memcpy(Ap + (long) k * (R), A + (long) (k0 + k) * lda + i,        \
+                   sizeof(*Ap) * (R));                                        \
+        for (int p = 0; p < np1 + np2; p++) {                                 \
+            int j = (p < np1 ? p : p - np1) * NR, nj = p < np1 ? n1 : n2;     \
+            KERNEL(kc, Ap, (R), Bp + (long) p * kc * NR, NR,                  \
+                   p < np1 ? C1 + (long) i * ldc1 + j                         \
+                           : C2 + (long) i * ldc2 + j,                        \
+                   p < np1 ? ldc1 : ldc2, nj - j < NR ? nj - j : NR);         \
+        }                                                                     \
+    } while (0)
+/* Panel row of a block: NR columns of the row b from column j (of n). */
+#define SR_OUTER_PACK_ROW(dst, b, j, n)                                       \
+    do {                                                                      \
+        if ((j) + NR <= (n))                                                  \
+            memcpy((dst), (b) + (j), sizeof(*(dst)) * NR);                    \
+        else                                                                  \
+            for (int c = 0; c < NR; c++)                                      \
+                (dst)[c] = (j) + c < (n) ? (b)[(j) + c] : 0;                  \
+    } while (0)
+#define SR_DEFINE_OUTER(NAME, TN, T, MR, ATTR)                                \
+ATTR static void NAME(int m, int n1, int n2, int K, const T *A, long lda,     \
+                      const T *B1, long ldb1, const T *B2, long ldb2, T *C1,  \
+                      long ldc1, T *C2, long ldc2, T *work) {                 \
+    enum { NR = SR_PANEL_BYTES / sizeof(T) };                                 \
+    const int np1 = (n1 + NR - 1) / NR, np2 = (n2 + NR - 1) / NR;             \
+    T *Bp = work, *Ap = work + (long) SR_OUTER_KC * (np1 + np2) * NR;         \
+    for (int k0 = 0; k0 < K; k0 += SR_OUTER_KC) {                             \
+        const int kc = K - k0 < SR_OUTER_KC ? K - k0 : SR_OUTER_KC;           \
+        for (int p = 0; p < np1 + np2; p++)                                   \
+            for (int k = 0; k < kc; k++) {                                    \
+                T *dst = Bp + ((long) p * kc + k) * NR;                       \
+                if (p < np1)                                                  \
+                    SR_OUTER_PACK_ROW(dst, B1 + (long) (k0 + k) * ldb1,       \
+                                      p * NR, n1);                            \
+                else                                                          \
+                    SR_OUTER_PACK_ROW(dst, B2 + (long) (k0 + k) * ldb2,       \
+                                      (p - np1) * NR, n2);                    \
+            }                                                                 \
+        int i = 0;                                                            \
+        for (; i + (MR) <= m; i += (MR)) SR_OUTER_TILE(TN##_mr, MR);          \
+        for (; i + 8 <= m; i += 8) SR_OUTER_TILE(TN##_m8, 8);                 \
+        for (; i + 4 <= m; i += 4) SR_OUTER_TILE(TN##_m4, 4);                 \
+        for (; i + 2 <= m; i += 2) SR_OUTER_TILE(TN##_m2, 2);                 \
+        for (; i < m; i++) SR_OUTER_TILE(TN##_m1, 1);                         \
+    }                                                                         \
+}
+
 SR_DEFINE_GEMM(sr_pgemm_f_base, float, sr_vf4, 1, )
 SR_DEFINE_GEMM(sr_pgemm_d_base, double, sr_vd2, 1, )
 SR_DEFINE_GEMM_TN(sr_gemm_tn_f_base, float, sr_vf4, 1, )
 SR_DEFINE_GEMM_TN(sr_gemm_tn_d_base, double, sr_vd2, 1, )
+SR_DEFINE_OUTER(sr_outer_f_base, sr_gemm_tn_f_base, float, 1, )
+SR_DEFINE_OUTER(sr_outer_d_base, sr_gemm_tn_d_base, double, 1, )
 
 /* The element-wise sums of the kernels' steps, vectorised by the compiler
  * for each instruction set like the products (the extension itself is
@@ -298,6 +373,10 @@ SR_DEFINE_GEMM_TN(sr_gemm_tn_f_avx2, float, sr_vf8, 3, SR_AVX2)
 SR_DEFINE_GEMM_TN(sr_gemm_tn_d_avx2, double, sr_vd4, 3, SR_AVX2)
 SR_DEFINE_GEMM_TN(sr_gemm_tn_f_avx512, float, sr_vf16, 12, SR_AVX512)
 SR_DEFINE_GEMM_TN(sr_gemm_tn_d_avx512, double, sr_vd8, 12, SR_AVX512)
+SR_DEFINE_OUTER(sr_outer_f_avx2, sr_gemm_tn_f_avx2, float, 3, SR_AVX2)
+SR_DEFINE_OUTER(sr_outer_d_avx2, sr_gemm_tn_d_avx2, double, 3, SR_AVX2)
+SR_DEFINE_OUTER(sr_outer_f_avx512, sr_gemm_tn_f_avx512, float, 12, SR_AVX512)
+SR_DEFINE_OUTER(sr_outer_d_avx512, sr_gemm_tn_d_avx512, double, 12, SR_AVX512)
 SR_DEFINE_ADDS(f_avx2, float, SR_AVX2)
 SR_DEFINE_ADDS(d_avx2, double, SR_AVX2)
 SR_DEFINE_ADDS(f_avx512, float, SR_AVX512)
@@ -360,6 +439,21 @@ static void NAME(int m, int n, int K, const T *A, int lda, const T *B,        \
 
 SR_DEFINE_TN(sr_gemm_tn_f, float)
 SR_DEFINE_TN(sr_gemm_tn_d, double)
+
+/* sr_outer_*: C1 += A.T @ B1, C2 += A.T @ B2 (see SR_DEFINE_OUTER). */
+#define SR_DEFINE_OUTER_DISPATCH(NAME, T)                                     \
+static void NAME(int m, int n1, int n2, int K, const T *A, long lda,          \
+                 const T *B1, long ldb1, const T *B2, long ldb2, T *C1,       \
+                 long ldc1, T *C2, long ldc2, T *work) {                      \
+    if (m <= 0 || n1 + n2 <= 0 || K <= 0) return;                            \
+    SR_DISPATCH(NAME, m, n1, n2, K, A, lda, B1, ldb1, B2, ldb2, C1, ldc1, C2, \
+                ldc2, work);                                                  \
+    NAME##_base(m, n1, n2, K, A, lda, B1, ldb1, B2, ldb2, C1, ldc1, C2, ldc2, \
+                work);                                                        \
+}
+
+SR_DEFINE_OUTER_DISPATCH(sr_outer_f, float)
+SR_DEFINE_OUTER_DISPATCH(sr_outer_d, double)
 
 /* sr_add_rows_* and sr_add_to_rows_* (see SR_DEFINE_ADDS) */
 #define SR_DEFINE_ADD_DISPATCH(SFX, T)                                        \

@@ -226,10 +226,15 @@ def _weight_grads_after(spec, cache, dG, dGh, first, grads, n_threads, pool):
     H = spec.hidden
     dG, dGh = dG[first:], dGh[first:]
     outer = _take(pool, "outer", (_dense.outer_work_size(
-        len(dG), dG.shape[1], max(H, spec.n_input)),), dG.dtype)
+        spec.n_input, H, dG.itemsize, n_threads),), dG.dtype)
+    Hprev = cache.Hprev[first:]
+    if spec.cell != "gru" and not isinstance(cache.X, TokenInput):
+        # both weight gradients from one product (dGh is dG): dG is read once
+        _dense.accumulate_outer2(dG, cache.X[first:], Hprev, grads["weight_ih"],
+                                 grads["weight_hh"], n_threads, outer)
+        return
     _accumulate_input_grad(dG, cache.X[first:], grads["weight_ih"], n_threads,
                            outer)
-    Hprev = cache.Hprev[first:]
     if spec.cell == "gru" and not spec.reset_after:
         # the candidate's recurrent product reads r * m * h, kept in aux
         _dense.accumulate_outer(dGh[:, : 2 * H], Hprev, grads["weight_hh"][: 2 * H],
@@ -484,7 +489,10 @@ class _BackwardPlan:
         self.dG = _take(pool, "dG", (n_rows, gh), dtype)
         self.dGh = (_take(pool, "dGh", (n_rows, gh), dtype) if self.separate_dgh
                     else self.dG)
-        self.work = _take(pool, "work", (n_blocks, block_rows * gh), dtype)
+        columns = _cells.backward_work_columns(
+            CELLS[spec.cell], spec.reset_after, H_, block_rows,
+            np.dtype(dtype).itemsize)
+        self.work = _take(pool, "backward_work", (n_blocks, columns), dtype)
         self.wpack = _wpack(spec, block_rows, dtype, pool, True)
         self.fused = fused_weight_gradients(spec, np.dtype(dtype).itemsize)
         if self.fused:

@@ -28,6 +28,7 @@ from threadpoolctl import threadpool_limits
 
 from pyx_rnn import reference as ref
 from pyx_rnn.layers import (
+    CELLS,
     JordanSpec,
     LayerSpec,
     jordan_backward,
@@ -908,6 +909,32 @@ def test_layer_recurrent_product_matches_reference(c, hidden, dtype, product,
     assert_close(got, reference_layer(c, pb), **TOL[dtype])
 
 
+@pytest.mark.parametrize("c, hidden, dtype", [
+    (cfg("lstm"), 128, np.float64), (cfg("gru", reset_after=False), 512, np.float64),
+    (cfg("rnn"), 512, np.float64)], ids=["lstm-128", "gru-before-512", "rnn-512"])
+def test_backward_spreads_rows_whose_stride_aliases(c, hidden, dtype, monkeypatch):
+    """Gate gradients whose rows are a multiple of 4 KiB apart (these sizes,
+    in float64; in float32 the LSTM's at 256 and 512 units) are copied at
+    another stride before the backward recurrent product (``spread_rows``;
+    the GRU's candidate product too): the gradients still match the
+    reference. A work array too small for the copy is refused."""
+    monkeypatch.setitem(globals(), "HIDDEN", hidden)
+    lengths = [min(n, 3) for n in THREAD_LENGTHS[:23]]
+    pb = round_to(layer_problem(c, lengths, seed=67), dtype)
+    got, cache, _ = kernel_layer(c, pb, dtype, block_rows=19, n_threads=2)
+    assert_close(got, reference_layer(c, pb), **TOL[dtype])
+    from pyx_rnn import _cells
+    columns = _cells.backward_work_columns
+    itemsize = np.dtype(dtype).itemsize
+    gh = {"lstm": 4, "gru": 3, "rnn": 1}[c["cell"]] * hidden
+    assert columns(CELLS[c["cell"]], c["reset_after"], hidden, 19,
+                   itemsize) > 19 * (hidden + gh)          # padded
+    monkeypatch.setattr(_cells, "backward_work_columns",
+                        lambda *args: columns(*args) - 1)
+    with pytest.raises(ValueError, match="backward_work_columns"):
+        kernel_layer(c, pb, dtype, block_rows=19, n_threads=2)
+
+
 @DTYPES
 @pytest.mark.parametrize("c", REPRESENTATIVE + [cfg("rnn")], ids=cfg_id)
 def test_packed_product_independent_of_batch(c, dtype, monkeypatch):
@@ -1114,32 +1141,95 @@ def test_all_finite_finds_every_nan_and_infinity(shape, dtype):
 
 @DTYPES
 @pytest.mark.parametrize("n_rows", [100, 4096, 9001],
-                         ids=["rows of C split", "2 parts", "4 parts"])
-@pytest.mark.parametrize("m, n", [(70, 9), (70, 1), (300, 4)],
-                         ids=["BLAS", "narrow", "narrow, 2 blocks"])
+                         ids=["one block of rows", "16 blocks", "36 blocks"])
+@pytest.mark.parametrize("m, n", [(70, 9), (70, 1), (300, 4), (37, 70)],
+                         ids=["packed", "narrow", "narrow, 2 blocks", "3 panels"])
 def test_accumulate_outer(n_rows, m, n, dtype):
-    """``C += A.T @ B`` (``m x n``) over column slices, with the sum over
-    rows whole (few rows) or cut into parts (4096 rows and more, the last part
-    shorter), or computed by our own loop (at most 4 columns): matches float64
-    and is bitwise the same for 1, 2 and 3 threads."""
+    """``C += A.T @ B`` (``m x n``) over column slices, by the packed product
+    (its sum over rows in blocks of 256, the last one shorter) or by our own
+    loop (at most 4 columns): matches float64 and is bitwise the same for 1,
+    2 and 3 threads."""
     from pyx_rnn import _dense
     rng = np.random.default_rng(64)
     A_full = rng.standard_normal((n_rows, m + 5)).astype(dtype)
     B = rng.standard_normal((n_rows, n)).astype(dtype)
     C0 = rng.standard_normal((m, n + 3)).astype(dtype)
-    A = A_full[:, 5:]                 # a column slice: row stride 75
+    A = A_full[:, 5:]                 # a column slice: row stride m + 5
     expected = C0[:, 3:].astype(np.float64) + A.T.astype(np.float64) @ B
     results = []
-    with threadpool_limits(1, user_api="blas"):
-        for n_threads in (1, 2, 3):
-            C = C0.copy()
-            _dense.accumulate_outer(A, B, C[:, 3:], n_threads)
-            assert_array_equal(C[:, :3], C0[:, :3])   # outside the slice
-            results.append(C[:, 3:])
+    for n_threads in (1, 2, 3):
+        C = C0.copy()
+        _dense.accumulate_outer(A, B, C[:, 3:], n_threads)
+        assert_array_equal(C[:, :3], C0[:, :3])   # outside the slice
+        results.append(C[:, 3:])
     tol = 1e-12 if dtype == np.float64 else 2e-5
     assert_allclose(results[0], expected, rtol=tol, atol=tol * np.sqrt(n_rows))
     for other in results[1:]:
         assert_array_equal(other, results[0], strict=True)
+
+
+def test_accumulate_outer_sums_blocks_of_rows_in_order():
+    """The packed weight-gradient product's order of summation, bit for
+    bit (float32): each block of 256 rows summed from zero in order of the
+    rows, with one rounding per multiply-add where the CPU has FMA (float64
+    emulates it: the product of two floats is exact there), then added to
+    ``C``. Summing all rows in one chain, or blocks of another size, changes
+    most of the entries."""
+    from pyx_rnn import _cells, _dense
+    rng = np.random.default_rng(65)
+    R, m, n = 600, 13, 35
+    A = rng.standard_normal((R, m)).astype(np.float32)
+    B = rng.standard_normal((R, n)).astype(np.float32)
+    C = rng.standard_normal((m, n)).astype(np.float32)
+    expected = C.copy()
+    fma = _cells.PGEMM_ISA > 0
+    for k0 in range(0, R, 256):
+        acc = np.zeros((m, n), np.float32)
+        for k in range(k0, min(k0 + 256, R)):
+            prod = np.outer(A[k].astype(np.float64), B[k].astype(np.float64))
+            if fma:
+                acc = (acc.astype(np.float64) + prod).astype(np.float32)
+            else:
+                acc = acc + prod.astype(np.float32)
+        expected = expected + acc
+    _dense.accumulate_outer(A, B, C, 2)
+    assert_array_equal(C, expected, strict=True)
+
+
+@DTYPES
+@pytest.mark.parametrize("n1, n2", [(9, 37), (64, 32), (3, 37), (9, 2)],
+                         ids=["packed", "whole panels", "narrow B1", "narrow B2"])
+def test_accumulate_outer2_is_two_accumulate_outer(n1, n2, dtype):
+    """Both weight gradients of a layer from one product (``dG`` read once)
+    give the same bits as one product each, into column slices of larger
+    arrays, with 1 and 2 threads; mismatched shapes are refused."""
+    from pyx_rnn import _dense
+    rng = np.random.default_rng(66)
+    R, m = 700, 29
+    A = rng.standard_normal((R, m + 2)).astype(dtype)[:, 2:]
+    B1 = rng.standard_normal((R, n1)).astype(dtype)
+    B2 = rng.standard_normal((R, n2)).astype(dtype)
+    C0 = rng.standard_normal((m, n1 + n2 + 1)).astype(dtype)
+    expected = C0.copy()
+    _dense.accumulate_outer(A, B1, expected[:, :n1], 1)
+    _dense.accumulate_outer(A, B2, expected[:, n1:n1 + n2], 1)
+    for n_threads in (1, 2):
+        C = C0.copy()
+        _dense.accumulate_outer2(A, B1, B2, C[:, :n1], C[:, n1:n1 + n2], n_threads)
+        assert_array_equal(C, expected, strict=True)
+    with pytest.raises(ValueError, match="same number of rows"):
+        _dense.accumulate_outer2(A, B1[1:], B2, C[:, :n1], C[:, n1:n1 + n2], 1)
+    with pytest.raises(ValueError, match="C1 and C2"):
+        _dense.accumulate_outer2(A, B1, B2, C[:, :n1 - 1], C[:, n1:n1 + n2], 1)
+
+
+def test_every_module_dispatches_the_products():
+    """Each extension module has its own copy of the packed product's
+    instruction-set dispatch: all three pick the same kernels (the output
+    layer and the weight gradients in ``_dense``, the Jordan network in
+    ``_jordan``; they ran the baseline kernels before session 10)."""
+    from pyx_rnn import _cells, _dense, _jordan
+    assert _dense.PGEMM_ISA == _jordan.PGEMM_ISA == _cells.PGEMM_ISA
 
 
 @DTYPES
