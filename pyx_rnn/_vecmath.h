@@ -59,7 +59,7 @@ SR_CLONES static void sr_tanh_d(double *restrict x, int n) {
  *
  * exp(y): y = n ln2 + r with |r| <= ln2 / 2, exp(r) = 1 + r + r^2 q(r), q a
  * degree-4 polynomial fitted for minimum relative error (3e-9 in exact
- * arithmetic), times 2^n built in the exponent bits. y is clamped to
+ * arithmetic), times 2^n (sr_scale). y is clamped to
  * [-87.3, 88.3], where 2^n is a normal number.
  * sigmoid(x) = 1 / (1 + exp(-x)), and exactly 0 below x = -88.3 (libm's
  * float version gives 0 from -88.7: exp(-x) overflows there).
@@ -113,6 +113,18 @@ TARGET static inline sr_f##W sr_round_##W(sr_f##W a) {                        \
 SR_DEFINE_PRIMITIVES(8, SR_VEC_AVX2, __m256, _mm256, _mm256_round_ps)
 SR_DEFINE_PRIMITIVES(16, SR_VEC_AVX512, __m512, _mm512, _mm512_roundscale_ps)
 
+/* p 2^n for an integral n in [-126, 127] (a normal power of two): one
+ * rounding of the exact product either way. AVX2 builds 2^n in the exponent
+ * bits and multiplies; AVX-512 has the instruction (vscalefps), three
+ * operations fewer per exp (4% of an LSTM step). */
+SR_VEC_AVX2 static inline sr_f8 sr_scale_8(sr_f8 p, sr_f8 n) {
+    sr_i8 e = (__builtin_convertvector(n, sr_i8) + 127) << 23;
+    return p * (sr_f8) e;
+}
+SR_VEC_AVX512 static inline sr_f16 sr_scale_16(sr_f16 p, sr_f16 n) {
+    return (sr_f16) _mm512_scalef_ps((__m512) p, (__m512) n);
+}
+
 /* exp, sigmoid and tanh of W floats (see above), and the arrays of them:
  * x[0:n] W at a time, the last n % W through a padded copy, so that every
  * value goes through the same instructions wherever it lies. */
@@ -130,8 +142,7 @@ TARGET static inline sr_f##W sr_exp_##W(sr_f##W y) {                          \
     q = sr_fmadd_##W(q, r, SR_SPLAT(V, 0.1666652113199234f));                 \
     q = sr_fmadd_##W(q, r, SR_SPLAT(V, 0.4999999403953552f));                 \
     V p = sr_fmadd_##W(q, r * r, r) + 1.0f;                                   \
-    sr_i##W e = (__builtin_convertvector(n, sr_i##W) + 127) << 23;            \
-    return p * (V) e;                                                         \
+    return sr_scale_##W(p, n);                                                \
 }                                                                             \
 TARGET static inline sr_f##W sr_sigmoid_##W(sr_f##W x) {                      \
     sr_f##W s = 1.0f / (1.0f + sr_exp_##W(0.0f - x));                         \
