@@ -375,8 +375,7 @@ cdef inline int spread_stride(int ncols, Py_ssize_t itemsize) noexcept nogil:
     return ld
 
 
-def backward_work_columns(int cell, bint reset_after, int hidden,
-                          int block_rows, int itemsize):
+def backward_work_columns(int cell, int hidden, int block_rows, int itemsize):
     """Columns per block of the ``work`` array of ``recurrent_backward``:
     the recurrent product's ``block_rows x hidden`` result, then room for a
     copy of the gate gradients it reads at a row stride that does not alias

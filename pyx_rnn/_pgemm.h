@@ -272,10 +272,9 @@ ATTR static void NAME(int m, int n, int K, const T *A, int lda, const T *B,   \
  * Per block, B1's and B2's rows are copied into panels (as sr_pack_*: NR
  * columns, zero past the last; B2's panels start after B1's) and each tile
  * of A's columns into a kc x rows array, so that the micro-kernels read
- * both sequentially. `work` holds sr_outer_work_length(n1, n2) elements. */
-#ifndef SR_OUTER_KC
+ * both sequentially. `work` holds sr_outer_work_length(n1, n2, sizeof(T))
+ * elements. */
 #define SR_OUTER_KC 256
-#endif
 #define SR_OUTER_MAX_MR 12
 static inline long sr_outer_work_length(long n1, long n2, long itemsize) {
     return SR_OUTER_KC * (sr_pack_length(n1, 1, itemsize)
@@ -309,6 +308,7 @@ ATTR static void NAME(int m, int n1, int n2, int K, const T *A, long lda,     \
                       const T *B1, long ldb1, const T *B2, long ldb2, T *C1,  \
                       long ldc1, T *C2, long ldc2, T *work) {                 \
     enum { NR = SR_PANEL_BYTES / sizeof(T) };                                 \
+    _Static_assert((MR) <= SR_OUTER_MAX_MR, "a tile of A fits in work");     \
     const int np1 = (n1 + NR - 1) / NR, np2 = (n2 + NR - 1) / NR;             \
     T *Bp = work, *Ap = work + (long) SR_OUTER_KC * (np1 + np2) * NR;         \
     for (int k0 = 0; k0 < K; k0 += SR_OUTER_KC) {                             \

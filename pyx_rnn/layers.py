@@ -490,8 +490,7 @@ class _BackwardPlan:
         self.dGh = (_take(pool, "dGh", (n_rows, gh), dtype) if self.separate_dgh
                     else self.dG)
         columns = _cells.backward_work_columns(
-            CELLS[spec.cell], spec.reset_after, H_, block_rows,
-            np.dtype(dtype).itemsize)
+            CELLS[spec.cell], H_, block_rows, np.dtype(dtype).itemsize)
         self.work = _take(pool, "backward_work", (n_blocks, columns), dtype)
         self.wpack = _wpack(spec, block_rows, dtype, pool, True)
         self.fused = fused_weight_gradients(spec, np.dtype(dtype).itemsize)

@@ -927,8 +927,7 @@ def test_backward_spreads_rows_whose_stride_aliases(c, hidden, dtype, monkeypatc
     columns = _cells.backward_work_columns
     itemsize = np.dtype(dtype).itemsize
     gh = {"lstm": 4, "gru": 3, "rnn": 1}[c["cell"]] * hidden
-    assert columns(CELLS[c["cell"]], c["reset_after"], hidden, 19,
-                   itemsize) > 19 * (hidden + gh)          # padded
+    assert columns(CELLS[c["cell"]], hidden, 19, itemsize) > 19 * (hidden + gh)
     monkeypatch.setattr(_cells, "backward_work_columns",
                         lambda *args: columns(*args) - 1)
     with pytest.raises(ValueError, match="backward_work_columns"):
