@@ -176,6 +176,9 @@ def accumulate_outer(floating[:, :] A, floating[:, ::1] B,
     elements or more, same dtype) is the product's scratch; a new buffer is
     allocated when it is None or too small.
     """
+    if B.shape[0] != A.shape[0] or C.shape[0] != A.shape[1] or C.shape[1] != B.shape[1]:
+        raise ValueError("accumulate_outer: A (R x m), B (R x n) and C (m x n) "
+                         "do not match")
     cdef Py_ssize_t lda = row_stride(A, "A")
     cdef Py_ssize_t ldc = row_stride(C, "C")
     cdef Py_ssize_t R = A.shape[0]

@@ -1220,6 +1220,8 @@ def test_accumulate_outer2_is_two_accumulate_outer(n1, n2, dtype):
         _dense.accumulate_outer2(A, B1[1:], B2, C[:, :n1], C[:, n1:n1 + n2], 1)
     with pytest.raises(ValueError, match="C1 and C2"):
         _dense.accumulate_outer2(A, B1, B2, C[:, :n1 - 1], C[:, n1:n1 + n2], 1)
+    with pytest.raises(ValueError, match="do not match"):
+        _dense.accumulate_outer(A, B1, C[:, :n1 - 1], 1)
 
 
 def test_every_module_dispatches_the_products():
