@@ -1172,8 +1172,8 @@ def test_accumulate_outer_sums_blocks_of_rows_in_order():
     bit (float32): each block of 256 rows summed from zero in order of the
     rows, one rounding per multiply-add (the AVX2 and AVX-512 kernels use
     FMA; float64 emulates it: the product of two floats is exact there),
-    then added to ``C``. Summing all rows in one chain, or blocks of another size, changes
-    most of the entries."""
+    then added to ``C``. Summing all rows in one chain, or blocks of
+    another size, changes most of the entries."""
     from pyx_rnn import _cells, _dense
     if _cells.PGEMM_ISA == 0:
         pytest.skip("the baseline kernel's rounding (multiply-adds fused or "
