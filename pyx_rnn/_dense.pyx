@@ -94,7 +94,7 @@ def linear(floating[:, ::1] X, floating[:, ::1] W, floating[::1] b,
     cdef int N = <int> W.shape[0]
     cdef int size = block_size(M)
     cdef int n_blocks = <int> ((M + size - 1) // size)
-    cdef int k, lo, m, i, j
+    cdef int k
     if M == 0 or N == 0:
         return
     cdef floating* pX = &X[0, 0] if K > 0 else NULL
@@ -102,14 +102,30 @@ def linear(floating[:, ::1] X, floating[:, ::1] W, floating[::1] b,
     cdef floating* pP = &wpack[0]
     cdef floating* pb = &b[0]
     pack_b(True, K, N, &W[0, 0] if K > 0 else NULL, K, pP)
+    if n_blocks == 1 or n_threads <= 1:
+        # no parallel region for one thread (a few rows: the output layer
+        # of a batch at its last steps)
+        with nogil:
+            for k in range(n_blocks):
+                linear_block(k * size, <int> min(<Py_ssize_t> size, M - k * size),
+                             N, K, pX, pP, pb, pO)
+        return
     for k in prange(n_blocks, nogil=True, schedule="static",
                     num_threads=min(n_threads, n_blocks)):
-        lo = k * size
-        m = <int> min(<Py_ssize_t> size, M - lo)
-        rgemm(m, N, K, pX + lo * K, K, pP, True, NULL, 0, False, pO + lo * N, N)
-        for i in range(lo, lo + m):
-            for j in range(N):
-                pO[i * N + j] = pO[i * N + j] + pb[j]
+        linear_block(k * size, <int> min(<Py_ssize_t> size, M - k * size), N, K,
+                     pX, pP, pb, pO)
+
+
+cdef inline void linear_block(Py_ssize_t lo, int m, int N, int K,
+                              const floating* pX, const floating* pP,
+                              const floating* pb, floating* pO) noexcept nogil:
+    """Rows ``lo:lo+m`` of ``linear``."""
+    cdef Py_ssize_t i
+    cdef int j
+    rgemm(m, N, K, pX + lo * K, K, pP, True, NULL, 0, False, pO + lo * N, N)
+    for i in range(lo, lo + m):
+        for j in range(N):
+            pO[i * N + j] = pO[i * N + j] + pb[j]
 
 
 def outer_work_size(Py_ssize_t n1, Py_ssize_t n2, int itemsize, int n_threads):
