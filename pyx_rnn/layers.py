@@ -171,10 +171,12 @@ def _aligned_pair(shape, dtype):
     """Two new zeroed arrays as ``_aligned`` makes them (an LSTM's states),
     from one allocation."""
     dtype = np.dtype(dtype)
-    size = math.prod(shape)
-    stride = -(-size * dtype.itemsize // 64) * 64 // dtype.itemsize
-    both = _aligned((2 * stride,), dtype, zero=True)
-    return both[:size].reshape(shape), both[stride:stride + size].reshape(shape)
+    size, line = math.prod(shape), 64 // dtype.itemsize
+    stride = -(-size // line) * line
+    raw = np.zeros(2 * stride + line, dtype)
+    start = -_dense.data_address(raw.view(np.uint8)) % 64 // dtype.itemsize
+    return (raw[start:start + size].reshape(shape),
+            raw[start + stride:start + stride + size].reshape(shape))
 
 
 def _take(pool, key, shape, dtype, zero=False):

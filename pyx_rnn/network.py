@@ -477,7 +477,7 @@ class Network:
         if self.jordan is not None:
             return None, top[rows], None
         W, b = self.weights["output.weight"], self.weights["output.bias"]
-        X = np.ascontiguousarray(top[rows])
+        X = top.take(rows, axis=0)      # a new C-contiguous array
         Z = np.empty((len(X), len(W)), self.dtype)
         # the packed kernel, not BLAS: a row's output does not depend on
         # the other rows (sklearn's subset and sample-order checks)
