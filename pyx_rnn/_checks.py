@@ -435,8 +435,11 @@ def _check_t_stop(t_stop, B, where):
 
 
 def _check_memory(n_elements, itemsize, where, detail):
+    """``detail``: a string, or a function that makes it (only on error)."""
     nbytes = int(n_elements) * int(itemsize)
     if nbytes > MAX_WORKSPACE_BYTES:
+        if callable(detail):
+            detail = detail()
         raise MemoryError(
             f"{where} would allocate about {nbytes / 2**30:.1f} GiB of buffers "
             f"({detail}), more than pyx_rnn._checks.MAX_WORKSPACE_BYTES = "
@@ -623,7 +626,7 @@ def check_layer_forward_sizes(spec, n_rows, B, br, dtype, *, mask=False,
          + (n_in * gh if tokens else                  # W_ih transposed
             n_rows * n_in if copy_x else 0))
     _check_memory(n, np.dtype(dtype).itemsize, where,
-                  f"{n_rows} rows x {gh} gate units, {B} sequences")
+                  lambda: f"{n_rows} rows x {gh} gate units, {B} sequences")
 
 
 def check_layer_forward_args(spec, w, X, batch_sizes, offsets, h0=None, c0=None,

@@ -166,13 +166,14 @@ class Network:
         self.grad_views = self._views(self.grads)
         self._pool = {}  # training buffers reused from batch to batch
         self._local = threading.local()  # prediction buffers, one set per thread
+        # each layer's parameters: (name in the layer, name in the network)
         if cell == "jordan":
-            self._layer_names = {
-                f"_l{k}": list(self.jordan.layer_shapes(k))
-                for k in range(len(hidden_sizes))}
+            names = {f"_l{k}": self.jordan.layer_shapes(k)
+                     for k in range(len(hidden_sizes))}
         else:
-            self._layer_names = {sfx: list(spec.shapes())
-                                 for layer in self.specs for spec, sfx in layer}
+            names = {sfx: spec.shapes() for layer in self.specs for spec, sfx in layer}
+        self._layer_names = {sfx: [(base, base + sfx) for base in bases]
+                             for sfx, bases in names.items()}
 
     def __getstate__(self):
         """The constructor's arguments and the flat parameter vector.
@@ -230,7 +231,7 @@ class Network:
 
     def _layer(self, views, sfx):
         """Parameters (or gradients) of one layer, by their unsuffixed names."""
-        return {base: views[base + sfx] for base in self._layer_names[sfx]}
+        return {base: views[name] for base, name in self._layer_names[sfx]}
 
     # ------------------------------------------------------------------
     # initialisation
