@@ -18,14 +18,15 @@ threads: results are bitwise identical with 1 thread or many.
 from cython cimport floating
 from cython.parallel cimport prange
 
+from libc.string cimport memcpy
+
 from ._blas cimport (
     add_rows, add_to_rows, gemm_tn, pack_b, pack_b2, pgemm2, rgemm,
     sr_pack_length, sr_pgemm_init,
 )
-from libc.string cimport memcpy
 from ._gates cimport (
-    Dims, RNN, LSTM, GRU, TANH, first_stop, make_dims, ptr1, ptr2, rnn_row,
-    lstm_row_steps, gru_rz_row, gru_n_row, rnn_row_back, lstm_row_back,
+    Dims, RNN, LSTM, GRU, TANH, first_stop, make_dims, n_gates, ptr1, ptr2,
+    rnn_row, lstm_row_steps, gru_rz_row, gru_n_row, rnn_row_back, lstm_row_back,
     lstm_row_back_steps, gru_n_row_back, gru_rz_row_back,
 )
 from ._math cimport (
@@ -193,7 +194,7 @@ def input_pack_length(int cell, int n_input, int hidden, int itemsize):
     weights in the panels of ``pyx_rnn/_pgemm.h``, with the recurrent weights
     stacked below them for the rnn and the lstm (one product per step with
     ``[x_t | h_{t-1}]``)."""
-    cdef int gates = 1 if cell == RNN else (4 if cell == LSTM else 3)
+    cdef int gates = n_gates(cell)
     if cell == GRU:
         return sr_pack_length(gates * hidden, n_input, itemsize)
     return sr_pack_length(gates * hidden, n_input + hidden, itemsize)
@@ -209,7 +210,7 @@ def recurrent_pack_length(int cell, bint reset_after, int hidden,
     """Length of the ``wpack`` buffer of ``recurrent_forward`` (or, with
     ``backward``, of ``recurrent_backward``) for the packed recurrent product:
     the weight matrix in the panels of ``pyx_rnn/_pgemm.h``."""
-    cdef int gates = 1 if cell == RNN else (4 if cell == LSTM else 3)
+    cdef int gates = n_gates(cell)
     cdef int H = hidden
     if cell == GRU and not reset_after:
         if backward:     # W_hh[:2H] (2H x H) and W_hh[2H:] (H x H), untransposed
@@ -290,15 +291,15 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
                   False, Gt, GH)
         # The recurrent product reads the masked previous state, which is
         # also kept (Hprev) for the weight gradient.
-        if keep and d.has_mask:
-            for i in range(nb):
-                b = lo + i
-                for j in range(H):
-                    Hprev[(r0 + i) * H + j] = h[b * H + j] * mask[b * H + j]
-        elif keep:
-            # the block's rows of h and of this step are both consecutive
-            memcpy(Hprev + r0 * H, h + lo * H, nb * H * sizeof(floating))
         if keep:
+            if d.has_mask:
+                for i in range(nb):
+                    b = lo + i
+                    for j in range(H):
+                        Hprev[(r0 + i) * H + j] = h[b * H + j] * mask[b * H + j]
+            else:
+                # the block's rows of h and of this step are both consecutive
+                memcpy(Hprev + r0 * H, h + lo * H, nb * H * sizeof(floating))
             A = Hprev + r0 * H
         else:
             A = h + lo * H
@@ -375,13 +376,18 @@ cdef inline int spread_stride(int ncols, Py_ssize_t itemsize) noexcept nogil:
     return ld
 
 
+cdef inline Py_ssize_t work_columns(int gates, int hidden, int block_rows,
+                                    Py_ssize_t itemsize) noexcept nogil:
+    return block_rows * <Py_ssize_t> (
+        hidden + spread_stride(gates * hidden, itemsize))
+
+
 def backward_work_columns(int cell, int hidden, int block_rows, int itemsize):
     """Columns per block of the ``work`` array of ``recurrent_backward``:
     the recurrent product's ``block_rows x hidden`` result, then room for a
     copy of the gate gradients it reads at a row stride that does not alias
     in the L1 cache (``spread_stride``)."""
-    cdef int gates = 1 if cell == RNN else (4 if cell == LSTM else 3)
-    return block_rows * (hidden + spread_stride(gates * hidden, itemsize))
+    return work_columns(n_gates(cell), hidden, block_rows, itemsize)
 
 
 cdef inline const floating* spread_rows(const floating* src, Py_ssize_t lds,
@@ -734,8 +740,8 @@ def recurrent_backward(int cell, int activation, bint reverse,
             and estride < block_rows * sr_pack_length(1, 1, sizeof(floating))):
         raise ValueError("recurrent_backward: edge must have block_rows * "
                          "SR_PANEL_BYTES / itemsize columns")
-    if n_blocks > 0 and (work.shape[0] < n_blocks or work.shape[1] < block_rows * (
-            d.hidden + spread_stride(d.gates * d.hidden, sizeof(floating)))):
+    if n_blocks > 0 and (work.shape[0] < n_blocks or work.shape[1] < work_columns(
+            d.gates, d.hidden, block_rows, sizeof(floating))):
         raise ValueError("recurrent_backward: work must have n_blocks rows of "
                          "backward_work_columns columns")
     pack_recurrent(&d, True, pW, ptr1(wpack), &P1, &P2)

@@ -41,6 +41,11 @@ cdef inline floating* ptr2(floating[:, ::1] a) noexcept nogil:
     return &a[0, 0] if a.shape[0] > 0 and a.shape[1] > 0 else NULL
 
 
+cdef inline int n_gates(int cell) noexcept nogil:
+    """Gate blocks of a cell's pre-activations (rows of W_ih and W_hh)."""
+    return 1 if cell == RNN else (4 if cell == LSTM else 3)
+
+
 cdef inline Dims make_dims(int cell, int activation, bint reverse, bint reset_after,
                            bint layer_norm, bint peephole, bint has_mask,
                            int n_steps, int hidden) noexcept:
@@ -54,7 +59,7 @@ cdef inline Dims make_dims(int cell, int activation, bint reverse, bint reset_af
     d.has_mask = has_mask
     d.n_steps = n_steps
     d.hidden = hidden
-    d.gates = 1 if cell == RNN else (4 if cell == LSTM else 3)
+    d.gates = n_gates(cell)
     return d
 
 

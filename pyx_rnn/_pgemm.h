@@ -194,7 +194,7 @@ typedef double sr_vd2;
 /* C[m, n] (=, or += with accumulate) [A1 | A2] @ B, B ((K1 + K2) x n)
  * packed in P. Panels are the outer loop so that one panel stays in cache
  * across all the rows. */
-#define SR_MICRO_CALL(NAME, i)                                                \
+#define SR_MICRO_CALL(NAME, i, rows)                                          \
     NAME(K1, A1 + (long) (i) * lda1, lda1, K2, A2 + (long) (i) * lda2, lda2,  \
          Pp, Cp + (long) (i) * ldc, ldc, ncols, accumulate)
 /* A driver's micro-kernels (DEFINE: SR_DEFINE_MICRO or SR_DEFINE_MICRO_TN):
@@ -205,15 +205,16 @@ DEFINE(NAME##_m2, T, V, 2, ATTR)                                              \
 DEFINE(NAME##_m4, T, V, 4, ATTR)                                              \
 DEFINE(NAME##_m8, T, V, 8, ATTR)                                              \
 DEFINE(NAME##_mr, T, V, MR, ATTR)
-/* Rows 0..m of one panel through those micro-kernels, CALL(kernel, row). */
+/* Rows 0..m through those micro-kernels, CALL(kernel, row, rows of the
+ * kernel). */
 #define SR_ROW_TILES(CALL, NAME, MR, m)                                       \
     do {                                                                      \
         int i = 0;                                                            \
-        for (; i + (MR) <= (m); i += (MR)) CALL(NAME##_mr, i);                \
-        for (; i + 8 <= (m); i += 8) CALL(NAME##_m8, i);                      \
-        for (; i + 4 <= (m); i += 4) CALL(NAME##_m4, i);                      \
-        for (; i + 2 <= (m); i += 2) CALL(NAME##_m2, i);                      \
-        for (; i < (m); i++) CALL(NAME##_m1, i);                              \
+        for (; i + (MR) <= (m); i += (MR)) CALL(NAME##_mr, i, MR);            \
+        for (; i + 8 <= (m); i += 8) CALL(NAME##_m8, i, 8);                   \
+        for (; i + 4 <= (m); i += 4) CALL(NAME##_m4, i, 4);                   \
+        for (; i + 2 <= (m); i += 2) CALL(NAME##_m2, i, 2);                   \
+        for (; i < (m); i++) CALL(NAME##_m1, i, 1);                           \
     } while (0)
 
 #define SR_DEFINE_GEMM(NAME, T, V, MR, ATTR)                                  \
@@ -235,7 +236,7 @@ ATTR static void NAME(int m, int n, int K1, const T *A1, int lda1, int K2,    \
  * panel when n is not a multiple of NR, which is first copied, padded with
  * zeros, into `edge` (K * NR elements): nothing past B's n columns is read.
  * Used for weight gradients, step by step, with a few rows (K) at a time. */
-#define SR_MICRO_TN_CALL(NAME, i)                                             \
+#define SR_MICRO_TN_CALL(NAME, i, rows)                                       \
     NAME(K, A + (i), lda, Bp, ldp, Cp + (long) (i) * ldc, ldc, ncols)
 #define SR_DEFINE_GEMM_TN(NAME, T, V, MR, ATTR)                               \
 SR_DEFINE_MICROS(SR_DEFINE_MICRO_TN, NAME, T, V, MR, ATTR)                    \
@@ -280,17 +281,18 @@ static inline long sr_outer_work_length(long n1, long n2, long itemsize) {
     return SR_OUTER_KC * (sr_pack_length(n1, 1, itemsize)
                           + sr_pack_length(n2, 1, itemsize) + SR_OUTER_MAX_MR);
 }
-/* One tile of R columns of A, from column i: packed, then times every panel. */
-#define SR_OUTER_TILE(KERNEL, R)                                              \
+/* One tile of R columns of A, from column i: packed, then times every panel
+ * (a CALL of SR_ROW_TILES). */
+#define SR_OUTER_TILE(KERNEL, i, R)                                           \
     do {                                                                      \
         for (int k = 0; k < kc; k++)                                          \
-            memcpy(Ap + (long) k * (R), A + (long) (k0 + k) * lda + i,        \
+            memcpy(Ap + (long) k * (R), A + (long) (k0 + k) * lda + (i),      \
                    sizeof(*Ap) * (R));                                        \
         for (int p = 0; p < np1 + np2; p++) {                                 \
             int j = (p < np1 ? p : p - np1) * NR, nj = p < np1 ? n1 : n2;     \
             KERNEL(kc, Ap, (R), Bp + (long) p * kc * NR, NR,                  \
-                   p < np1 ? C1 + (long) i * ldc1 + j                         \
-                           : C2 + (long) i * ldc2 + j,                        \
+                   p < np1 ? C1 + (long) (i) * ldc1 + j                       \
+                           : C2 + (long) (i) * ldc2 + j,                      \
                    p < np1 ? ldc1 : ldc2, nj - j < NR ? nj - j : NR);         \
         }                                                                     \
     } while (0)
@@ -323,12 +325,7 @@ ATTR static void NAME(int m, int n1, int n2, int K, const T *A, long lda,     \
                     SR_OUTER_PACK_ROW(dst, B2 + (long) (k0 + k) * ldb2,       \
                                       (p - np1) * NR, n2);                    \
             }                                                                 \
-        int i = 0;                                                            \
-        for (; i + (MR) <= m; i += (MR)) SR_OUTER_TILE(TN##_mr, MR);          \
-        for (; i + 8 <= m; i += 8) SR_OUTER_TILE(TN##_m8, 8);                 \
-        for (; i + 4 <= m; i += 4) SR_OUTER_TILE(TN##_m4, 4);                 \
-        for (; i + 2 <= m; i += 2) SR_OUTER_TILE(TN##_m2, 2);                 \
-        for (; i < m; i++) SR_OUTER_TILE(TN##_m1, 1);                         \
+        SR_ROW_TILES(SR_OUTER_TILE, TN, MR, m);                               \
     }                                                                         \
 }
 

@@ -59,8 +59,8 @@ SR_CLONES static void sr_tanh_d(double *restrict x, int n) {
  *
  * exp(y): y = n ln2 + r with |r| <= ln2 / 2, exp(r) = 1 + r + r^2 q(r), q a
  * degree-4 polynomial fitted for minimum relative error (3e-9 in exact
- * arithmetic), times 2^n (sr_scale). y is clamped to
- * [-87.3, 88.3], where 2^n is a normal number.
+ * arithmetic), times 2^n (sr_scale). y is clamped to [-87.3, 88.3], where
+ * 2^n is a normal number.
  * sigmoid(x) = 1 / (1 + exp(-x)), and exactly 0 below x = -88.3 (libm's
  * float version gives 0 from -88.7: exp(-x) overflows there).
  * tanh(x) = x + x^3 p(x^2) for |x| < 0.55 (p of degree 3, fitted: 4e-8

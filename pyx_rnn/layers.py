@@ -158,13 +158,10 @@ def _aligned(shape, dtype, zero=False):
     arrays at every step; with rows of whole cache lines, two threads never
     write to one line (NumPy aligns to 16 bytes only)."""
     dtype = np.dtype(dtype)
-    nbytes = math.prod(shape) * dtype.itemsize
-    raw = np.empty(nbytes + 64, np.uint8)
-    start = -_dense.data_address(raw) % 64
-    a = raw[start:start + nbytes].view(dtype).reshape(shape)
-    if zero:
-        a.fill(0)
-    return a
+    size, line = math.prod(shape), 64 // dtype.itemsize
+    raw = (np.zeros if zero else np.empty)(size + line, dtype)
+    start = -_dense.data_address(raw.view(np.uint8)) % 64 // dtype.itemsize
+    return raw[start:start + size].reshape(shape)
 
 
 def _aligned_pair(shape, dtype):
@@ -173,10 +170,8 @@ def _aligned_pair(shape, dtype):
     dtype = np.dtype(dtype)
     size, line = math.prod(shape), 64 // dtype.itemsize
     stride = -(-size // line) * line
-    raw = np.zeros(2 * stride + line, dtype)
-    start = -_dense.data_address(raw.view(np.uint8)) % 64 // dtype.itemsize
-    return (raw[start:start + size].reshape(shape),
-            raw[start + stride:start + stride + size].reshape(shape))
+    both = _aligned((2 * stride,), dtype, zero=True)
+    return both[:size].reshape(shape), both[stride:stride + size].reshape(shape)
 
 
 def _take(pool, key, shape, dtype, zero=False):
