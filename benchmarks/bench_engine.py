@@ -56,8 +56,8 @@ def _our_modules():
 
     from pyx_rnn.network import Network
     from pyx_rnn.optim import Adam
-    from pyx_rnn.packing import Packing, pack
-    return threadpool_limits, Network, Adam, Packing, pack
+    from pyx_rnn.packing import Packing, SequenceInput, pack
+    return threadpool_limits, Network, Adam, Packing, SequenceInput, pack
 
 
 def _batches_fixed(X, idx, packings, Packing):
@@ -78,7 +78,7 @@ def our_times(workload, n_threads, repeats, variable_length=False, seed=0,
               data=None):
     """Training epoch times and inference times of our engine; ``data`` is
     the workload's ``(X, y, lengths)`` if already made."""
-    threadpool_limits, Network, Adam, Packing, pack = _our_modules()
+    threadpool_limits, Network, Adam, Packing, SequenceInput, pack = _our_modules()
     X, y, lengths = data or workload_data(workload, variable_length=variable_length)
     n, batch = len(X), workload["batch"]
     seqs = None
@@ -109,9 +109,18 @@ def our_times(workload, n_threads, repeats, variable_length=False, seed=0,
             opt.step(net.grads)
 
     def inference():
+        # the steps read where they lie, as RNNRegressor.predict does: the
+        # chunk of the (n, T, n_features) array as consecutive rows
+        T = X.shape[1]
         for s in range(0, n, batch):
-            data, packing = get_batch(slice(s, s + batch))
-            net.forward(data, packing, n_threads=n_threads)
+            chunk = X[s:s + batch]
+            packing = packings.get(len(chunk))
+            if packing is None:
+                packing = packings[len(chunk)] = Packing.from_lengths(
+                    np.full(len(chunk), T))
+            net.forward(SequenceInput(chunk.reshape(-1, X.shape[2]),
+                                      T * packing.order),
+                        packing, n_threads=n_threads)
 
     result = {}
     with threadpool_limits(limits=1, user_api="blas"):

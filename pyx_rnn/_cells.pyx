@@ -249,8 +249,24 @@ cdef void pack_recurrent(Dims* d, bint backward, const floating* W_hh,
 # Forward pass of one block of sequences through all steps
 # --------------------------------------------------------------------------
 
+cdef inline const floating* step_input(
+        int t, int lo, int nb, Py_ssize_t r0, const floating* X, int n_in,
+        const Py_ssize_t* x_starts, floating* x_rows) noexcept nogil:
+    """The input rows of a block at step ``t``: in place in the packed
+    ``X``, or, with ``x_starts`` (``X`` then holds each sequence's steps in
+    consecutive rows, from row ``x_starts[b]``), gathered into ``x_rows``."""
+    cdef int i
+    if x_starts == NULL:
+        return X + r0 * n_in
+    for i in range(nb):
+        memcpy(x_rows + i * n_in, X + (x_starts[lo + i] + t) * n_in,
+               n_in * sizeof(floating))
+    return x_rows
+
+
 cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
                         const Py_ssize_t* off, const floating* X, int n_in,
+                        const Py_ssize_t* x_starts, floating* x_rows,
                         const floating* W_ih, const floating* Pih,
                         const floating* b_ih, floating* G,
                         floating* Gblock, const floating* W_hh,
@@ -275,6 +291,7 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
     cdef bint gru_fused = (d.cell == GRU and d.reset_after and not d.layer_norm
                            and gru_one_pass(b_hh, d.hidden))
     cdef const floating* A
+    cdef const floating* Xt = NULL  # the input rows of the block at this step
     cdef floating* Gt      # the gate rows of this block at this step
     for step in range(d.n_steps):
         t = d.n_steps - 1 - step if d.reverse else step
@@ -284,11 +301,14 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
         r0 = off[t] + lo
         # G NULL (inference): the gate rows live in the block's scratch
         Gt = G + r0 * GH if G != NULL else Gblock
-        if X != NULL and not stacked:
-            # the input projection of this step's rows, computed here rather
-            # than over all steps beforehand: the rows stay in this core's cache
-            rgemm(nb, GH, n_in, X + r0 * n_in, n_in, Pih, True, W_ih, n_in,
-                  False, Gt, GH)
+        if X != NULL:
+            Xt = step_input(t, lo, nb, r0, X, n_in, x_starts, x_rows)
+            if not stacked:
+                # the input projection of this step's rows, computed here
+                # rather than over all steps beforehand: the rows stay in this
+                # core's cache
+                rgemm(nb, GH, n_in, Xt, n_in, Pih, True, W_ih, n_in, False,
+                      Gt, GH)
         # The recurrent product reads the masked previous state, which is
         # also kept (Hprev) for the weight gradient.
         if keep:
@@ -306,7 +326,7 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
         ncols = 2 * H if two_phase else GH
         if stacked:
             # both products in one: [x_t | h_{t-1}] @ [W_ih | W_hh].T
-            pgemm2(nb, GH, n_in, X + r0 * n_in, n_in, H, A, H, Pih, Gt, GH)
+            pgemm2(nb, GH, n_in, Xt, n_in, H, A, H, Pih, Gt, GH)
         elif fused:
             rgemm(nb, ncols, H, A, H, P1, True, W_hh, H, True, Gt, GH)
         else:
@@ -550,7 +570,8 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
                       bint layer_norm, bint peephole,
                       const Py_ssize_t[::1] batch_sizes,
                       const Py_ssize_t[::1] offsets,
-                      floating[:, ::1] X, floating[:, ::1] W_ih,
+                      floating[:, ::1] X, const Py_ssize_t[::1] x_starts,
+                      floating[:, ::1] x_rows, floating[:, ::1] W_ih,
                       floating[::1] b_ih, floating[::1] wpack_ih,
                       floating[:, ::1] G, floating[:, ::1] G_block,
                       floating[:, ::1] W_hh,
@@ -585,6 +606,11 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
     and the LSTM's ``aux`` may be empty: they are then not kept.
     ``wpack`` (``recurrent_pack_length`` elements) receives the packed
     ``W_hh`` for the packed recurrent product; empty: BLAS is used instead.
+    With ``x_starts`` not empty, ``X`` is read in place rather than packed:
+    sequence ``b`` (packed order) has its steps in consecutive rows of ``X``
+    from row ``x_starts[b]``, and each block gathers the rows of a step into
+    its row of ``x_rows`` (``n_blocks x block_rows * n_input``) first. The
+    caller makes sure that every row read is in ``X``.
     Arrays a cell does not use may have size zero.
     """
     cdef int n_steps = batch_sizes.shape[0]
@@ -597,6 +623,9 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
     cdef const Py_ssize_t* pbs = &batch_sizes[0] if n_steps > 0 else NULL
     cdef const Py_ssize_t* poff = &offsets[0]
     cdef floating* pX = ptr2(X)
+    cdef const Py_ssize_t* pxs = &x_starts[0] if x_starts.shape[0] > 0 else NULL
+    cdef floating* pxr = ptr2(x_rows)
+    cdef Py_ssize_t xrstride = x_rows.shape[1]
     cdef floating* pWih = ptr2(W_ih)
     cdef floating* pbih = ptr1(b_ih)
     cdef floating* pPih = ptr1(wpack_ih)
@@ -636,7 +665,9 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
                     num_threads=min(n_threads, n_blocks)):
         lo = k * block_rows
         hi = min(lo + block_rows, B)
-        forward_block(&d, lo, hi, pbs, poff, pX, n_in, pWih, pPih, pbih, pG,
+        forward_block(&d, lo, hi, pbs, poff, pX, n_in, pxs,
+                      pxr + k * xrstride if pxr != NULL else NULL,
+                      pWih, pPih, pbih, pG,
                       pGb + k * gbstride if pGb != NULL else NULL, pW, P1, P2,
                       pb, ppeep, plnw, plnb,
                       pmask, ph, pc, pH, pC, pHp, paux, pxh, prs,

@@ -438,24 +438,63 @@ def sum_squares(const floating[::1] x):
     return ((s0 + s1) + s2) + s3
 
 
-def all_finite(const floating[:, ::1] x):
-    """Whether no element of ``x`` is NaN or infinite: whether none has all
-    its exponent bits set (integer operations, which the compiler
-    vectorises, unlike comparisons of floats that must respect NaN)."""
-    cdef Py_ssize_t n = x.shape[0] * x.shape[1], i
+cdef bint finite_run(const floating* x, Py_ssize_t n) noexcept nogil:
+    """Whether none of ``x[:n]`` is NaN or infinite: whether none has all its
+    exponent bits set (integer operations, which the compiler vectorises,
+    unlike comparisons of floats that must respect NaN)."""
+    cdef Py_ssize_t i
     cdef unsigned int bad32 = 0
     cdef unsigned long long bad64 = 0
     cdef const unsigned int* p32
     cdef const unsigned long long* p64
-    if n == 0:
+    if floating is float:
+        p32 = <const unsigned int*> x
+        for i in range(n):
+            bad32 |= (p32[i] & 0x7f800000u) == 0x7f800000u
+    else:
+        p64 = <const unsigned long long*> x
+        for i in range(n):
+            bad64 |= (p64[i] & 0x7ff0000000000000ull) == 0x7ff0000000000000ull
+    return bad32 == 0 and bad64 == 0
+
+
+def all_finite(const floating[:, ::1] x):
+    """Whether no element of ``x`` is NaN or infinite."""
+    cdef bint ok
+    if x.shape[0] == 0 or x.shape[1] == 0:
         return True
     with nogil:
-        if floating is float:
-            p32 = <const unsigned int*> &x[0, 0]
-            for i in range(n):
-                bad32 |= (p32[i] & 0x7f800000u) == 0x7f800000u
-        else:
-            p64 = <const unsigned long long*> &x[0, 0]
-            for i in range(n):
-                bad64 |= (p64[i] & 0x7ff0000000000000ull) == 0x7ff0000000000000ull
-    return bad32 == 0 and bad64 == 0
+        ok = finite_run(&x[0, 0], x.shape[0] * x.shape[1])
+    return ok
+
+
+def first_sequence_outside(const Py_ssize_t[::1] starts,
+                           const Py_ssize_t[::1] lengths, Py_ssize_t n_rows):
+    """The first ``b`` whose rows ``starts[b]:starts[b] + lengths[b]`` are
+    not all within ``n_rows`` rows, or -1 (``lengths`` are positive)."""
+    cdef Py_ssize_t b
+    if lengths.shape[0] != starts.shape[0]:
+        raise ValueError(f"{starts.shape[0]} starts but {lengths.shape[0]} lengths")
+    for b in range(starts.shape[0]):
+        if starts[b] < 0 or starts[b] > n_rows - lengths[b]:
+            return b
+    return -1
+
+
+def all_finite_rows(const floating[:, ::1] x, const Py_ssize_t[::1] starts,
+                    const Py_ssize_t[::1] lengths):
+    """Whether no element of the rows ``starts[b]:starts[b] + lengths[b]`` of
+    ``x`` is NaN or infinite (the rows a ``SequenceInput`` reads); raises
+    ValueError if any of them is not in ``x``."""
+    cdef Py_ssize_t b, m = x.shape[1]
+    cdef bint ok = True
+    if first_sequence_outside(starts, lengths, x.shape[0]) >= 0:
+        raise ValueError("rows outside x")
+    if m == 0:
+        return True
+    with nogil:
+        for b in range(starts.shape[0]):
+            if not finite_run(&x[starts[b], 0], lengths[b] * m):
+                ok = False
+                break
+    return ok

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _cells, _checks, _dense, _jordan
+from .packing import SequenceInput, rows_from
 from .tokens import TokenInput
 
 CELLS = {"rnn": _cells.CELL_RNN, "lstm": _cells.CELL_LSTM, "gru": _cells.CELL_GRU}
@@ -140,6 +141,7 @@ class LayerCache:
 
 
 _EMPTY = {}
+_EMPTY_STARTS = np.empty(0, dtype=np.intp)
 
 
 def _empty(dtype, ndim=2):
@@ -317,12 +319,13 @@ class _ForwardPlan:
     ones it would give."""
 
     # positions of the per-call arguments of _cells.recurrent_forward
-    SLOTS = dict(batch_sizes=6, offsets=7, X=8, W_ih=9, b_ih=10, W_hh=14,
-                 b_hh=15, peep=16, ln_w=17, ln_b=18, mask=19, h=20, c=21,
-                 n_threads=31)
+    SLOTS = dict(batch_sizes=6, offsets=7, X=8, x_starts=9, W_ih=11, b_ih=12,
+                 W_hh=16, b_hh=17, peep=18, ln_w=19, ln_b=20, mask=21, h=22,
+                 c=23, n_threads=33)
 
     def __init__(self, spec, key, pool):
-        _, dtype, n_rows, B, block_rows, keep_cache, unmasked, tokens = key
+        (_, dtype, n_rows, B, block_rows, keep_cache, unmasked, tokens,
+         in_place) = key
         self.key = key
         H_, gh = spec.hidden, spec.gates * spec.hidden
         n_blocks = -(-B // block_rows)
@@ -332,6 +335,12 @@ class _ForwardPlan:
         # is gathered over all steps first.
         self.fuse_input = fuse = (not tokens
                                   and use_packed_product(spec, block_rows, False))
+        # a SequenceInput is read in place by a kernel that reads its input
+        # and keeps no cache of it (else it is packed first)
+        self.in_place = in_place = in_place and fuse and not keep_cache
+        # each block's gathered input rows of a step
+        x_rows = (_take(pool, "x_rows", (n_blocks, block_rows * spec.n_input), dtype)
+                  if in_place else _empty(dtype))
         # the rnn and the lstm add both biases to the gates in one pass (the
         # GRU's candidate needs them apart): their sum, made at every call
         self.bias_sum = (_take(pool, "bias_sum", (gh,), dtype)
@@ -371,7 +380,8 @@ class _ForwardPlan:
         self.args = [
             CELLS[spec.cell], ACTIVATIONS[spec.activation], spec.reverse,
             spec.reset_after, spec.layer_norm, spec.peephole, None, None,
-            None, None, None, wpack_ih, G, G_block, None, None, peep, ln,
+            None, _EMPTY_STARTS, x_rows, None, None, wpack_ih, G, G_block,
+            None, None, peep, ln,
             ln, None, None, None, self.H, self.C, self.Hprev, self.aux,
             self.xhat, self.rstd, work, wpack, block_rows, None]
 
@@ -385,9 +395,15 @@ def _layer_forward(spec, w, X, batch_sizes, offsets, h0, c0, mask, n_threads,
     B = int(batch_sizes[0])
     if block_rows is None:
         block_rows = default_block_rows(B)
+    in_place = isinstance(X, SequenceInput)
     plan = _plan(pool, "forward_plan", _ForwardPlan, spec, (
-        spec, dtype, len(X), B, block_rows, keep_cache, mask is None,
-        isinstance(X, TokenInput)))
+        spec, dtype, int(offsets[-1]), B, block_rows, keep_cache, mask is None,
+        isinstance(X, TokenInput), in_place))
+    x_starts = _EMPTY_STARTS
+    if plan.in_place:
+        X, x_starts = X.data, X.starts
+    elif in_place:
+        X = X.data[rows_from(X.starts, batch_sizes, offsets)]
     H_ = spec.hidden
     gru = spec.cell == "gru"
     if plan.fuse_input:
@@ -417,6 +433,7 @@ def _layer_forward(spec, w, X, batch_sizes, offsets, h0, c0, mask, n_threads,
     args, at = plan.args.copy(), _ForwardPlan.SLOTS
     args[at["batch_sizes"]], args[at["offsets"]] = batch_sizes, offsets
     args[at["X"]], args[at["W_ih"]], args[at["b_ih"]] = X_in, w["weight_ih"], b_ih
+    args[at["x_starts"]] = x_starts
     args[at["W_hh"]], args[at["b_hh"]] = w["weight_hh"], b_hh
     if spec.peephole:
         args[at["peep"]] = w["peephole"]

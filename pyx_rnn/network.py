@@ -32,6 +32,7 @@ from .layers import (
     layer_backward,
     layer_forward,
 )
+from .packing import SequenceInput
 from .tokens import TokenInput
 
 CELL_NAMES = ("rnn", "jordan", "lstm", "gru")
@@ -320,6 +321,8 @@ class Network:
     def _input_checked(self, X, packing):
         """Whether the first layer's input is what the layers would accept
         without a copy (see ``_layer_args_checked``)."""
+        if isinstance(X, SequenceInput):
+            return True     # as _read_in_place made it
         return (type(X) is np.ndarray and X.dtype == self.dtype
                 and X.shape == (packing.n_rows, self.specs[0][0][0].n_input)
                 and X.flags.c_contiguous and X.flags.writeable)
@@ -345,6 +348,8 @@ class Network:
             # the first layer reads the tokens itself (a row gather)
             X = TokenInput(X.ids, X.weights.astype(self.dtype, copy=False))
         checked = checked and self._input_checked(X, packing)
+        if not checked and isinstance(X, SequenceInput):
+            X = X.packed(packing)     # for the layers' own checks
         top, new_states, caches = self._layers_forward(
             X, packing, states, rmasks, dropout, rng, n_threads, block_rows, pool,
             keep_cache, checked)
@@ -383,7 +388,7 @@ class Network:
                 if checked:
                     B = int(bs[0])
                     _checks.check_layer_forward_sizes(
-                        spec, len(inp), B, block_rows or default_block_rows(B),
+                        spec, int(off[-1]), B, block_rows or default_block_rows(B),
                         self.dtype, mask=mask is not None, where="Network")
                     H, h_n, c_n, cache = _layer_forward(
                         spec, w, inp, bs, off, h0, c0, mask, n_threads,
@@ -539,6 +544,22 @@ class Network:
                 n_threads=1, block_rows=None):
         """Predict: outputs for a packed batch (no dropout).
 
+        Parameters
+        ----------
+        X : ndarray of shape (n_rows, n_input), SequenceInput or TokenInput
+            Packed inputs; or a ``SequenceInput``, the batch's steps where
+            they lie (the first layer then gathers each step's rows itself,
+            with the same results, rather than reading a packed copy); or
+            token input for token networks.
+        packing : Packing
+        return_sequences : bool
+            Outputs at every step rather than at each sequence's last.
+        initial_state : list, optional
+            States to start from (as returned); zeros by default.
+        n_threads : int
+        block_rows : int, optional
+            Sequences per block of the kernels (see ``docs/engine.md``).
+
         Returns
         -------
         Z : ndarray or None
@@ -554,7 +575,10 @@ class Network:
         pool = getattr(self._local, "pool", None)
         if pool is None:
             pool = self._local.pool = {}
-        self._check_input(X)
+        if isinstance(X, SequenceInput):
+            X = self._read_in_place(X, packing)
+        else:
+            self._check_input(X)
         checked = self._layer_args_checked(packing, initial_state, n_threads,
                                            block_rows, training=False)
         with _checks.finite_checks(False):
@@ -573,8 +597,9 @@ class Network:
 
         Parameters
         ----------
-        X : ndarray of shape (n_rows, n_input)
-            Packed inputs.
+        X : ndarray of shape (n_rows, n_input), SequenceInput or TokenInput
+            Packed inputs (a ``SequenceInput`` is packed first: the backward
+            pass reads the packed rows again).
         packing : Packing
         targets : ndarray
             Per row (n_rows, n_output) in packed order with
@@ -604,7 +629,13 @@ class Network:
         """
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-        self._check_input(X)
+        if isinstance(X, SequenceInput):
+            X = self._read_in_place(X, packing)
+            if isinstance(X, SequenceInput):
+                # the backward pass reads the input again, packed
+                X = X.packed(packing)
+        else:
+            self._check_input(X)
         checked = self._layer_args_checked(packing, initial_state, n_threads,
                                            block_rows, training=True)
         with _checks.finite_checks(False):
@@ -612,6 +643,48 @@ class Network:
                 X, packing, targets, loss, sample_weight, return_sequences, alpha,
                 dropout, recurrent_dropout, rng, tbptt, initial_state, n_threads,
                 block_rows, checked)
+
+    def _read_in_place(self, X, packing):
+        """A ``SequenceInput`` X, checked (finite values included), if the
+        first layer may read it in place (see ``_input_checked``), else its
+        packed rows, which ``_check_input`` then checks."""
+        if self.token_input:
+            raise TypeError("this network reads token input: pass a TokenInput, "
+                            "not a SequenceInput")
+        data, starts = X.data, X.starts
+        if type(data) is not np.ndarray or data.ndim != 2:
+            raise ValueError("SequenceInput data must be a 2-D array (n_data_rows, "
+                             f"n_features), got {type(data).__name__} of shape "
+                             f"{np.shape(data)}")
+        if not (type(starts) is np.ndarray and starts.dtype == np.intp
+                and starts.flags.c_contiguous):
+            starts = np.asarray(starts)
+            if starts.dtype.kind not in "iu":
+                raise TypeError("SequenceInput starts must be integers, got dtype "
+                                f"{starts.dtype}")
+            starts = np.ascontiguousarray(starts, dtype=np.intp)
+        if starts.shape != (packing.n_sequences,):
+            raise ValueError("SequenceInput starts must have one entry per "
+                             f"sequence ({packing.n_sequences}), in packed order; "
+                             f"got shape {starts.shape}")
+        b = _dense.first_sequence_outside(starts, packing.lengths, len(data))
+        if b >= 0:
+            raise ValueError(
+                f"SequenceInput: sequence {b} (packed order) needs rows "
+                f"{starts[b]}..{starts[b] + packing.lengths[b] - 1} of data, "
+                f"which has {len(data)} rows; starts are in packed order, and "
+                f"each sequence must lie wholly in data")
+        X = SequenceInput(data, starts)
+        if not (self.jordan is None and data.dtype == self.dtype
+                and data.shape[1] == self.specs[0][0][0].n_input
+                and data.flags.c_contiguous and data.flags.writeable):
+            # in the network's dtype, as the layers would convert packed rows
+            X = X.packed(packing).astype(self.dtype, copy=False)
+            self._check_input(X)
+        elif not _dense.all_finite_rows(data, starts, packing.lengths):
+            # the rows read only: data may hold other sequences
+            _not_finite()
+        return X
 
     def _check_input(self, X):
         """The user's input must be finite; the layers' own checks of it are
@@ -624,8 +697,7 @@ class Network:
         else:
             finite = np.isfinite(values).all()
         if not finite:
-            raise ValueError("X contains NaN or infinity; remove or impute those "
-                             "values first")
+            _not_finite()
 
     def _loss_gradient(self, X, packing, targets, loss, sample_weight,
                        return_sequences, alpha, dropout, recurrent_dropout, rng,
@@ -772,6 +844,11 @@ class Network:
 
 # what Network.__getstate__ stores besides the parameters: the constructor's
 # arguments, with a check of each one's type
+def _not_finite():
+    raise ValueError("X contains NaN or infinity; remove or impute those values "
+                     "first")
+
+
 def _is_int(value):
     return (isinstance(value, numbers.Integral)
             and not isinstance(value, (bool, np.bool_)))

@@ -165,3 +165,56 @@ def unpack(rows, packing):
     for b in range(packing.n_sequences):
         out[packing.order[b]] = rows[packing.rows_of(b)]
     return out
+
+
+def rows_from(starts, batch_sizes, offsets):
+    """For every packed row of the packing ``batch_sizes``, ``offsets``, its
+    row in an array that holds the steps of the sequence at packed position
+    ``b`` in consecutive rows from row ``starts[b]`` (see ``SequenceInput``)."""
+    t = np.repeat(np.arange(len(batch_sizes), dtype=np.intp), batch_sizes)
+    b = np.arange(len(t), dtype=np.intp) - offsets[t]
+    return np.asarray(starts, dtype=np.intp)[b] + t
+
+
+class SequenceInput:
+    """A batch's input read where it lies, rather than copied into packed rows.
+
+    The steps of the sequence at packed position ``b`` of the batch's
+    ``Packing`` are the consecutive rows ``starts[b]``, ``starts[b] + 1``, ...
+    of ``data``: the layout of sequences stored one after the other, or of a
+    ``(n_sequences, n_steps, n_features)`` array of equal-length sequences
+    reshaped to 2-D. ``Network.forward`` reads it in place: the first layer
+    gathers the rows of each step itself (``_cells.recurrent_forward``),
+    which saves writing and reading again a packed copy of the batch.
+    Where the first layer cannot (training, a Jordan network), the packed
+    rows are made first (``packed``), with the same results.
+
+    Parameters
+    ----------
+    data : ndarray of shape (n_data_rows, n_features)
+    starts : array of int, shape (n_sequences,)
+        In packed order, as the packing's ``order``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pyx_rnn.packing import Packing, SequenceInput
+    >>> X = np.arange(12.0).reshape(3, 2, 2)       # 3 sequences of 2 steps
+    >>> packing = Packing.from_lengths([2, 2, 2])
+    >>> inp = SequenceInput(X.reshape(-1, 2), 2 * packing.order)
+    >>> inp.packed(packing)[:3]                    # step 0 of each sequence
+    array([[0., 1.],
+           [4., 5.],
+           [8., 9.]])
+    """
+
+    __slots__ = ("data", "starts")
+
+    def __init__(self, data, starts):
+        self.data = data
+        self.starts = starts
+
+    def packed(self, packing):
+        """The packed rows (``n_rows x n_features``) of the batch."""
+        rows = rows_from(self.starts, packing.batch_sizes, packing.offsets)
+        return np.ascontiguousarray(np.asarray(self.data)[rows])

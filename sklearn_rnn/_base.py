@@ -572,7 +572,9 @@ class BaseRNN(BaseEstimator):
         with single_threaded_blas():
             for s in range(0, n, PREDICT_CHUNK):
                 idx = order[s:s + PREDICT_CHUNK]
-                X, packing = seqs.batch(idx, net.dtype)
+                # dense steps are read where they lie: no packed copy
+                X, packing = (seqs.batch(idx, net.dtype) if seqs.tokens
+                              else seqs.in_place(idx))
                 _, Y, _ = net.forward(X, packing,
                                       return_sequences=self.return_sequences,
                                       n_threads=n_threads)

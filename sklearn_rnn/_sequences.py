@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from sklearn.utils import assert_all_finite
 from sklearn.utils.validation import check_array
 
-from pyx_rnn.packing import Packing
+from pyx_rnn.packing import Packing, SequenceInput
 from pyx_rnn.tokens import TokenInput
 
 from .text import TokenSequences
@@ -79,15 +79,7 @@ class Sequences:
         Token sequences give a ``TokenInput`` (ids and weights of ``dtype``).
         """
         idx = np.asarray(idx, dtype=np.intp)
-        packing = self._packings.get(len(idx)) if self.fixed_length else None
-        if packing is None:
-            packing = Packing.from_lengths(self.lengths[idx])
-            if self.fixed_length:
-                # shared by every batch of this size: read-only
-                for a in (packing.lengths, packing.order, packing.batch_sizes,
-                          packing.offsets):
-                    a.flags.writeable = False
-                self._packings[len(idx)] = packing
+        packing = self._packing(idx)
         if self.fixed_length:
             T = int(self.lengths[0])
             chosen = idx[packing.order]
@@ -99,6 +91,25 @@ class Sequences:
             return TokenInput(data[:, 0].astype(np.intp),
                               data[:, 1].astype(dtype or np.float64)), packing
         return np.ascontiguousarray(data), packing
+
+    def in_place(self, idx):
+        """The sequences ``idx`` as a ``SequenceInput`` of ``data`` (read
+        where they lie, with no packed copy), and their packing."""
+        idx = np.asarray(idx, dtype=np.intp)
+        packing = self._packing(idx)
+        return SequenceInput(self.data, self.starts[idx[packing.order]]), packing
+
+    def _packing(self, idx):
+        packing = self._packings.get(len(idx)) if self.fixed_length else None
+        if packing is None:
+            packing = Packing.from_lengths(self.lengths[idx])
+            if self.fixed_length:
+                # shared by every batch of this size: read-only
+                for a in (packing.lengths, packing.order, packing.batch_sizes,
+                          packing.offsets):
+                    a.flags.writeable = False
+                self._packings[len(idx)] = packing
+        return packing
 
     def step_rows(self, idx, packing):
         """For every packed row of ``batch(idx)``, the row in ``data`` (used

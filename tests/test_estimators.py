@@ -1056,6 +1056,42 @@ def test_predict_with_other_feature_count_raises():
     assert reg.predict(np.zeros((4, 9, 2))).shape == (4,)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_predict_reads_the_steps_in_place(dtype, return_sequences, monkeypatch):
+    """predict gives the network the validated steps where they lie (a
+    SequenceInput), with the bits of packed rows; variable lengths, in
+    chunks."""
+    from pyx_rnn.packing import SequenceInput, pack
+    from sklearn_rnn import _base
+    X, y = variable_length_data(40)
+    if return_sequences:
+        y = [np.cumsum(s[:, 0]) for s in X]
+    reg = small_regressor(cell="lstm", max_iter=2, dtype=dtype,
+                          return_sequences=return_sequences).fit(X, y)
+    net = reg._network
+    seen = []
+    forward = Network.forward
+
+    def spy(self, X, *args, **kwargs):
+        seen.append(type(X))
+        return forward(self, X, *args, **kwargs)
+
+    monkeypatch.setattr(_base, "PREDICT_CHUNK", 16)
+    monkeypatch.setattr(Network, "forward", spy)
+    got = reg.predict(X)
+    assert seen == [SequenceInput] * 3
+    rows, packing = pack(X, net.dtype)
+    _, Y, _ = forward(net, rows, packing, return_sequences=return_sequences,
+                      n_threads=1)
+    if return_sequences:
+        for b in range(packing.n_sequences):
+            assert_array_equal(got[packing.order[b]],
+                               Y[packing.rows_of(b)][:, 0].astype(np.float64))
+    else:
+        assert_array_equal(got[packing.order], Y[:, 0].astype(np.float64))
+
+
 # ---------------------------------------------------------------------------
 # 6. bad input
 # ---------------------------------------------------------------------------

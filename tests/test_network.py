@@ -22,7 +22,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from pyx_rnn import reference as ref
 from pyx_rnn.network import Network
 from pyx_rnn.optim import SGD, Adam
-from pyx_rnn.packing import Packing, pack
+from pyx_rnn.packing import Packing, SequenceInput, pack
 
 CELLS = ("rnn", "jordan", "lstm", "gru")
 N_IN = 3
@@ -1205,3 +1205,134 @@ def test_network_checks_what_the_layers_skip():
     assert not net._layer_args_checked(pk, None, 1, None, training=True)
     with pytest.raises(TypeError, match="grads.*bias_ih"):
         net.loss_gradient(X, pk, T, "squared_error")
+
+
+# ---------------------------------------------------------------------------
+# 10. input read in place (SequenceInput)
+# ---------------------------------------------------------------------------
+
+def _in_place_problem(lengths, n_in, dtype, seed=3):
+    """Packed rows of sequences of ``lengths``, and the same steps stored one
+    sequence after another, in a shuffled order and with rows of NaN between
+    them that no sequence reads: a SequenceInput of them."""
+    rng = np.random.default_rng(seed)
+    seqs = [rng.standard_normal((n, n_in)).astype(dtype) for n in lengths]
+    X, pk = pack(seqs, dtype)
+    where = rng.permutation(len(seqs))
+    data, starts, at = [], np.empty(len(seqs), np.intp), 0
+    for i in where:
+        data.append(np.full((2, n_in), np.nan, dtype))
+        at += 2
+        starts[i] = at
+        data.append(seqs[i])
+        at += len(seqs[i])
+    data.append(np.full((1, n_in), np.nan, dtype))
+    return X, pk, SequenceInput(np.concatenate(data), starts[pk.order])
+
+
+def _plans_in_place(net):
+    """Whether each first-layer direction read its input in place."""
+    return [net._local.pool[sfx]["forward_plan"].in_place
+            for _, sfx in net.specs[0]]
+
+
+IN_PLACE_CASES = [
+    pytest.param("lstm", {}, id="lstm"),
+    pytest.param("rnn", dict(activation="relu"), id="rnn"),
+    pytest.param("gru", {}, id="gru"),
+    pytest.param("gru", dict(reset_after=False), id="gru-reset-before"),
+    pytest.param("lstm", dict(bidirectional=True), id="lstm-bidirectional"),
+    pytest.param("lstm", dict(peephole=True, layer_norm=True), id="lstm-ln"),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rs", [False, True], ids=["last", "seq"])
+@pytest.mark.parametrize("cell, kw", IN_PLACE_CASES)
+def test_sequence_input_gives_the_same_bits(cell, kw, rs, dtype):
+    """The first layer gathering each step's rows itself (several blocks,
+    variable lengths, sequences in any order with other rows between them)
+    gives the bits of the packed rows, at any thread count; so does the
+    training pass, which packs them first."""
+    lengths = [7, 3, 9, 1, 5, 9, 2, 6, 4, 8]
+    X, pk, inp = _in_place_problem(lengths, 5, dtype)
+    net = Network(cell, 5, (8, 6), 2, dtype=dtype, **kw)
+    net.init_weights(np.random.default_rng(0))
+    for n_threads in (1, 2):
+        _, Y1, s1 = net.forward(X, pk, return_sequences=rs, n_threads=n_threads,
+                                block_rows=3)
+        _, Y2, s2 = net.forward(inp, pk, return_sequences=rs,
+                                n_threads=n_threads, block_rows=3)
+        assert all(_plans_in_place(net))
+        assert_array_equal(Y1, Y2)
+        for a, b in zip(flat_states(s1, net), flat_states(s2, net)):
+            assert_array_equal(a, b)
+    T = np.ones((n_targets(pk, rs), 2), dtype)
+    l1, _ = net.loss_gradient(X, pk, T, "squared_error", return_sequences=rs)
+    g1 = net.grads.copy()
+    l2, _ = net.loss_gradient(inp, pk, T, "squared_error", return_sequences=rs)
+    assert l1 == l2
+    assert_array_equal(g1, net.grads)
+
+
+@pytest.mark.parametrize("cell", ["jordan", "lstm"])
+def test_sequence_input_packed_where_not_read_in_place(cell, monkeypatch):
+    """Where the first layer cannot read in place (a Jordan network, the
+    input product by BLAS, data of another dtype or layout, read-only data,
+    initial states the layers check themselves), the rows are packed first:
+    the same results."""
+    from pyx_rnn import layers
+    X, pk, inp = _in_place_problem([4, 6, 2], N_IN, np.float64)
+    net = make_net(cell, (5,), 2)
+    Y = net.forward(X, pk)[1]
+    read_only = inp.data.copy()
+    read_only.flags.writeable = False
+    others = [inp, SequenceInput(inp.data.astype(np.float32), inp.starts),
+              SequenceInput(np.asfortranarray(inp.data), inp.starts),
+              SequenceInput(read_only, inp.starts)]
+    for other in others:
+        assert_allclose(net.forward(other, pk)[1], Y,
+                        rtol=0 if other.data.dtype == np.float64 else 1e-6)
+    if cell == "jordan":
+        return
+    h0 = [[(np.zeros((3, 5)), np.zeros((3, 5)))]]
+    assert_array_equal(net.forward(inp, pk, initial_state=h0)[1], Y)
+    monkeypatch.setattr(layers, "RECURRENT_PRODUCT", "blas")
+    assert_array_equal(net.forward(inp, pk)[1], net.forward(X, pk)[1])
+    assert not any(_plans_in_place(net))
+
+
+def test_sequence_input_checked():
+    """Starts that do not give each sequence its rows within data, and
+    non-finite values in the rows read, are refused before any kernel runs;
+    non-finite values in rows not read are not looked at."""
+    X, pk, inp = _in_place_problem([4, 6, 2], N_IN, np.float64)
+    net = make_net("lstm", (5,), 2)
+    Y = net.forward(X, pk)[1]
+    assert np.isnan(inp.data).any()
+    assert_array_equal(net.forward(inp, pk)[1], Y)
+    n = len(inp.data)
+    bad_starts = [
+        (inp.starts[:2], ValueError, "one entry per sequence"),
+        (inp.starts.astype(float), TypeError, "must be integers"),
+        (np.where(np.arange(3) == 1, -1, inp.starts), ValueError,
+         "sequence 1 .* needs rows -1"),
+        (np.where(np.arange(3) == 0, n - 5, inp.starts), ValueError,
+         f"sequence 0 .*has {n} rows"),
+    ]
+    for starts, error, match in bad_starts:
+        with pytest.raises(error, match=match):
+            net.forward(SequenceInput(inp.data, starts), pk)
+        with pytest.raises(error, match=match):
+            net.loss_gradient(SequenceInput(inp.data, starts), pk,
+                              np.zeros((3, 2)), "squared_error")
+    with pytest.raises(ValueError, match="2-D array"):
+        net.forward(SequenceInput(inp.data.ravel(), inp.starts), pk)
+    for value in (np.nan, np.inf):
+        data = inp.data.copy()
+        data[inp.starts[2] + 1, 1] = value
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            net.forward(SequenceInput(data, inp.starts), pk)
+    tokens = Network("lstm", 4, (3,), 1, token_input=True)
+    with pytest.raises(TypeError, match="TokenInput"):
+        tokens.forward(SequenceInput(np.zeros((12, 4)), [0, 4, 8]), pk)
