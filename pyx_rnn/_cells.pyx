@@ -293,6 +293,7 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
     cdef const floating* A
     cdef const floating* Xt = NULL  # the input rows of the block at this step
     cdef floating* Gt      # the gate rows of this block at this step
+    cdef floating* Ht      # its output rows: H_out's, or scratch in work
     for step in range(d.n_steps):
         t = d.n_steps - 1 - step if d.reverse else step
         nb = <int> (min(<Py_ssize_t> hi, bs[t]) - lo)
@@ -301,6 +302,9 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
         r0 = off[t] + lo
         # G NULL (inference): the gate rows live in the block's scratch
         Gt = G + r0 * GH if G != NULL else Gblock
+        # H_out NULL (inference of the rnn or the lstm, outputs not kept):
+        # the rows go to work, which only the gru uses in this pass
+        Ht = H_out + r0 * H if H_out != NULL else work
         if X != NULL:
             Xt = step_input(t, lo, nb, r0, X, n_in, x_starts, x_rows)
             if not stacked:
@@ -341,23 +345,24 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
                 and lstm_cell_fused(Gt, b_hh, c + lo * H,
                                     C_out + r0 * H if C_out != NULL else NULL,
                                     aux + r0 * H if aux != NULL else NULL,
-                                    H_out + r0 * H, h + lo * H, H, nb)):
+                                    H_out + r0 * H if H_out != NULL else NULL,
+                                    h + lo * H, H, nb)):
             continue
         for i in range(nb):
             r = r0 + i
             b = lo + i
             if d.cell == RNN:
                 rnn_row(d, Gt + i * GH, NULL, b_hh, ln_w, ln_b,
-                        xhat + r * GH, rstd + r * G_, H_out + r * H, h + b * H)
+                        xhat + r * GH, rstd + r * G_, Ht + i * H, h + b * H)
             elif d.cell == LSTM:
                 lstm_row_steps(d, Gt + i * GH, NULL, b_hh, peep, ln_w, ln_b,
-                               xhat + r * GH, rstd + r * G_, H_out + r * H,
+                               xhat + r * GH, rstd + r * G_, Ht + i * H,
                                C_out + r * H if C_out != NULL else NULL,
                                aux + r * H if aux != NULL else NULL,
                                h + b * H, c + b * H)
             elif gru_fused:
                 gru_cell_fused(Gt + i * GH, b_ih if X != NULL else NULL,
-                               work + i * GH, b_hh, aux + r * H, H_out + r * H,
+                               work + i * GH, b_hh, aux + r * H, Ht + i * H,
                                h + b * H, H)
             else:
                 gru_rz_row(d, Gt + i * GH, work + i * GH, b_hh, ln_w, ln_b,
@@ -372,7 +377,7 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
         for i in range(nb):
             r = r0 + i
             gru_n_row(d, Gt + i * GH, work + i * GH, b_hh, ln_w, ln_b,
-                      xhat + r * GH, rstd + r * G_, H_out + r * H,
+                      xhat + r * GH, rstd + r * G_, Ht + i * H,
                       h + (lo + i) * H)
 
 
@@ -603,7 +608,8 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
     the LSTM's ``tanh(c_t)``. ``work`` has shape
     ``(n_blocks, block_rows * gates * hidden)``.
     For inference ``Hprev`` may be empty when there is no mask, and ``C_out``
-    and the LSTM's ``aux`` may be empty: they are then not kept.
+    and the LSTM's ``aux`` may be empty: they are then not kept; so may
+    ``H_out`` for the rnn and the lstm (the final states are in ``h``).
     ``wpack`` (``recurrent_pack_length`` elements) receives the packed
     ``W_hh`` for the packed recurrent product; empty: BLAS is used instead.
     With ``x_starts`` not empty, ``X`` is read in place rather than packed:
@@ -622,6 +628,9 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
     cdef int k, lo, hi
     cdef const Py_ssize_t* pbs = &batch_sizes[0] if n_steps > 0 else NULL
     cdef const Py_ssize_t* poff = &offsets[0]
+    if cell == GRU and H_out.shape[0] == 0 and n_steps > 0:
+        raise ValueError("the gru needs H_out: its work holds the recurrent "
+                         "product")
     cdef floating* pX = ptr2(X)
     cdef const Py_ssize_t* pxs = &x_starts[0] if x_starts.shape[0] > 0 else NULL
     cdef floating* pxr = ptr2(x_rows)

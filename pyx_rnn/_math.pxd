@@ -96,8 +96,8 @@ cdef inline bint lstm_cell_fused(floating* g, const floating* b, floating* c,
     for this type, CPU and ``n``: the gates (pre-activations ``g``, rows
     ``4 n`` apart, less the bias ``b``) activated in place, the new cell
     state in ``c`` (and ``c_out`` unless NULL) and its tanh in ``tc_out``
-    (unless NULL), the new hidden state in ``h_out`` and ``h`` (rows ``n``
-    apart). Returns False, having done nothing, where there is none; the
+    (unless NULL), the new hidden state in ``h`` and ``h_out`` (unless NULL)
+    (rows ``n`` apart). Returns False, having done nothing, where there is none; the
     same bits as ``lstm_row_steps``'s separate loops."""
     if floating is float:
         return sr_lstm_cell_f(g, b, c, c_out, tc_out, h_out, h, n, rows)

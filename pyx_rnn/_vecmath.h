@@ -196,8 +196,8 @@ SR_DEFINE_ACTIVATIONS(16, SR_VEC_AVX512)
  * One LSTM step of `rows` consecutive rows without peepholes or layer norm,
  * n a multiple of W, in one pass over W units at a time: g (the 4n gate
  * pre-activations of each row, without the bias b) receives the gate
- * activations i, f, z, o, then c = f c + i z and h = o tanh(c), into h_out
- * and h (and c into c_out, tanh(c) into tc_out, unless NULL); the rows of g
+ * activations i, f, z, o, then c = f c + i z and h = o tanh(c), into h
+ * (and h_out, c into c_out, tanh(c) into tc_out, unless NULL); the rows of g
  * are 4n apart, those of the others n. The same values, products and sums,
  * each rounded, as lstm_row_steps's loops. Each block of W units is a
  * long chain of dependent instructions (tanh of c waits for three gates),
@@ -257,7 +257,7 @@ sr_lstm_cell_blocks_##W(                                                      \
     for (int u = 0; u < m; u++) {                                             \
         V hj = v[3][u] * tc[u];                                               \
         if (tc_out != NULL) SR_STORE(V, tc_out + row[u] * n + j[u], tc[u]);   \
-        SR_STORE(V, h_out + row[u] * n + j[u], hj);                           \
+        if (h_out != NULL) SR_STORE(V, h_out + row[u] * n + j[u], hj);        \
         SR_STORE(V, h + row[u] * n + j[u], hj);                               \
     }                                                                         \
 }                                                                             \

@@ -325,7 +325,7 @@ class _ForwardPlan:
 
     def __init__(self, spec, key, pool):
         (_, dtype, n_rows, B, block_rows, keep_cache, unmasked, tokens,
-         in_place) = key
+         in_place, keep_outputs) = key
         self.key = key
         H_, gh = spec.hidden, spec.gates * spec.hidden
         n_blocks = -(-B // block_rows)
@@ -358,7 +358,9 @@ class _ForwardPlan:
         self.G = G
         self.C = (_take(pool, "C", (n_rows, H_), dtype) if lstm and keep_cache
                   else _empty(dtype))
-        self.H = _take(pool, "H", (n_rows, H_), dtype)
+        # the gru's work holds its recurrent product: it keeps its outputs
+        self.H = (_take(pool, "H", (n_rows, H_), dtype)
+                  if keep_outputs or keep_cache or gru else _empty(dtype))
         self.Hprev = (_take(pool, "Hprev", (n_rows, H_), dtype)
                       if keep_cache or not unmasked else _empty(dtype))
         # the GRU's a_n or r * m * h; the LSTM's tanh(c_t), for the backward
@@ -387,10 +389,13 @@ class _ForwardPlan:
 
 
 def _layer_forward(spec, w, X, batch_sizes, offsets, h0, c0, mask, n_threads,
-                   block_rows, pool, keep_cache):
+                   block_rows, pool, keep_cache, keep_outputs=True):
     """``layer_forward`` on arguments already checked: by
     ``check_layer_forward_args``, or by ``Network`` once per call for all its
-    layers (see ``Network._layer_args_checked``)."""
+    layers (see ``Network._layer_args_checked``). Without ``keep_outputs``
+    (inference only) the rnn and the lstm keep no outputs: the first value
+    returned is then empty, and the outputs at each sequence's last step are
+    its final state."""
     dtype = w["weight_ih"].dtype
     B = int(batch_sizes[0])
     if block_rows is None:
@@ -398,7 +403,7 @@ def _layer_forward(spec, w, X, batch_sizes, offsets, h0, c0, mask, n_threads,
     in_place = isinstance(X, SequenceInput)
     plan = _plan(pool, "forward_plan", _ForwardPlan, spec, (
         spec, dtype, int(offsets[-1]), B, block_rows, keep_cache, mask is None,
-        isinstance(X, TokenInput), in_place))
+        isinstance(X, TokenInput), in_place, keep_outputs))
     x_starts = _EMPTY_STARTS
     if plan.in_place:
         X, x_starts = X.data, X.starts

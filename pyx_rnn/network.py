@@ -328,12 +328,16 @@ class Network:
                 and X.flags.c_contiguous and X.flags.writeable)
 
     def _stack_forward(self, X, packing, states, rmasks, dropout, rng, n_threads,
-                       block_rows, pool=None, keep_cache=True, checked=False):
+                       block_rows, pool=None, keep_cache=True, checked=False,
+                       last_steps=False):
         """Run the stack over packed rows ``X`` (a ``TokenInput`` for token
         networks); returns the top output (the hidden states of the top layer,
         or the output ``Y`` for Jordan), the final states and a cache (for
         the backward pass; not kept with ``keep_cache=False``). ``checked``:
-        see ``_layer_args_checked``."""
+        see ``_layer_args_checked``. With ``last_steps`` (inference, not
+        Jordan) the top output is that of each sequence's last step only
+        (its final states, ``n_sequences x n_top`` in packed order), and the
+        top layer need not keep the others."""
         tokens = None
         if self.embedding_dim is not None:
             table = self.weights["embedding.weight"]
@@ -352,11 +356,12 @@ class Network:
             X = X.packed(packing)     # for the layers' own checks
         top, new_states, caches = self._layers_forward(
             X, packing, states, rmasks, dropout, rng, n_threads, block_rows, pool,
-            keep_cache, checked)
+            keep_cache, checked, last_steps)
         return top, new_states, (caches, tokens, checked)
 
     def _layers_forward(self, X, packing, states, rmasks, dropout, rng, n_threads,
-                        block_rows, pool, keep_cache=True, checked=False):
+                        block_rows, pool, keep_cache=True, checked=False,
+                        last_steps=False):
         bs, off = packing.batch_sizes, packing.offsets
         keep = 1.0 - dropout
         if self.jordan is not None:
@@ -374,6 +379,7 @@ class Network:
             return Y, f_n, cache
         caches, new_states = [], []
         inp = X
+        top = len(self.specs) - 1
         for k, layer in enumerate(self.specs):
             drop = None
             if k > 0 and dropout and rng is not None:
@@ -392,7 +398,8 @@ class Network:
                         self.dtype, mask=mask is not None, where="Network")
                     H, h_n, c_n, cache = _layer_forward(
                         spec, w, inp, bs, off, h0, c0, mask, n_threads,
-                        block_rows, layer_pool, keep_cache)
+                        block_rows, layer_pool, keep_cache,
+                        keep_outputs=not (last_steps and top == k))
                 else:
                     H, h_n, c_n, cache = layer_forward(
                         spec, w, inp, bs, off, h0, c0, mask,
@@ -401,6 +408,9 @@ class Network:
                 outs.append(H)
                 layer_states.append((h_n, c_n))
                 layer_caches.append(cache)
+            if last_steps and top == k:
+                # the outputs at each sequence's last step: its final states
+                outs = [h_n for h_n, _ in layer_states]
             inp = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
             caches.append((layer_caches, drop))
             new_states.append(layer_states)
@@ -476,14 +486,15 @@ class Network:
         return d_init, dX
 
     def _head(self, top, rows, pool):
-        """Output layer on the given rows of the top output: ``(Z, Y, X)``,
-        ``X`` being those rows (None for Jordan networks, whose ``Y`` is the
-        top output); ``pool`` (a dict) keeps the packed weights' buffer from
-        call to call."""
+        """Output layer on the given rows of the top output (all of them
+        if ``rows`` is None): ``(Z, Y, X)``, ``X`` being those rows (None for
+        Jordan networks, whose ``Y`` is the top output); ``pool`` (a dict)
+        keeps the packed weights' buffer from call to call."""
         if self.jordan is not None:
             return None, top[rows], None
         W, b = self.weights["output.weight"], self.weights["output.bias"]
-        X = top.take(rows, axis=0)      # a new C-contiguous array
+        # C-contiguous either way
+        X = top if rows is None else top.take(rows, axis=0)
         Z = np.empty((len(X), len(W)), self.dtype)
         # the packed kernel, not BLAS: a row's output does not depend on
         # the other rows (sklearn's subset and sample-order checks)
@@ -581,11 +592,15 @@ class Network:
             self._check_input(X)
         checked = self._layer_args_checked(packing, initial_state, n_threads,
                                            block_rows, training=False)
+        # the output layer reads each sequence's last step only: the final
+        # states, and the top layer need not keep its outputs at every step
+        last_steps = not return_sequences and self.jordan is None
         with _checks.finite_checks(False):
             top, states, _ = self._stack_forward(
                 X, packing, initial_state, None, 0.0, None, n_threads, block_rows,
-                pool, keep_cache=False, checked=checked)
-        feats, rows = self._gather_top(top, packing, return_sequences)
+                pool, keep_cache=False, checked=checked, last_steps=last_steps)
+        feats, rows = ((top, None) if last_steps
+                       else self._gather_top(top, packing, return_sequences))
         Z, Y, _ = self._head(feats, rows, pool)
         return Z, Y, states
 

@@ -1336,3 +1336,24 @@ def test_sequence_input_checked():
     tokens = Network("lstm", 4, (3,), 1, token_input=True)
     with pytest.raises(TypeError, match="TokenInput"):
         tokens.forward(SequenceInput(np.zeros((12, 4)), [0, 4, 8]), pk)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell, kw", IN_PLACE_CASES + [
+    pytest.param("gru", dict(bidirectional=True), id="gru-bidirectional")])
+def test_forward_reads_the_last_steps_from_the_final_states(cell, kw, dtype):
+    """Sequence-to-one inference: the output layer reads the top layer's
+    final states, which the rnn and the lstm then keep instead of their
+    outputs at every step; the bits of the outputs kept at every step."""
+    X, pk, _ = _in_place_problem([7, 3, 9, 1, 5, 9, 2, 6, 4, 8], 5, dtype)
+    net = Network(cell, 5, (8, 6), 2, dtype=dtype, **kw)
+    net.init_weights(np.random.default_rng(0))
+    _, Y, states = net.forward(X, pk, n_threads=2, block_rows=3)
+    kept = [net._local.pool[sfx]["forward_plan"].H.size for _, sfx in net.specs[-1]]
+    assert all((n == 0) == (cell != "gru") for n in kept)
+    top, states2, _ = net._stack_forward(X, pk, None, None, 0.0, None, 2, 3,
+                                         keep_cache=False)
+    feats, rows = net._gather_top(top, pk, False)
+    assert_array_equal(Y, net._head(feats, rows, {})[1])
+    for a, b in zip(flat_states(states, net), flat_states(states2, net)):
+        assert_array_equal(a, b)
