@@ -69,10 +69,12 @@ def lstm_gate_activations(floating[::1] x):
 
 def lstm_cell_step(floating[:, ::1] g, floating[::1] b, floating[:, ::1] c,
                    floating[:, ::1] c_out, floating[:, ::1] tc_out,
-                   floating[:, ::1] h_out, floating[:, ::1] h, bint fused):
+                   floating[:, ::1] h_out, floating[:, ::1] h, bint fused,
+                   bint keep_gates=True):
     """One LSTM step of some rows without peepholes or layer norm, in place,
     as the kernel runs it: ``g`` (``4 * hidden`` gate pre-activations a row,
-    less the bias ``b``) receives the activations, ``c`` and ``c_out`` the
+    less the bias ``b``) receives the activations (in the one pass, only with
+    ``keep_gates``: inference does not keep them), ``c`` and ``c_out`` the
     new cell states, ``tc_out`` their tanh, ``h_out`` and ``h`` the new
     hidden states (``hidden`` a row). With ``fused``, all rows in one pass
     where the CPU, the type and the size allow it; else (or where they do
@@ -90,7 +92,8 @@ def lstm_cell_step(floating[:, ::1] g, floating[::1] b, floating[:, ::1] c,
     if H == 0 or rows == 0:
         return False
     if fused and lstm_cell_fused(&g[0, 0], &b[0], &c[0, 0], &c_out[0, 0],
-                                 &tc_out[0, 0], &h_out[0, 0], &h[0, 0], H, rows):
+                                 &tc_out[0, 0], &h_out[0, 0], &h[0, 0], H, rows,
+                                 keep_gates):
         return True
     for i in range(rows):
         lstm_row_steps(&d, &g[i, 0], NULL, &b[0], NULL, NULL, NULL, NULL, NULL,
@@ -340,13 +343,14 @@ cdef void forward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
             # in b_hh)
             add_to_rows(nb, GH, b_ih, Gt, GH)
         # the LSTM's step of all the block's rows in one pass (the rows of
-        # the outputs and states are consecutive)
+        # the outputs and states are consecutive); the gate activations are
+        # stored for the backward pass only
         if (d.cell == LSTM and not d.peephole and not d.layer_norm
                 and lstm_cell_fused(Gt, b_hh, c + lo * H,
                                     C_out + r0 * H if C_out != NULL else NULL,
                                     aux + r0 * H if aux != NULL else NULL,
                                     H_out + r0 * H if H_out != NULL else NULL,
-                                    h + lo * H, H, nb)):
+                                    h + lo * H, H, nb, G != NULL)):
             continue
         for i in range(nb):
             r = r0 + i

@@ -48,7 +48,8 @@ cdef extern from "_vecmath.h" nogil:
     void sr_lstm_gates_f(float* x, int n)
     void sr_lstm_gates_d(double* x, int n)
     int sr_lstm_cell_f(float* g, const float* b, float* c, float* c_out,
-                       float* tc_out, float* h_out, float* h, int n, int rows)
+                       float* tc_out, float* h_out, float* h, int n, int rows,
+                       int keep_gates)
     int sr_lstm_back_f(const float* g, const float* tc, const float* c_prev,
                        float* dh, float* dc, float* dg, int n)
     int sr_vector_width()
@@ -90,17 +91,19 @@ cdef inline void lstm_gates_inplace(floating* x, int n) noexcept nogil:
 cdef inline bint lstm_cell_fused(floating* g, const floating* b, floating* c,
                                  floating* c_out, floating* tc_out,
                                  floating* h_out, floating* h, int n,
-                                 int rows) noexcept nogil:
+                                 int rows, bint keep_gates) noexcept nogil:
     """One LSTM step of ``rows`` consecutive rows (of ``n`` units) without
     peepholes or layer norm in one pass, where there is a vectorised version
     for this type, CPU and ``n``: the gates (pre-activations ``g``, rows
-    ``4 n`` apart, less the bias ``b``) activated in place, the new cell
+    ``4 n`` apart, less the bias ``b``) activated in place (unless not
+    ``keep_gates``: ``g`` is then scratch, and not written), the new cell
     state in ``c`` (and ``c_out`` unless NULL) and its tanh in ``tc_out``
     (unless NULL), the new hidden state in ``h`` and ``h_out`` (unless NULL)
     (rows ``n`` apart). Returns False, having done nothing, where there is none; the
     same bits as ``lstm_row_steps``'s separate loops."""
     if floating is float:
-        return sr_lstm_cell_f(g, b, c, c_out, tc_out, h_out, h, n, rows)
+        return sr_lstm_cell_f(g, b, c, c_out, tc_out, h_out, h, n, rows,
+                              keep_gates)
     else:
         return False
 

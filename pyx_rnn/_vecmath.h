@@ -217,7 +217,7 @@ SR_DEFINE_ACTIVATIONS(16, SR_VEC_AVX512)
 TARGET static inline __attribute__((always_inline)) void                      \
 sr_lstm_gates_blocks_##W(                                                     \
         float *restrict g, const float *restrict b, int n, const int *row,    \
-        const int *j, int m, sr_f##W v[4][U]) {                               \
+        const int *j, int m, int store, sr_f##W v[4][U]) {                    \
     typedef sr_f##W V;                                                        \
     V a[U];                                                                   \
     for (int k = 0; k < 4; k++) {                                             \
@@ -227,7 +227,7 @@ sr_lstm_gates_blocks_##W(                                                     \
         }                                                                     \
         for (int u = 0; u < m; u++)                                           \
             v[k][u] = k == 2 ? sr_tanh_##W(a[u]) : sr_sigmoid_##W(a[u]);      \
-        for (int u = 0; u < m; u++)                                           \
+        for (int u = 0; u < m && store; u++)                                  \
             SR_STORE(V, g + row[u] * 4 * n + k * n + j[u], v[k][u]);          \
     }                                                                         \
 }                                                                             \
@@ -235,17 +235,18 @@ TARGET static void sr_lstm_gates_f_##W(float *restrict x, int n) {            \
     sr_f##W v[4][U];                                                          \
     const int row = 0;                                                        \
     for (int j = 0; j < n; j += W)                                            \
-        sr_lstm_gates_blocks_##W(x, NULL, n, &row, &j, 1, v);                 \
+        sr_lstm_gates_blocks_##W(x, NULL, n, &row, &j, 1, 1, v);              \
 }                                                                             \
 /* The step of m <= U groups of units (see sr_lstm_gates_blocks) */          \
 TARGET static inline __attribute__((always_inline)) void                      \
 sr_lstm_cell_blocks_##W(                                                      \
         float *restrict g, const float *restrict b, float *restrict c,        \
         float *restrict c_out, float *restrict tc_out, float *restrict h_out, \
-        float *restrict h, int n, const int *row, const int *j, int m) {      \
+        float *restrict h, int n, const int *row, const int *j, int m,        \
+        int keep_gates) {                                                     \
     typedef sr_f##W V;                                                        \
     V v[4][U], cj[U], tc[U];                                                  \
-    sr_lstm_gates_blocks_##W(g, b, n, row, j, m, v);                          \
+    sr_lstm_gates_blocks_##W(g, b, n, row, j, m, keep_gates, v);              \
     for (int u = 0; u < m; u++)                                               \
         cj[u] = SR_MUL(v[1][u], SR_LOAD(V, c + row[u] * n + j[u]))            \
                 + SR_MUL(v[0][u], v[2][u]);                                   \
@@ -264,7 +265,7 @@ sr_lstm_cell_blocks_##W(                                                      \
 TARGET static void sr_lstm_cell_f_##W(                                        \
         float *restrict g, const float *restrict b, float *restrict c,        \
         float *restrict c_out, float *restrict tc_out, float *restrict h_out, \
-        float *restrict h, int n, int rows) {                                 \
+        float *restrict h, int n, int rows, int keep_gates) {                 \
     int row[U], j[U], m = 0;                                                  \
     for (int r = 0; r < rows; r++)                                            \
         for (int jj = 0; jj < n; jj += W) {                                   \
@@ -272,13 +273,13 @@ TARGET static void sr_lstm_cell_f_##W(                                        \
             j[m++] = jj;                                                      \
             if (m == U) {                                                     \
                 sr_lstm_cell_blocks_##W(g, b, c, c_out, tc_out, h_out, h, n,  \
-                                        row, j, U);                           \
+                                        row, j, U, keep_gates);               \
                 m = 0;                                                        \
             }                                                                 \
         }                                                                     \
     for (int u = 0; u < m; u++)                                               \
         sr_lstm_cell_blocks_##W(g, b, c, c_out, tc_out, h_out, h, n,          \
-                                row + u, j + u, 1);                           \
+                                row + u, j + u, 1, keep_gates);               \
 }                                                                             \
 TARGET static void sr_lstm_back_f_##W(                                        \
         const float *restrict g, const float *restrict tc,                    \
@@ -444,9 +445,9 @@ static int sr_lstm_back_f(const float *restrict g, const float *restrict tc,
 static int sr_lstm_cell_f(float *restrict g, const float *restrict b,
                           float *restrict c, float *restrict c_out,
                           float *restrict tc_out, float *restrict h_out,
-                          float *restrict h, int n, int rows) {
+                          float *restrict h, int n, int rows, int keep_gates) {
     return SR_ONE_PASS(sr_lstm_cell_f,
-                       (g, b, c, c_out, tc_out, h_out, h, n, rows));
+                       (g, b, c, c_out, tc_out, h_out, h, n, rows, keep_gates));
 }
 
 static int sr_gru_cell_f(float *restrict g, const float *restrict b_ih,

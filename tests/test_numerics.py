@@ -640,6 +640,15 @@ def test_lstm_cell_in_one_pass_equals_the_separate_loops(hidden, rows, dtype):
     g, c, c_out, tc_out, h_out, h = runs[True][1]
     assert_array_equal(c_out, c)
     assert_array_equal(h_out, h)
+    # inference: the same states, and the one pass leaves g as it was
+    g2, c2, h2 = g0.copy(), c0.copy(), h0.copy()
+    ran = _cells.lstm_cell_step(g2, b, c2, c_out.copy(), tc_out.copy(),
+                                h_out.copy(), h2, True, keep_gates=False)
+    assert ran == runs[True][0]
+    assert_array_equal(c2, c)
+    assert_array_equal(h2, h)
+    if ran:
+        assert_array_equal(g2, g0)
     for row_c, row_tc in zip(c, tc_out):
         # row by row: float64's vector tanh and its scalar tail may differ
         tanh_c = row_c.copy()
