@@ -632,9 +632,6 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
     cdef int k, lo, hi
     cdef const Py_ssize_t* pbs = &batch_sizes[0] if n_steps > 0 else NULL
     cdef const Py_ssize_t* poff = &offsets[0]
-    if cell == GRU and H_out.shape[0] == 0 and n_steps > 0:
-        raise ValueError("the gru needs H_out: its work holds the recurrent "
-                         "product")
     cdef floating* pX = ptr2(X)
     cdef const Py_ssize_t* pxs = &x_starts[0] if x_starts.shape[0] > 0 else NULL
     cdef floating* pxr = ptr2(x_rows)
@@ -664,6 +661,9 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
     cdef Py_ssize_t wstride = work.shape[1]
     cdef floating* P1 = NULL
     cdef floating* P2 = NULL
+    if cell == GRU and pH == NULL and n_steps > 0:
+        raise ValueError("the gru needs H_out: its work holds the recurrent "
+                         "product")
     # the rnn and the lstm with a packed input product: one product per step,
     # with the input and recurrent weights stacked in wpack_ih
     cdef bint stacked = pX != NULL and pPih != NULL and cell != GRU

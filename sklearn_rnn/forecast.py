@@ -28,7 +28,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from pyx_rnn._checks import finite_checks
 from pyx_rnn._threads import single_threaded_blas
-from pyx_rnn.packing import Packing
+from pyx_rnn.packing import Packing, SequenceInput
 from pyx_rnn.tokens import TokenInput
 
 from . import _state
@@ -526,10 +526,10 @@ n_iter_
                 chunk = inputs[s:s + PREDICT_CHUNK]
                 m = len(chunk)
                 packing = Packing.from_lengths(np.full(m, W))
-                # equal lengths: packed row t * m + b is step t of window b
-                X = np.ascontiguousarray(
-                    chunk.transpose(1, 0, 2).reshape(-1, chunk.shape[2]),
-                    dtype=net.dtype)
+                # window b's steps are rows b * W ... of the chunk in 2-D,
+                # read where they lie (packed by the network if it must)
+                X = SequenceInput(chunk.reshape(-1, chunk.shape[2]),
+                                  W * packing.order)
                 _, Y, _ = net.forward(X, packing,
                                       return_sequences=self.return_sequences,
                                       n_threads=n_threads)

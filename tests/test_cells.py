@@ -981,6 +981,50 @@ def test_layer_forward_without_cache(c):
         layer_forward(spec, w, X, pk.batch_sizes, pk.offsets, keep_cache=None)
 
 
+@pytest.mark.parametrize("c", REPRESENTATIVE + [cfg("lstm"), cfg("rnn")], ids=cfg_id)
+def test_layer_forward_without_outputs(c):
+    """Inference keeping no outputs at every step (the rnn and the lstm;
+    the gru keeps them, its work holding its product): bitwise the same
+    final states, which are the outputs at each sequence's last step; the
+    kernel refuses a gru without ``H_out``."""
+    from pyx_rnn import _cells, layers
+    pb = layer_problem(c, THREAD_LENGTHS, seed=64)
+    spec = spec_of(c)
+    X, pk = pack(pb["seqs"], np.float32)
+    w = {k: v.astype(np.float32) for k, v in pb["params"].items()}
+    h0, c0, _ = [_sel(pb[k], pk.order, np.float32) for k in ("h0", "c0", "mask")]
+    runs = [layers._layer_forward(spec, w, X, pk.batch_sizes, pk.offsets, h0, c0,
+                                  None, 2, 8, {}, False, keep_outputs=keep)
+            for keep in (True, False)]
+    (H, h_n, c_n, _), (H2, h_n2, c_n2, _) = runs
+    assert_array_equal(h_n, h_n2, strict=True)
+    assert_array_equal(c_n, c_n2, strict=True)
+    if spec.cell == "gru":
+        assert_array_equal(H, H2, strict=True)
+    else:
+        assert H2.size == 0
+    # a sequence's last step; for the backward direction, its step 0
+    last = (np.arange(pk.n_sequences) if spec.reverse
+            else pk.offsets[pk.lengths - 1] + np.arange(pk.n_sequences))
+    assert_array_equal(H[last], h_n, strict=True)
+    if spec.cell == "gru":
+        pool = {}
+        layers._layer_forward(spec, w, X, pk.batch_sizes, pk.offsets, h0, c0,
+                              None, 1, 8, pool, False)
+        plan = pool["forward_plan"]
+        args = plan.args.copy()
+        at_h = next(i for i, a in enumerate(args) if a is plan.H)
+        args[at_h] = np.empty((0, 0), np.float32)
+        at = layers._ForwardPlan.SLOTS
+        for k, v in dict(batch_sizes=pk.batch_sizes, offsets=pk.offsets, X=X,
+                         W_ih=w["weight_ih"], b_ih=w["bias_ih"],
+                         W_hh=w["weight_hh"], b_hh=w["bias_hh"], h=h0.copy(),
+                         n_threads=1).items():
+            args[at[k]] = v
+        with pytest.raises(ValueError, match="gru needs H_out"):
+            _cells.recurrent_forward(*args)
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (3, 13), (32, 32), (5, 16)])
 @DTYPES
 def test_lstm_states_made_together_are_apart_and_aligned(shape, dtype):
