@@ -12,6 +12,10 @@
 6. Dropout semantics (and finite differences with fixed masks).
 7. Optimisers: Adam as PyTorch, SGD (Nesterov) momentum as scikit-learn.
 8. float32 against float64.
+9. Arguments checked once per call by the network, for all its layers.
+10. Input read in place (``SequenceInput``), and sequence-to-one inference
+    from the top layer's final states: the bits of packed input and of the
+    outputs kept at every step.
 """
 
 import numpy as np
