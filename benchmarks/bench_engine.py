@@ -60,16 +60,23 @@ def _our_modules():
     return threadpool_limits, Network, Adam, Packing, SequenceInput, pack
 
 
-def _batches_fixed(X, idx, packings, Packing):
-    """Packed rows of the fixed-length sequences ``idx`` (an index array, or
-    a slice of consecutive sequences as the anchors' inference reads them).
-    ``packings`` (a dict) keeps the packing of each batch size: it depends on
-    the lengths only, so a caller with fixed-length data makes it once."""
-    batch = X[idx]
-    n, T, n_in = batch.shape
+def _fixed_packing(n, T, packings, Packing):
+    """The packing of ``n`` sequences of ``T`` steps, kept in ``packings`` (a
+    dict): it depends on the lengths only, so a caller with fixed-length data
+    makes it once per batch size."""
     packing = packings.get(n)
     if packing is None:
         packing = packings[n] = Packing.from_lengths(np.full(n, T))
+    return packing
+
+
+def _batches_fixed(X, idx, packings, Packing):
+    """Packed rows of the fixed-length sequences ``idx`` (an index array, or
+    a slice of consecutive sequences as the anchors' inference reads them),
+    and their packing (see ``_fixed_packing``)."""
+    batch = X[idx]
+    n, T, n_in = batch.shape
+    packing = _fixed_packing(n, T, packings, Packing)
     rows = np.ascontiguousarray(batch.transpose(1, 0, 2)).reshape(n * T, n_in)
     return rows, packing
 
@@ -114,10 +121,7 @@ def our_times(workload, n_threads, repeats, variable_length=False, seed=0,
         T = X.shape[1]
         for s in range(0, n, batch):
             chunk = X[s:s + batch]
-            packing = packings.get(len(chunk))
-            if packing is None:
-                packing = packings[len(chunk)] = Packing.from_lengths(
-                    np.full(len(chunk), T))
+            packing = _fixed_packing(len(chunk), T, packings, Packing)
             net.forward(SequenceInput(chunk.reshape(-1, X.shape[2]),
                                       T * packing.order),
                         packing, n_threads=n_threads)

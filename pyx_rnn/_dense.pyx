@@ -468,10 +468,10 @@ def all_finite(const floating[:, ::1] x):
     return ok
 
 
-def first_sequence_outside(const Py_ssize_t[::1] starts,
-                           const Py_ssize_t[::1] lengths, Py_ssize_t n_rows):
-    """The first ``b`` whose rows ``starts[b]:starts[b] + lengths[b]`` are
-    not all within ``n_rows`` rows, or -1 (``lengths`` are positive)."""
+cdef Py_ssize_t first_outside(const Py_ssize_t[::1] starts,
+                              const Py_ssize_t[::1] lengths,
+                              Py_ssize_t n_rows) except -2:
+    """``first_sequence_outside``, for the functions here."""
     cdef Py_ssize_t b
     if lengths.shape[0] != starts.shape[0]:
         raise ValueError(f"{starts.shape[0]} starts but {lengths.shape[0]} lengths")
@@ -481,6 +481,13 @@ def first_sequence_outside(const Py_ssize_t[::1] starts,
     return -1
 
 
+def first_sequence_outside(const Py_ssize_t[::1] starts,
+                           const Py_ssize_t[::1] lengths, Py_ssize_t n_rows):
+    """The first ``b`` whose rows ``starts[b]:starts[b] + lengths[b]`` are
+    not all within ``n_rows`` rows, or -1 (``lengths`` are positive)."""
+    return first_outside(starts, lengths, n_rows)
+
+
 def all_finite_rows(const floating[:, ::1] x, const Py_ssize_t[::1] starts,
                     const Py_ssize_t[::1] lengths):
     """Whether no element of the rows ``starts[b]:starts[b] + lengths[b]`` of
@@ -488,7 +495,7 @@ def all_finite_rows(const floating[:, ::1] x, const Py_ssize_t[::1] starts,
     ValueError if any of them is not in ``x``."""
     cdef Py_ssize_t b, m = x.shape[1]
     cdef bint ok = True
-    if first_sequence_outside(starts, lengths, x.shape[0]) >= 0:
+    if first_outside(starts, lengths, x.shape[0]) >= 0:
         raise ValueError("rows outside x")
     if m == 0:
         return True

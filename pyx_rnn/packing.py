@@ -109,10 +109,8 @@ class Packing:
         caller_lengths[self.order] = self.lengths
         starts = np.zeros(self.n_sequences, dtype=np.intp)
         np.cumsum(caller_lengths[:-1], out=starts[1:])
-        # packed row offsets[t] + b holds step t of caller sequence order[b]
-        b = np.concatenate([np.arange(n, dtype=np.intp) for n in self.batch_sizes])
-        t = np.repeat(np.arange(self.n_steps, dtype=np.intp), self.batch_sizes)
-        return starts[self.order[b]] + t
+        # packed position b holds caller sequence order[b]
+        return rows_from(starts[self.order], self.batch_sizes, self.offsets)
 
     def window(self, start, stop):
         """The packing of steps ``start:stop`` and its first packed row."""

@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from sklearn.utils import assert_all_finite
 from sklearn.utils.validation import check_array
 
-from pyx_rnn.packing import Packing, SequenceInput
+from pyx_rnn.packing import Packing, SequenceInput, rows_from
 from pyx_rnn.tokens import TokenInput
 
 from .text import TokenSequences
@@ -115,9 +115,7 @@ class Sequences:
         """For every packed row of ``batch(idx)``, the row in ``data`` (used
         to gather per-step targets)."""
         chosen = np.asarray(idx, dtype=np.intp)[packing.order]
-        b = np.concatenate([np.arange(n, dtype=np.intp) for n in packing.batch_sizes])
-        t = np.repeat(np.arange(packing.n_steps, dtype=np.intp), packing.batch_sizes)
-        return self.starts[chosen[b]] + t
+        return rows_from(self.starts[chosen], packing.batch_sizes, packing.offsets)
 
 
 def _check_step_array(a, dtype, what):
