@@ -570,10 +570,106 @@ cdef void backward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
                     GH, edge)
 
 
+cdef struct ForwardCall:
+    # the arguments of recurrent_forward as addresses (of floats or doubles:
+    # run_call's type), NULL for an empty array, and the sizes it reads
+    Dims d
+    int B, block_rows, n_threads, n_in
+    const Py_ssize_t* bs
+    const Py_ssize_t* off
+    const Py_ssize_t* xs
+    void* X
+    void* xr
+    void* Wih
+    void* bih
+    void* Pih
+    void* G
+    void* Gb
+    void* W
+    void* b
+    void* peep
+    void* lnw
+    void* lnb
+    void* mask
+    void* h
+    void* c
+    void* H
+    void* C
+    void* Hp
+    void* aux
+    void* xh
+    void* rs
+    void* work
+    void* wpack
+    Py_ssize_t xrstride, gbstride, wstride
+
+
+cdef void run_call(ForwardCall* a, floating* of_type) noexcept:
+    """Run ``recurrent_forward``'s call ``a``; ``of_type`` (NULL) gives the
+    floating type of its arrays."""
+    cdef Dims* d = &a.d
+    cdef int n_blocks = (a.B + a.block_rows - 1) // a.block_rows
+    cdef int k, lo, hi
+    cdef floating* pX = <floating*> a.X
+    cdef floating* pxr = <floating*> a.xr
+    cdef floating* pWih = <floating*> a.Wih
+    cdef floating* pPih = <floating*> a.Pih
+    cdef floating* pGb = <floating*> a.Gb
+    cdef floating* pW = <floating*> a.W
+    cdef floating* pwork = <floating*> a.work
+    cdef floating* P1 = NULL
+    cdef floating* P2 = NULL
+    # the rnn and the lstm with a packed input product: one product per step,
+    # with the input and recurrent weights stacked in wpack_ih
+    cdef bint stacked = pX != NULL and pPih != NULL and d.cell != GRU
+    if stacked:
+        pack_b2(a.n_in, pWih, a.n_in, d.hidden, pW, d.hidden,
+                d.gates * d.hidden, pPih)
+    else:
+        pack_recurrent(d, False, pW, <floating*> a.wpack, &P1, &P2)
+        if pX != NULL and pPih != NULL:
+            pack_b(True, a.n_in, d.gates * d.hidden, pWih, a.n_in, pPih)
+    for k in prange(n_blocks, nogil=True, schedule="dynamic",
+                    num_threads=min(a.n_threads, n_blocks)):
+        lo = k * a.block_rows
+        hi = min(lo + a.block_rows, a.B)
+        forward_block(d, lo, hi, a.bs, a.off, pX, a.n_in, a.xs,
+                      pxr + k * a.xrstride if pxr != NULL else NULL,
+                      pWih, pPih, <floating*> a.bih, <floating*> a.G,
+                      pGb + k * a.gbstride if pGb != NULL else NULL, pW, P1, P2,
+                      <floating*> a.b, <floating*> a.peep, <floating*> a.lnw,
+                      <floating*> a.lnb, <floating*> a.mask, <floating*> a.h,
+                      <floating*> a.c, <floating*> a.H, <floating*> a.C,
+                      <floating*> a.Hp, <floating*> a.aux, <floating*> a.xh,
+                      <floating*> a.rs, pwork + k * a.wstride, stacked)
+
+
 # --------------------------------------------------------------------------
 # Python entry points. Shapes are checked by the caller (pyx_rnn.layers);
 # these only read the sizes they need from the arrays.
 # --------------------------------------------------------------------------
+
+cdef class ForwardArgs:
+    """A ``recurrent_forward`` call made ready for repeated calls that differ
+    only in their input and states (``Network``'s inference plan): the
+    addresses of its other arrays, read once, so that ``run_forward`` reads
+    four arrays per call rather than about thirty.
+
+    ``ForwardArgs(args)``, ``args`` being ``recurrent_forward``'s arguments;
+    the input, its starts and the states in them are placeholders (of the
+    right dtype; they may be empty). It keeps ``args``, and so its arrays,
+    alive; the arrays must keep their shapes and their data (their values
+    may change: the weights are read, and packed, at every call).
+    """
+    cdef ForwardCall a
+    cdef readonly list args
+    cdef Py_ssize_t itemsize, n_rows
+    cdef int n_input, n_steps
+
+    def __init__(self, list args):
+        self.args = list(args)
+        recurrent_forward(*self.args, prepare=self)
+
 
 def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
                       bint layer_norm, bint peephole,
@@ -591,7 +687,8 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
                       floating[:, ::1] C_out, floating[:, ::1] Hprev,
                       floating[:, ::1] aux, floating[:, ::1] xhat,
                       floating[:, ::1] rstd, floating[:, ::1] work,
-                      floating[::1] wpack, int block_rows, int n_threads):
+                      floating[::1] wpack, int block_rows, int n_threads,
+                      ForwardArgs prepare=None):
     """Run one layer in one direction over a packed batch.
 
     The input projection ``W_ih x + b_ih`` of every row is either in ``G`` on
@@ -622,69 +719,70 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
     its row of ``x_rows`` (``n_blocks x block_rows * n_input``) first. The
     caller makes sure that every row read is in ``X``.
     Arrays a cell does not use may have size zero.
+    With ``prepare`` (a new ``ForwardArgs``) nothing runs: the call is made
+    ready in it instead, for ``run_forward`` (see ``ForwardArgs``).
     """
+    cdef ForwardCall a
     cdef int n_steps = batch_sizes.shape[0]
-    cdef int B = <int> batch_sizes[0] if n_steps > 0 else 0
-    cdef Dims d = make_dims(cell, activation, reverse, reset_after, layer_norm,
-                            peephole, mask.shape[0] > 0, n_steps,
-                            W_hh.shape[1])
-    cdef int n_blocks = (B + block_rows - 1) // block_rows
-    cdef int k, lo, hi
-    cdef const Py_ssize_t* pbs = &batch_sizes[0] if n_steps > 0 else NULL
-    cdef const Py_ssize_t* poff = &offsets[0]
-    cdef floating* pX = ptr2(X)
-    cdef const Py_ssize_t* pxs = &x_starts[0] if x_starts.shape[0] > 0 else NULL
-    cdef floating* pxr = ptr2(x_rows)
-    cdef Py_ssize_t xrstride = x_rows.shape[1]
-    cdef floating* pWih = ptr2(W_ih)
-    cdef floating* pbih = ptr1(b_ih)
-    cdef floating* pPih = ptr1(wpack_ih)
-    cdef int n_in = <int> X.shape[1]
-    cdef floating* pG = ptr2(G)
-    cdef floating* pGb = ptr2(G_block)
-    cdef Py_ssize_t gbstride = G_block.shape[1]
-    cdef floating* pW = ptr2(W_hh)
-    cdef floating* pb = ptr1(b_hh)
-    cdef floating* ppeep = ptr1(peep)
-    cdef floating* plnw = ptr1(ln_w)
-    cdef floating* plnb = ptr1(ln_b)
-    cdef floating* pmask = ptr2(mask)
-    cdef floating* ph = ptr2(h)
-    cdef floating* pc = ptr2(c)
-    cdef floating* pH = ptr2(H_out)
-    cdef floating* pC = ptr2(C_out)
-    cdef floating* pHp = ptr2(Hprev)
-    cdef floating* paux = ptr2(aux)
-    cdef floating* pxh = ptr2(xhat)
-    cdef floating* prs = ptr2(rstd)
-    cdef floating* pwork = ptr2(work)
-    cdef Py_ssize_t wstride = work.shape[1]
-    cdef floating* P1 = NULL
-    cdef floating* P2 = NULL
-    if cell == GRU and pH == NULL and n_steps > 0:
+    a.d = make_dims(cell, activation, reverse, reset_after, layer_norm, peephole,
+                    mask.shape[0] > 0, n_steps, W_hh.shape[1])
+    a.B = <int> batch_sizes[0] if n_steps > 0 else 0
+    a.block_rows, a.n_threads = block_rows, n_threads
+    a.bs = &batch_sizes[0] if n_steps > 0 else NULL
+    a.off = &offsets[0]
+    a.X, a.n_in = ptr2(X), <int> X.shape[1]
+    a.xs = &x_starts[0] if x_starts.shape[0] > 0 else NULL
+    a.xr, a.xrstride = ptr2(x_rows), x_rows.shape[1]
+    a.Wih, a.bih, a.Pih = ptr2(W_ih), ptr1(b_ih), ptr1(wpack_ih)
+    a.G, a.Gb, a.gbstride = ptr2(G), ptr2(G_block), G_block.shape[1]
+    a.W, a.b, a.peep = ptr2(W_hh), ptr1(b_hh), ptr1(peep)
+    a.lnw, a.lnb, a.mask = ptr1(ln_w), ptr1(ln_b), ptr2(mask)
+    a.h, a.c, a.H, a.C = ptr2(h), ptr2(c), ptr2(H_out), ptr2(C_out)
+    a.Hp, a.aux, a.xh, a.rs = ptr2(Hprev), ptr2(aux), ptr2(xhat), ptr2(rstd)
+    a.work, a.wstride, a.wpack = ptr2(work), work.shape[1], ptr1(wpack)
+    if cell == GRU and a.H == NULL and n_steps > 0:
         raise ValueError("the gru needs H_out: its work holds the recurrent "
                          "product")
-    # the rnn and the lstm with a packed input product: one product per step,
-    # with the input and recurrent weights stacked in wpack_ih
-    cdef bint stacked = pX != NULL and pPih != NULL and cell != GRU
-    if stacked:
-        pack_b2(n_in, pWih, n_in, d.hidden, pW, d.hidden,
-                d.gates * d.hidden, pPih)
-    else:
-        pack_recurrent(&d, False, pW, ptr1(wpack), &P1, &P2)
-        if pX != NULL and pPih != NULL:
-            pack_b(True, n_in, d.gates * d.hidden, pWih, n_in, pPih)
-    for k in prange(n_blocks, nogil=True, schedule="dynamic",
-                    num_threads=min(n_threads, n_blocks)):
-        lo = k * block_rows
-        hi = min(lo + block_rows, B)
-        forward_block(&d, lo, hi, pbs, poff, pX, n_in, pxs,
-                      pxr + k * xrstride if pxr != NULL else NULL,
-                      pWih, pPih, pbih, pG,
-                      pGb + k * gbstride if pGb != NULL else NULL, pW, P1, P2,
-                      pb, ppeep, plnw, plnb,
-                      pmask, ph, pc, pH, pC, pHp, paux, pxh, prs,
-                      pwork + k * wstride, stacked)
+    if prepare is None:
+        run_call(&a, <floating*> NULL)
+        return
+    prepare.a = a
+    prepare.itemsize = sizeof(floating)
+    prepare.n_input = <int> W_ih.shape[1]
+    prepare.n_rows = offsets[n_steps]
+    prepare.n_steps = n_steps
+
+
+def run_forward(ForwardArgs call, floating[:, ::1] X,
+                const Py_ssize_t[::1] x_starts, floating[:, ::1] h,
+                floating[:, ::1] c):
+    """Run the call made ready in ``call`` on this input ``X``, its starts
+    (empty: ``X`` is packed) and states ``h`` and ``c`` (``c`` empty but for
+    the LSTM), as ``recurrent_forward`` does. Checks the sizes it reads;
+    the caller makes sure, as for ``recurrent_forward``, that every row
+    ``x_starts`` points the sequences at lies in ``X``."""
+    cdef ForwardCall a = call.a
+    cdef Py_ssize_t B = a.B, H = a.d.hidden
+    if sizeof(floating) != call.itemsize:
+        raise TypeError(f"run_forward: arrays of {sizeof(floating)}-byte "
+                        f"floats, for a call of {call.itemsize}-byte ones")
+    if X.shape[1] != call.n_input or (
+            X.shape[0] < call.n_rows if x_starts.shape[0] == 0
+            else x_starts.shape[0] != B):
+        raise ValueError(f"run_forward: X of shape {(X.shape[0], X.shape[1])} and "
+                         f"{x_starts.shape[0]} starts for {call.n_rows} packed "
+                         f"rows of {call.n_input} features, {B} sequences")
+    if (h.shape[0] != B or h.shape[1] != H or (
+            (c.shape[0] != B or c.shape[1] != H) if a.d.cell == LSTM
+            else c.shape[0] != 0)):
+        raise ValueError(f"run_forward: states of shapes {(h.shape[0], h.shape[1])} "
+                         f"and {(c.shape[0], c.shape[1])} for {B} sequences of {H} "
+                         f"units")
+    a.X, a.n_in = ptr2(X), <int> X.shape[1]
+    a.xs = &x_starts[0] if x_starts.shape[0] > 0 else NULL
+    a.h, a.c = ptr2(h), ptr2(c)
+    if call.n_steps > 0:
+        run_call(&a, <floating*> NULL)
 
 
 def recurrent_backward(int cell, int activation, bint reverse,

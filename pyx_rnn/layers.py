@@ -326,7 +326,7 @@ class _ForwardPlan:
     def __init__(self, spec, key, pool):
         (_, dtype, n_rows, B, block_rows, keep_cache, unmasked, tokens,
          in_place, keep_outputs) = key
-        self.key = key
+        self.key, self.spec, self.dtype = key, spec, dtype
         H_, gh = spec.hidden, spec.gates * spec.hidden
         n_blocks = -(-B // block_rows)
         lstm, gru = spec.cell == "lstm", spec.cell == "gru"
@@ -387,6 +387,45 @@ class _ForwardPlan:
             ln, None, None, None, self.H, self.C, self.Hprev, self.aux,
             self.xhat, self.rstd, work, wpack, block_rows, None]
 
+    def bind(self, w, batch_sizes, offsets, n_threads):
+        """The kernel's arguments for a call with these parameters (``w``),
+        packing and thread count: a new list, whose input (``X`` empty,
+        ``x_starts`` empty), mask and states are still to be put in
+        (``SLOTS``). The biases are read from ``bias_sum`` where the plan
+        has one: see ``add_biases``."""
+        args, at = self.args.copy(), self.SLOTS
+        spec, dtype = self.spec, self.dtype
+        args[at["batch_sizes"]], args[at["offsets"]] = batch_sizes, offsets
+        args[at["X"]], args[at["W_ih"]] = _empty(dtype), w["weight_ih"]
+        args[at["W_hh"]] = w["weight_hh"]
+        if self.bias_sum is not None:
+            args[at["b_ih"]], args[at["b_hh"]] = _empty(dtype, 1), self.bias_sum
+        elif self.fuse_input:
+            args[at["b_ih"]], args[at["b_hh"]] = w["bias_ih"], w["bias_hh"]
+        else:
+            # the input projection and its bias are in G on entry
+            args[at["b_ih"]], args[at["b_hh"]] = _empty(dtype, 1), w["bias_hh"]
+        if spec.peephole:
+            args[at["peep"]] = w["peephole"]
+        if spec.layer_norm:
+            args[at["ln_w"]], args[at["ln_b"]] = w["ln_weight"], w["ln_bias"]
+        args[at["n_threads"]] = n_threads
+        return args
+
+    def add_biases(self, w):
+        """Sum the two biases into ``bias_sum`` (the rnn's and the lstm's
+        fused input product), from their current values: at every call."""
+        if self.bias_sum is not None:
+            np.add(w["bias_ih"], w["bias_hh"], out=self.bias_sum)
+
+
+def _new_states(spec, B, dtype):
+    """Zeroed states ``h`` and ``c`` (empty but for the LSTM) of B sequences,
+    as the kernels update them in place: aligned (see ``_aligned``)."""
+    if spec.cell == "lstm":
+        return _aligned_pair((B, spec.hidden), dtype)
+    return _aligned((B, spec.hidden), dtype, zero=True), _empty(dtype)
+
 
 def _layer_forward(spec, w, X, batch_sizes, offsets, h0, c0, mask, n_threads,
                    block_rows, pool, keep_cache, keep_outputs=True):
@@ -409,43 +448,27 @@ def _layer_forward(spec, w, X, batch_sizes, offsets, h0, c0, mask, n_threads,
         X, x_starts = X.data, X.starts
     elif in_place:
         X = X.data[rows_from(X.starts, batch_sizes, offsets)]
-    H_ = spec.hidden
-    gru = spec.cell == "gru"
+    args = plan.bind(w, batch_sizes, offsets, n_threads)
     if plan.fuse_input:
-        X_in, b_ih, b_hh = X, w["bias_ih"], w["bias_hh"]
-        if not gru:
-            b_ih, b_hh = _empty(dtype, 1), plan.bias_sum
-            np.add(w["bias_ih"], w["bias_hh"], out=b_hh)
+        plan.add_biases(w)
     else:
-        X_in, b_ih, b_hh = _empty(dtype), _empty(dtype, 1), w["bias_hh"]
         _input_product(X, w["weight_ih"], plan.G, n_threads)
         plan.G += w["bias_ih"]
-    # the states, updated in place by every block at every step
-    lstm = spec.cell == "lstm"
-    h, c = _aligned_pair((B, H_), dtype) if lstm else (
-        _aligned((B, H_), dtype, zero=True), _empty(dtype))
+    h, c = _new_states(spec, B, dtype)
     if h0 is not None:
         h[...] = h0
     h0 = h.copy() if keep_cache else None
-    if lstm:
+    if spec.cell == "lstm":
         if c0 is not None:
             c[...] = c0
         c0 = c.copy() if keep_cache else None
     else:
         c0 = c
     mask = _empty(dtype) if mask is None else np.ascontiguousarray(mask, dtype)
-    # a copy: the plan keeps no reference to this call's arrays
-    args, at = plan.args.copy(), _ForwardPlan.SLOTS
-    args[at["batch_sizes"]], args[at["offsets"]] = batch_sizes, offsets
-    args[at["X"]], args[at["W_ih"]], args[at["b_ih"]] = X_in, w["weight_ih"], b_ih
-    args[at["x_starts"]] = x_starts
-    args[at["W_hh"]], args[at["b_hh"]] = w["weight_hh"], b_hh
-    if spec.peephole:
-        args[at["peep"]] = w["peephole"]
-    if spec.layer_norm:
-        args[at["ln_w"]], args[at["ln_b"]] = w["ln_weight"], w["ln_bias"]
+    at = _ForwardPlan.SLOTS
+    if plan.fuse_input:
+        args[at["X"]], args[at["x_starts"]] = X, x_starts
     args[at["mask"]], args[at["h"]], args[at["c"]] = mask, h, c
-    args[at["n_threads"]] = n_threads
     _cells.recurrent_forward(*args)
     if not keep_cache:
         return plan.H, h, c, None

@@ -17,13 +17,16 @@ from collections import deque
 
 import numpy as np
 
-from . import _checks, _dense
+from . import _cells, _checks, _dense
 from .layers import (
+    _EMPTY_STARTS,
     OUTPUT_ACTIVATIONS,
     JordanSpec,
     LayerSpec,
+    _empty,
     _layer_backward,
     _layer_forward,
+    _new_states,
     _take,
     default_block_rows,
     fused_weight_gradients,
@@ -586,6 +589,13 @@ class Network:
         pool = getattr(self._local, "pool", None)
         if pool is None:
             pool = self._local.pool = {}
+        key = _InferencePlan.key_of(X, packing, n_threads, block_rows,
+                                    return_sequences)
+        ready = pool.get("inference")
+        if ready is not None and ready.key == key and initial_state is None:
+            out = ready.run(X, packing)
+            if out is not None:
+                return out
         if isinstance(X, SequenceInput):
             X = self._read_in_place(X, packing)
         else:
@@ -596,12 +606,21 @@ class Network:
         # states, and the top layer need not keep its outputs at every step
         last_steps = not return_sequences and self.jordan is None
         with _checks.finite_checks(False):
-            top, states, _ = self._stack_forward(
+            top, states, (_, _, checked) = self._stack_forward(
                 X, packing, initial_state, None, 0.0, None, n_threads, block_rows,
                 pool, keep_cache=False, checked=checked, last_steps=last_steps)
         feats, rows = ((top, None) if last_steps
                        else self._gather_top(top, packing, return_sequences))
         Z, Y, _ = self._head(feats, rows, pool)
+        # the next calls like this one (predict's batches) skip the checks
+        # and the setup that hold for them too: made at the second call in a
+        # row of the same key, so that calls alternating between two batch
+        # shapes do not make one at every call
+        if key is not None and _InferencePlan.possible(self, pool, X, key,
+                                                       initial_state, checked):
+            if pool.get("inference_key") == key:
+                pool["inference"] = _InferencePlan(self, pool, packing, key)
+            pool["inference_key"] = key
         return Z, Y, states
 
     def loss_gradient(self, X, packing, targets, loss, *, sample_weight=None,
@@ -857,8 +876,135 @@ class Network:
 # helpers
 # ----------------------------------------------------------------------
 
-# what Network.__getstate__ stores besides the parameters: the constructor's
-# arguments, with a check of each one's type
+class _InferencePlan:
+    """A forward pass made ready for repeated inference calls on batches of
+    one shape (``predict``'s batches, a forecaster's windows): the kernel's
+    arguments for each layer of a unidirectional stack (not Jordan, not token
+    input) but the input and the states, read once (``_cells.ForwardArgs``),
+    and the output layer's.
+
+    ``Network.forward`` makes one after the second call in a row of the same
+    ``key`` (``key_of``) whose arguments it checked in full
+    (``_layer_args_checked``, ``_input_checked``), from the layers'
+    ``_ForwardPlan`` of that call. It uses it for the calls of that key
+    without initial states while the parameters are the same arrays, of
+    the same shapes, dtype and strides (their values may change); ``run``
+    checks those and this call's input, as ``forward`` would (its type,
+    dtype, layout, bounds and finite values), and returns None where
+    anything differs: ``forward`` then takes its general path, which raises
+    the error if there is one. The results are the same bits: the same
+    kernels with the same arguments.
+    """
+
+    def __init__(self, net, pool, packing, key):
+        self.net = net
+        self.key = key
+        n_threads = key[1]
+        # the kernels read the plan's own copy of the checked packing
+        batch_sizes, offsets = packing.batch_sizes.copy(), packing.offsets.copy()
+        self.weights = net.weights
+        self.arrays = tuple(net.weights.values())
+        self.layout = [(a.shape, a.dtype, a.strides) for a in self.arrays]
+        self.n_input = net.specs[0][0][0].n_input
+        self.n_sequences = packing.n_sequences
+        self.layers = []
+        for k, ((spec, sfx),) in enumerate(net.specs):
+            plan = pool[sfx]["forward_plan"]
+            w = net._layer(net.weights, sfx)
+            args = plan.bind(w, batch_sizes, offsets, n_threads)
+            args[plan.SLOTS["mask"]] = _empty(net.dtype)
+            # the input and the states of each call are put in by run
+            for name in ("X", "h", "c"):
+                args[plan.SLOTS[name]] = _empty(net.dtype)
+            x = None if k == 0 else self.layers[-1][2].H
+            self.layers.append((spec, _cells.ForwardArgs(args), plan, w, x))
+        self.head_pack = pool["head"]["wpack"]
+
+    @staticmethod
+    def key_of(X, packing, n_threads, block_rows, return_sequences):
+        """What a call has to share with the checked one for a plan to
+        apply: the packing's contents (None where its arrays are not of
+        intp, as the checks require), the thread count, block size and
+        output rows, and the input's form."""
+        arrays = (packing.lengths, packing.batch_sizes, packing.offsets)
+        if not all(type(a) is np.ndarray and a.dtype == np.intp for a in arrays):
+            return None
+        return (tuple(a.tobytes() for a in arrays), n_threads, block_rows,
+                return_sequences, isinstance(X, SequenceInput))
+
+    @staticmethod
+    def possible(net, pool, X, key, initial_state, checked):
+        """Whether the call of ``key`` that ``forward`` has just made, its
+        input ``X`` as the first layer read it (``checked``: see above), may
+        be made ready: a unidirectional stack that computes each layer's
+        input product step by step, the input read in the form it was given
+        (in place for a ``SequenceInput``, not a packed copy of it)."""
+        if not (checked and initial_state is None and net.jordan is None
+                and net.embedding_dim is None and not net.token_input
+                and not isinstance(X, TokenInput)
+                and all(len(layer) == 1 for layer in net.specs)):
+            return False
+        plans = [pool[sfx]["forward_plan"] for ((_, sfx),) in net.specs]
+        in_place = key[4]
+        return (all(plan.fuse_input for plan in plans)
+                and isinstance(X, SequenceInput) == in_place == plans[0].in_place)
+
+    def _input(self, X, packing):
+        """This call's input and its starts, if the first layer reads it as it
+        read the checked call's (values checked), else None."""
+        net = self.net
+        if self.key[4]:
+            if type(X) is not SequenceInput:
+                return None
+            data, starts = X.data, X.starts
+            if not (type(data) is np.ndarray and data.ndim == 2
+                    and data.dtype == net.dtype and data.shape[1] == self.n_input
+                    and data.flags.c_contiguous and data.flags.writeable
+                    and type(starts) is np.ndarray and starts.dtype == np.intp
+                    and starts.shape == (self.n_sequences,)
+                    and starts.flags.c_contiguous):
+                return None
+            if (_dense.first_sequence_outside(starts, packing.lengths, len(data)) >= 0
+                    or not _dense.all_finite_rows(data, starts, packing.lengths)):
+                return None
+            return data, starts
+        if not (type(X) is np.ndarray and X.dtype == net.dtype
+                and X.shape == (packing.n_rows, self.n_input)
+                and X.flags.c_contiguous and X.flags.writeable
+                and _dense.all_finite(X)):
+            return None
+        return X, _EMPTY_STARTS
+
+    def run(self, X, packing):
+        """``Network.forward``'s ``(Z, Y, states)`` for a call of this plan's
+        key without initial states, or None where what was checked no
+        longer holds."""
+        net = self.net
+        if (net.weights is not self.weights
+                or len(net.weights) != len(self.arrays)
+                or any(a is not b for a, b in zip(net.weights.values(), self.arrays))
+                or [(a.shape, a.dtype, a.strides) for a in self.arrays] != self.layout):
+            return None
+        inp = self._input(X, packing)
+        if inp is None:
+            return None
+        B, dtype = self.n_sequences, net.dtype
+        X, starts = inp
+        states = []
+        for spec, call, plan, w, x in self.layers:
+            plan.add_biases(w)
+            h, c = _new_states(spec, B, dtype)
+            if x is not None:
+                X, starts = x, _EMPTY_STARTS
+            _cells.run_forward(call, X, starts, h, c)
+            states.append([(h, c)])
+        top = plan.H if self.key[3] else h
+        W, b = net.weights["output.weight"], net.weights["output.bias"]
+        Z = np.empty((len(top), len(W)), dtype)
+        _dense.linear(top, W, b, Z, self.head_pack, 1)
+        return Z, _activate(Z, net.output_activation), states
+
+
 def _not_finite():
     raise ValueError("X contains NaN or infinity; remove or impute those values "
                      "first")
@@ -873,6 +1019,8 @@ def _is_bool(value):
     return isinstance(value, (bool, np.bool_))
 
 
+# what Network.__getstate__ stores besides the parameters: the constructor's
+# arguments, with a check of each one's type
 _STATE_CONFIG = {
     "cell": lambda v: isinstance(v, str),
     "n_input": _is_int,

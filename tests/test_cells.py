@@ -1012,17 +1012,64 @@ def test_layer_forward_without_outputs(c):
         layers._layer_forward(spec, w, X, pk.batch_sizes, pk.offsets, h0, c0,
                               None, 1, 8, pool, False)
         plan = pool["forward_plan"]
-        args = plan.args.copy()
+        args, at = plan.bind(w, pk.batch_sizes, pk.offsets, 1), plan.SLOTS
         at_h = next(i for i, a in enumerate(args) if a is plan.H)
         args[at_h] = np.empty((0, 0), np.float32)
-        at = layers._ForwardPlan.SLOTS
-        for k, v in dict(batch_sizes=pk.batch_sizes, offsets=pk.offsets, X=X,
-                         W_ih=w["weight_ih"], b_ih=w["bias_ih"],
-                         W_hh=w["weight_hh"], b_hh=w["bias_hh"], h=h0.copy(),
-                         n_threads=1).items():
-            args[at[k]] = v
+        args[at["X"]], args[at["h"]] = X, h0.copy()
+        args[at["mask"]] = args[at["c"]] = np.empty((0, 0), np.float32)
         with pytest.raises(ValueError, match="gru needs H_out"):
             _cells.recurrent_forward(*args)
+
+
+@pytest.mark.parametrize("c", REPRESENTATIVE, ids=cfg_id)
+def test_forward_made_ready(c):
+    """A call made ready (``ForwardArgs``) and run on other inputs and
+    states (``run_forward``, the network's inference plan) gives the bits of
+    ``recurrent_forward`` with those arguments; ``run_forward`` refuses
+    arrays of the other dtype and sizes that differ from the call's."""
+    from pyx_rnn import _cells, layers
+    pb = layer_problem(c, THREAD_LENGTHS, seed=65)
+    spec = spec_of(c)
+    X, pk = pack(pb["seqs"], np.float32)
+    w = {k: v.astype(np.float32) for k, v in pb["params"].items()}
+    h0, c0, _ = [_sel(pb[k], pk.order, np.float32) for k in ("h0", "c0", "mask")]
+    pool = {}
+    layers._layer_forward(spec, w, X, pk.batch_sizes, pk.offsets, None, None,
+                          None, 2, 8, pool, False)
+    plan, at = pool["forward_plan"], layers._ForwardPlan.SLOTS
+    plan.add_biases(w)
+    args = plan.bind(w, pk.batch_sizes, pk.offsets, 2)
+    empty = np.empty((0, 0), np.float32)
+    args[at["mask"]] = args[at["X"]] = args[at["h"]] = args[at["c"]] = empty
+    call = _cells.ForwardArgs(args)
+    lstm = spec.cell == "lstm"
+    for k in range(2):
+        Xk = X + k
+        h, cc = h0.copy(), (c0.copy() if lstm else empty)
+        _cells.run_forward(call, Xk, layers._EMPTY_STARTS, h, cc)
+        H = plan.H.copy()
+        ref = list(args)
+        ref[at["X"]], ref[at["h"]] = Xk, h0.copy()
+        ref[at["c"]] = c0.copy() if lstm else empty
+        _cells.recurrent_forward(*ref)
+        assert_array_equal(h, ref[at["h"]], strict=True)
+        assert_array_equal(cc, ref[at["c"]], strict=True)
+        assert_array_equal(H, plan.H, strict=True)
+    h, cc = h0.copy(), (c0.copy() if lstm else empty)
+    with pytest.raises(TypeError, match="8-byte floats"):
+        _cells.run_forward(call, X.astype(np.float64), layers._EMPTY_STARTS,
+                           h.astype(np.float64), cc.astype(np.float64))
+    starts = np.zeros(pk.n_sequences - 1, np.intp)
+    for bad_x, bad_starts in ((X[:-1], layers._EMPTY_STARTS),
+                              (X[:, :-1].copy(), layers._EMPTY_STARTS),
+                              (X, starts)):
+        with pytest.raises(ValueError, match="run_forward: X of shape"):
+            _cells.run_forward(call, bad_x, bad_starts, h, cc)
+    with pytest.raises(ValueError, match="run_forward: states"):
+        _cells.run_forward(call, X, layers._EMPTY_STARTS, h[:-1], cc)
+    with pytest.raises(ValueError, match="run_forward: states"):
+        _cells.run_forward(call, X, layers._EMPTY_STARTS, h,
+                           h0[:, :-1].copy() if lstm else h.copy())
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 13), (32, 32), (5, 16)])

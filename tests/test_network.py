@@ -1361,3 +1361,179 @@ def test_forward_reads_the_last_steps_from_the_final_states(cell, kw, dtype):
     assert_array_equal(Y, net._head(feats, rows, {})[1])
     for a, b in zip(flat_states(states, net), flat_states(states2, net)):
         assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------
+# 11. repeated inference calls made ready (Network's inference plan)
+# ---------------------------------------------------------------------------
+
+def _forward_ready(net, monkeypatch, *args, **kw):
+    """``net.forward`` that must not take the general path: the inference
+    plan answers it, or the general path's first check raises."""
+    def general(*a, **k):
+        raise AssertionError("forward took the general path")
+    with monkeypatch.context() as m:
+        m.setattr(Network, "_layer_args_checked", general)
+        return net.forward(*args, **kw)
+
+
+def _assert_same_outputs(a, b, net):
+    for x, y in zip(a[:2], b[:2]):
+        assert_array_equal(x, y, strict=True)
+    for x, y in zip(flat_states(a[2], net), flat_states(b[2], net)):
+        assert_array_equal(x, y, strict=True)
+
+
+READY_CASES = [
+    pytest.param("lstm", (8,), {}, id="lstm"),
+    pytest.param("lstm", (8, 6), {}, id="lstm-2-layers"),
+    pytest.param("rnn", (8, 6), dict(activation="relu"), id="rnn-relu"),
+    pytest.param("gru", (8, 6), {}, id="gru"),
+    pytest.param("gru", (8,), dict(reset_after=False), id="gru-reset-before"),
+    pytest.param("lstm", (8,), dict(peephole=True, layer_norm=True), id="lstm-ln"),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rs", [False, True], ids=["last", "seq"])
+@pytest.mark.parametrize("cell, hidden, kw", READY_CASES)
+def test_inference_plan_gives_the_same_bits(cell, hidden, kw, rs, dtype,
+                                            monkeypatch):
+    """From the second call in a row of one batch shape, forward runs a plan
+    made ready from the checked call: the same bits as the general path (Z,
+    Y and every final state), for input in place and packed, at 1 and 2
+    threads, on other batches of that shape too; new output arrays at each
+    call."""
+    lengths = [7, 3, 9, 1, 5, 9, 2, 6, 4, 8]
+    X, pk, inp = _in_place_problem(lengths, 5, dtype)
+    net = Network(cell, 5, hidden, 2, dtype=dtype, **kw)
+    net.init_weights(np.random.default_rng(0))
+    for n_threads in (1, 2):
+        for given in (inp, X):
+            net._local.pool = {}
+            args = (given, pk)
+            kw = dict(return_sequences=rs, n_threads=n_threads, block_rows=3)
+            first = net.forward(*args, **kw)
+            assert net._local.pool.get("inference") is None
+            second = net.forward(*args, **kw)
+            assert net._local.pool["inference"] is not None
+            third = _forward_ready(net, monkeypatch, *args, **kw)
+            _assert_same_outputs(first, second, net)
+            _assert_same_outputs(first, third, net)
+            assert third[1] is not second[1]
+            assert not np.shares_memory(third[2][-1][0][0], second[2][-1][0][0])
+    # another batch of the same packing, read in place from other rows
+    _, _, other = _in_place_problem(lengths, 5, dtype, seed=4)
+    for _ in range(2):
+        net.forward(inp, pk, **kw)
+    ready = _forward_ready(net, monkeypatch, other, pk, **kw)
+    net._local.pool = {}
+    _assert_same_outputs(net.forward(other, pk, **kw), ready, net)
+
+
+def test_inference_plan_follows_the_parameters(monkeypatch):
+    """The plan reads the parameters' current values at every call (they
+    change in place in training), and is not used once a parameter array
+    is replaced, or changes shape or dtype."""
+    X, pk, inp = _in_place_problem([4, 6, 2, 5], N_IN, np.float64)
+    net = make_net("lstm", (5, 4), 2)
+    for _ in range(2):
+        net.forward(inp, pk)
+    net.params += 0.05
+    fresh = make_net("lstm", (5, 4), 2)
+    fresh.params[...] = net.params
+    _assert_same_outputs(_forward_ready(net, monkeypatch, inp, pk),
+                         fresh.forward(inp, pk), net)
+    # a replaced array: the general path, with its values
+    name = "bias_hh_l1"
+    net.weights[name] = net.weights[name] + 1.0
+    with pytest.raises(AssertionError, match="general path"):
+        _forward_ready(net, monkeypatch, inp, pk)
+    fresh.weights[name] += 1.0
+    assert_array_equal(net.forward(inp, pk)[1], fresh.forward(inp, pk)[1])
+    # made again at the next call of the key, with the new array
+    _assert_same_outputs(_forward_ready(net, monkeypatch, inp, pk),
+                         fresh.forward(inp, pk), net)
+    for change in ("shape", "dtype"):
+        other = make_net("lstm", (5, 4), 2)
+        for _ in range(2):
+            other.forward(inp, pk)
+        w = other.weights["weight_hh_l0"]
+        if change == "shape":
+            w.shape = (5, 20)
+        else:
+            w.dtype = np.int64
+        with pytest.raises((ValueError, TypeError), match="weight_hh"):
+            other.forward(inp, pk)
+
+
+def test_inference_plan_checks_each_input(monkeypatch):
+    """With a plan made, the input of every call is still checked as the
+    general path checks it (the same errors); calls that differ from the
+    plan's in their packing, thread count, input form or dtype, or that
+    give initial states, take the general path, with its results."""
+    X, pk, inp = _in_place_problem([4, 6, 2], N_IN, np.float64)
+    net = make_net("lstm", (5,), 2)
+    for _ in range(2):
+        Y = net.forward(inp, pk)[1]
+    plan = net._local.pool["inference"]
+    n = len(inp.data)
+    for starts, match in ((np.where(np.arange(3) == 0, n - 5, inp.starts),
+                           f"sequence 0 .*has {n} rows"),
+                          (inp.starts[:2], "one entry per sequence")):
+        with pytest.raises(ValueError, match=match):
+            net.forward(SequenceInput(inp.data, starts), pk)
+    data = inp.data.copy()
+    data[inp.starts[0] + 5, 0] = np.inf   # the last step of the longest
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        net.forward(SequenceInput(data, inp.starts), pk)
+    assert net._local.pool["inference"] is plan
+    general = []
+    monkeypatch.setattr(Network, "_layer_args_checked",
+                        lambda *a, _f=Network._layer_args_checked, **k:
+                        general.append(1) or _f(*a, **k))
+    h0 = [[(np.zeros((3, 5)), np.zeros((3, 5)))]]
+    other_pk = Packing.from_lengths([3, 6, 2])   # rows within inp's
+    calls = [
+        (lambda: net.forward(inp, pk, initial_state=h0), Y),
+        (lambda: net.forward(inp, pk, n_threads=2), Y),
+        (lambda: net.forward(X, pk), Y),
+        (lambda: net.forward(SequenceInput(inp.data.astype(np.float32),
+                                           inp.starts), pk),
+         net.forward(SequenceInput(inp.data.astype(np.float32), inp.starts),
+                     pk)[1]),
+        (lambda: net.forward(inp, other_pk),
+         make_net("lstm", (5,), 2).forward(inp.packed(other_pk), other_pk)[1]),
+    ]
+    for call, expected in calls:
+        general.clear()
+        net._local.pool["inference_key"] = None
+        assert_array_equal(call()[1], expected)
+        assert general == [1]
+    net._local.pool["inference"] = plan
+    general.clear()
+    assert_array_equal(net.forward(inp, pk)[1], Y)
+    assert general == []
+
+
+def test_inference_plan_only_where_it_applies():
+    """No plan for calls alternating between two batch shapes (it would be
+    made at every call), nor for a bidirectional, Jordan or token network."""
+    X, pk, inp = _in_place_problem([4, 6, 2], N_IN, np.float64)
+    X2, pk2, inp2 = _in_place_problem([3, 5], N_IN, np.float64)
+    net = make_net("gru", (5,), 2)
+    for _ in range(3):
+        net.forward(inp, pk)
+        net.forward(inp2, pk2)
+    assert net._local.pool.get("inference") is None
+    for cell, kw in (("lstm", dict(bidirectional=True)), ("jordan", {})):
+        other = make_net(cell, (5,), 2, **kw)
+        for _ in range(3):
+            other.forward(inp, pk)
+        assert other._local.pool.get("inference") is None
+    tokens = Network("lstm", 4, (3,), 1, token_input=True)
+    from pyx_rnn.tokens import TokenInput
+    ids = TokenInput(np.zeros(pk.n_rows, np.intp), np.ones(pk.n_rows))
+    for _ in range(3):
+        tokens.forward(ids, pk)
+    assert tokens._local.pool.get("inference") is None
