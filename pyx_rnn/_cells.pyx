@@ -657,17 +657,17 @@ cdef class ForwardArgs:
 
     ``ForwardArgs(args)``, ``args`` being ``recurrent_forward``'s arguments;
     the input, its starts and the states in them are placeholders (of the
-    right dtype; they may be empty). It keeps ``args``, and so its arrays,
-    alive; the arrays must keep their shapes and their data (their values
-    may change: the weights are read, and packed, at every call).
+    right dtype; they may be empty). It keeps them (a tuple), and so its
+    arrays, alive; the arrays must keep their shapes and their data (their
+    values may change: the weights are read, and packed, at every call).
     """
     cdef ForwardCall a
-    cdef readonly list args
+    cdef readonly tuple args
     cdef Py_ssize_t itemsize, n_rows
     cdef int n_input, n_steps
 
-    def __init__(self, list args):
-        self.args = list(args)
+    def __init__(self, args):
+        self.args = tuple(args)
         recurrent_forward(*self.args, prepare=self)
 
 

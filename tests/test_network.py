@@ -16,6 +16,9 @@
 10. Input read in place (``SequenceInput``), and sequence-to-one inference
     from the top layer's final states: the bits of packed input and of the
     outputs kept at every step.
+11. Repeated inference calls made ready (the inference plan): the bits of
+    the general path; the parameters' current values; every input checked;
+    the general path wherever a call differs.
 """
 
 import numpy as np
