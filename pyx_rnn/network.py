@@ -589,7 +589,7 @@ class Network:
         pool = getattr(self._local, "pool", None)
         if pool is None:
             pool = self._local.pool = {}
-        key = _InferencePlan.key_of(X, packing, n_threads, block_rows,
+        key = _InferencePlan.key_of(self, X, packing, n_threads, block_rows,
                                     return_sequences)
         ready = pool.get("inference")
         if ready is not None and ready.key == key and initial_state is None:
@@ -921,12 +921,17 @@ class _InferencePlan:
         self.head_pack = pool["head"]["wpack"]
 
     @staticmethod
-    def key_of(X, packing, n_threads, block_rows, return_sequences):
+    def key_of(net, X, packing, n_threads, block_rows, return_sequences):
         """What a call has to share with the checked one for a plan to
-        apply: the packing's contents (None where its arrays are not of
-        intp, as the checks require), the thread count, block size and
-        output rows, and the input's form."""
-        arrays = (packing.lengths, packing.batch_sizes, packing.offsets)
+        apply: the packing's contents, the thread count, block size and
+        output rows, and the input's form. None where no plan can apply: a
+        network the plans do not cover (see ``possible``), or a packing
+        whose arrays are not of intp, as the checks require."""
+        if (net.jordan is not None or net.embedding_dim is not None
+                or net.token_input or net.bidirectional):
+            return None
+        arrays = [getattr(packing, name, None)
+                  for name in ("lengths", "batch_sizes", "offsets")]
         if not all(type(a) is np.ndarray and a.dtype == np.intp for a in arrays):
             return None
         return (tuple(a.tobytes() for a in arrays), n_threads, block_rows,
