@@ -1092,6 +1092,28 @@ def test_predict_reads_the_steps_in_place(dtype, return_sequences, monkeypatch):
         assert_array_equal(got[packing.order], Y[:, 0].astype(np.float64))
 
 
+def test_predict_after_partial_fit_reads_the_new_weights(monkeypatch):
+    """predict's batches of one shape run the network's inference plan; a
+    partial_fit in between (the weights change in place) is seen: the next
+    predict gives the bits of a copy of the model that never predicted."""
+    import copy
+
+    from sklearn_rnn import _base
+    rng = np.random.RandomState(0)
+    X = rng.uniform(size=(64, 6, 2))
+    y = X.sum(axis=(1, 2))
+    monkeypatch.setattr(_base, "PREDICT_CHUNK", 16)
+    reg = small_regressor(cell="lstm", max_iter=2).fit(X, y)
+    reg.predict(X)
+    assert reg._network._local.pool.get("inference") is not None
+    reg.partial_fit(X, y)
+    fresh = copy.deepcopy(reg)
+    assert getattr(fresh._network._local, "pool", None) is None
+    assert_array_equal(reg.predict(X), fresh.predict(X))
+    assert not np.array_equal(reg.predict(X), small_regressor(
+        cell="lstm", max_iter=2).fit(X, y).predict(X))
+
+
 # ---------------------------------------------------------------------------
 # 6. bad input
 # ---------------------------------------------------------------------------
