@@ -899,7 +899,7 @@ class _InferencePlan:
     def __init__(self, net, pool, packing, key):
         self.net = net
         self.key = key
-        n_threads = key[1]
+        _, n_threads, _, self.return_sequences, self.in_place = key
         # the kernels read the plan's own copy of the checked packing
         batch_sizes, offsets = packing.batch_sizes.copy(), packing.offsets.copy()
         self.weights = net.weights
@@ -950,7 +950,7 @@ class _InferencePlan:
                 and all(len(layer) == 1 for layer in net.specs)):
             return False
         plans = [pool[sfx]["forward_plan"] for ((_, sfx),) in net.specs]
-        in_place = key[4]
+        in_place = key[4]   # the form the call gave its input in (key_of)
         return (all(plan.fuse_input for plan in plans)
                 and isinstance(X, SequenceInput) == in_place == plans[0].in_place)
 
@@ -958,7 +958,7 @@ class _InferencePlan:
         """This call's input and its starts, if the first layer reads it as it
         read the checked call's (values checked), else None."""
         net = self.net
-        if self.key[4]:
+        if self.in_place:
             if type(X) is not SequenceInput:
                 return None
             data, starts = X.data, X.starts
@@ -1003,7 +1003,7 @@ class _InferencePlan:
                 X, starts = x, _EMPTY_STARTS
             _cells.run_forward(call, X, starts, h, c)
             states.append([(h, c)])
-        top = plan.H if self.key[3] else h
+        top = plan.H if self.return_sequences else h
         W, b = net.weights["output.weight"], net.weights["output.bias"]
         Z = np.empty((len(top), len(W)), dtype)
         _dense.linear(top, W, b, Z, self.head_pack, 1)
