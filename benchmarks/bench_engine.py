@@ -201,9 +201,9 @@ def _collect(into, timings):
             value if isinstance(value, list) else [value])
 
 
-def _round_ratio(rounds, anchor_keys, our_key):
-    """Median over the rounds of (the fastest of the anchors' ``anchor_keys``
-    in that round) / (ours in that round); each round is a dict of lists."""
+def _round_ratios(rounds, anchor_keys, our_key):
+    """Per round, (the fastest of the anchors' ``anchor_keys`` in that round)
+    / (ours in that round); each round is a dict of lists."""
     ratios = []
     for ours, theirs in rounds:
         anchors = [_median(theirs.get(k)) for k in anchor_keys]
@@ -211,7 +211,12 @@ def _round_ratio(rounds, anchor_keys, our_key):
         mine = _median(ours.get(our_key))
         if anchors and mine:
             ratios.append(min(anchors) / mine)
-    return _median(ratios)
+    return ratios
+
+
+def _round_ratio(rounds, anchor_keys, our_key):
+    """The median over the rounds of ``_round_ratios``."""
+    return _median(_round_ratios(rounds, anchor_keys, our_key))
 
 
 def run(names, n_threads, repeats, packed, onnx, estimator, rounds=1):
@@ -240,14 +245,19 @@ def run(names, n_threads, repeats, packed, onnx, estimator, rounds=1):
                     "onnxruntime_inference_s", "torch_packed_train_epoch_s"):
             row[key] = _median(theirs.get(key))
         row["rounds"] = rounds
-        row["train_ratio"] = _round_ratio(per_round, ["torch_train_epoch_s"],
-                                          "train_epoch_s")
-        row["inference_ratio"] = _round_ratio(
-            per_round, ["torch_inference_s", "onnxruntime_inference_s"],
-            "inference_s")
+        # each ratio is the median of the rounds' ratios, which are kept too
+        # (results.json), to show how much the machine moved them
+        ratios = dict(
+            train_ratio=(["torch_train_epoch_s"], "train_epoch_s"),
+            inference_ratio=(["torch_inference_s", "onnxruntime_inference_s"],
+                             "inference_s"))
         if packed:
-            row["packed_train_ratio"] = _round_ratio(
-                per_round, ["torch_packed_train_epoch_s"], "packed_train_epoch_s")
+            ratios["packed_train_ratio"] = (["torch_packed_train_epoch_s"],
+                                            "packed_train_epoch_s")
+        for name, (anchor_keys, our_key) in ratios.items():
+            per = _round_ratios(per_round, anchor_keys, our_key)
+            row[name] = _median(per)
+            row[name + "_per_round"] = per
         flops = train_flops_per_epoch(w)
         row["train_gflops"] = flops / row["train_epoch_s"] / 1e9
         if row.get("torch_train_epoch_s"):
@@ -352,6 +362,14 @@ def markdown_table(rows, peak=None):
                 f"{100 * r['train_gflops'] / peak:.0f}% | "
                 f"{_fmt(torch_gf, 0)} | "
                 f"{'n/a' if torch_gf is None else f'{100 * torch_gf / peak:.0f}%'} |")
+    spread = [r for r in rows if len(r.get("train_ratio_per_round") or []) > 1]
+    if spread:
+        lines += ["", "The ratios of each round (the tables give their median), "
+                  "training; inference:", ""]
+        for r in spread:
+            lines.append(f"* {r['workload']}: " + "; ".join(
+                ", ".join(f"{v:.2f}" for v in r.get(key) or [])
+                for key in ("train_ratio_per_round", "inference_ratio_per_round")))
     est = [r for r in rows if r.get("estimator_epoch_s") is not None]
     for r in est:
         lines += ["", f"`RNNRegressor.fit` on {r['workload']}: "
