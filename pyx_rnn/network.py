@@ -326,9 +326,16 @@ class Network:
         without a copy (see ``_layer_args_checked``)."""
         if isinstance(X, SequenceInput):
             return True     # as _read_in_place made it
-        return (type(X) is np.ndarray and X.dtype == self.dtype
-                and X.shape == (packing.n_rows, self.specs[0][0][0].n_input)
-                and X.flags.c_contiguous and X.flags.writeable)
+        return (type(X) is np.ndarray and X.shape[:1] == (packing.n_rows,)
+                and self._rows_as_they_are(X))
+
+    def _rows_as_they_are(self, data):
+        """Whether the first layer reads the rows of the 2-D array ``data``
+        without a copy: of the network's dtype and input width, C-contiguous
+        and writable (the kernels' memoryviews)."""
+        return (data.ndim == 2 and data.dtype == self.dtype
+                and data.shape[1] == self.specs[0][0][0].n_input
+                and data.flags.c_contiguous and data.flags.writeable)
 
     def _stack_forward(self, X, packing, states, rmasks, dropout, rng, n_threads,
                        block_rows, pool=None, keep_cache=True, checked=False,
@@ -709,9 +716,7 @@ class Network:
                 f"which has {len(data)} rows; starts are in packed order, and "
                 f"each sequence must lie wholly in data")
         X = SequenceInput(data, starts)
-        if not (self.jordan is None and data.dtype == self.dtype
-                and data.shape[1] == self.specs[0][0][0].n_input
-                and data.flags.c_contiguous and data.flags.writeable):
+        if not (self.jordan is None and self._rows_as_they_are(data)):
             # in the network's dtype, as the layers would convert packed rows
             X = X.packed(packing).astype(self.dtype, copy=False)
             self._check_input(X)
@@ -905,19 +910,16 @@ class _InferencePlan:
         self.weights = net.weights
         self.arrays = tuple(net.weights.values())
         self.layout = [(a.shape, a.dtype, a.strides) for a in self.arrays]
-        self.n_input = net.specs[0][0][0].n_input
         self.n_sequences = packing.n_sequences
         self.layers = []
-        for k, ((spec, sfx),) in enumerate(net.specs):
+        for ((spec, sfx),) in net.specs:
             plan = pool[sfx]["forward_plan"]
             w = net._layer(net.weights, sfx)
             args = plan.bind(w, batch_sizes, offsets, n_threads)
-            args[plan.SLOTS["mask"]] = _empty(net.dtype)
-            # the input and the states of each call are put in by run
-            for name in ("X", "h", "c"):
+            # no mask; the input (empty in args) and the states are run's
+            for name in ("mask", "h", "c"):
                 args[plan.SLOTS[name]] = _empty(net.dtype)
-            x = None if k == 0 else self.layers[-1][2].H
-            self.layers.append((spec, _cells.ForwardArgs(args), plan, w, x))
+            self.layers.append((spec, _cells.ForwardArgs(args), plan, w))
         self.head_pack = pool["head"]["wpack"]
 
     @staticmethod
@@ -939,15 +941,13 @@ class _InferencePlan:
 
     @staticmethod
     def possible(net, pool, X, key, initial_state, checked):
-        """Whether the call of ``key`` that ``forward`` has just made, its
-        input ``X`` as the first layer read it (``checked``: see above), may
-        be made ready: a unidirectional stack that computes each layer's
-        input product step by step, the input read in the form it was given
-        (in place for a ``SequenceInput``, not a packed copy of it)."""
-        if not (checked and initial_state is None and net.jordan is None
-                and net.embedding_dim is None and not net.token_input
-                and not isinstance(X, TokenInput)
-                and all(len(layer) == 1 for layer in net.specs)):
+        """Whether the call of ``key`` (not None: a network ``key_of``
+        covers) that ``forward`` has just made, its input ``X`` as the first
+        layer read it (``checked``: see above), may be made ready: every
+        layer computes its input product step by step (not token input),
+        and the input was read in the form it was given (in place for a
+        ``SequenceInput``, not a packed copy of it)."""
+        if not checked or initial_state is not None:
             return False
         plans = [pool[sfx]["forward_plan"] for ((_, sfx),) in net.specs]
         in_place = key[4]   # the form the call gave its input in (key_of)
@@ -962,9 +962,7 @@ class _InferencePlan:
             if type(X) is not SequenceInput:
                 return None
             data, starts = X.data, X.starts
-            if not (type(data) is np.ndarray and data.ndim == 2
-                    and data.dtype == net.dtype and data.shape[1] == self.n_input
-                    and data.flags.c_contiguous and data.flags.writeable
+            if not (type(data) is np.ndarray and net._rows_as_they_are(data)
                     and type(starts) is np.ndarray and starts.dtype == np.intp
                     and starts.shape == (self.n_sequences,)
                     and starts.flags.c_contiguous):
@@ -973,10 +971,7 @@ class _InferencePlan:
                     or not _dense.all_finite_rows(data, starts, packing.lengths)):
                 return None
             return data, starts
-        if not (type(X) is np.ndarray and X.dtype == net.dtype
-                and X.shape == (packing.n_rows, self.n_input)
-                and X.flags.c_contiguous and X.flags.writeable
-                and _dense.all_finite(X)):
+        if not (net._input_checked(X, packing) and _dense.all_finite(X)):
             return None
         return X, _EMPTY_STARTS
 
@@ -996,13 +991,13 @@ class _InferencePlan:
         B, dtype = self.n_sequences, net.dtype
         X, starts = inp
         states = []
-        for spec, call, plan, w, x in self.layers:
+        for spec, call, plan, w in self.layers:
             plan.add_biases(w)
             h, c = _new_states(spec, B, dtype)
-            if x is not None:
-                X, starts = x, _EMPTY_STARTS
             _cells.run_forward(call, X, starts, h, c)
             states.append([(h, c)])
+            # the next layer reads this one's outputs, packed
+            X, starts = plan.H, _EMPTY_STARTS
         top = plan.H if self.return_sequences else h
         W, b = net.weights["output.weight"], net.weights["output.bias"]
         Z = np.empty((len(top), len(W)), dtype)

@@ -1415,12 +1415,12 @@ def test_inference_plan_gives_the_same_bits(cell, hidden, kw, rs, dtype,
         for given in (inp, X):
             net._local.pool = {}
             args = (given, pk)
-            kw = dict(return_sequences=rs, n_threads=n_threads, block_rows=3)
-            first = net.forward(*args, **kw)
+            how = dict(return_sequences=rs, n_threads=n_threads, block_rows=3)
+            first = net.forward(*args, **how)
             assert net._local.pool.get("inference") is None
-            second = net.forward(*args, **kw)
+            second = net.forward(*args, **how)
             assert net._local.pool["inference"] is not None
-            third = _forward_ready(net, monkeypatch, *args, **kw)
+            third = _forward_ready(net, monkeypatch, *args, **how)
             _assert_same_outputs(first, second, net)
             _assert_same_outputs(first, third, net)
             assert third[1] is not second[1]
@@ -1428,10 +1428,10 @@ def test_inference_plan_gives_the_same_bits(cell, hidden, kw, rs, dtype,
     # another batch of the same packing, read in place from other rows
     _, _, other = _in_place_problem(lengths, 5, dtype, seed=4)
     for _ in range(2):
-        net.forward(inp, pk, **kw)
-    ready = _forward_ready(net, monkeypatch, other, pk, **kw)
+        net.forward(inp, pk, **how)
+    ready = _forward_ready(net, monkeypatch, other, pk, **how)
     net._local.pool = {}
-    _assert_same_outputs(net.forward(other, pk, **kw), ready, net)
+    _assert_same_outputs(net.forward(other, pk, **how), ready, net)
 
 
 def test_inference_plan_follows_the_parameters(monkeypatch):
@@ -1491,6 +1491,15 @@ def test_inference_plan_checks_each_input(monkeypatch):
     with pytest.raises(ValueError, match="NaN or infinity"):
         net.forward(SequenceInput(data, inp.starts), pk)
     assert net._local.pool["inference"] is plan
+    # packed input too, with a plan made for it
+    packed = make_net("lstm", (5,), 2)
+    for _ in range(2):
+        packed.forward(X, pk)
+    assert packed._local.pool["inference"] is not None
+    bad = X.copy()
+    bad[-1, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        packed.forward(bad, pk)
     general = []
     monkeypatch.setattr(Network, "_layer_args_checked",
                         lambda *a, _f=Network._layer_args_checked, **k:
