@@ -454,9 +454,13 @@ def test_every_cell_learns_the_sum(cell):
     X_test, y_test = sum_data(200, seed=1)
     # 100 epochs without early stopping: with the default n_iter_no_change,
     # a Jordan network can stop on a plateau (after 33-60 epochs at 0.82-0.88
-    # for 3 of 8 seeds), which a change of rounding moves from seed to seed;
-    # run to 100 epochs, all 8 seeds reach 0.956-0.985
-    reg = RNNRegressor(cell=cell, hidden_layer_sizes=(8,), learning_rate_init=0.02,
+    # for 3 of 8 seeds), which a change of rounding moves from seed to seed.
+    # At learning_rate_init=0.02 an Elman network oscillates: 3 of 8 seeds
+    # ended at 0.83-0.89 on an AMD Zen 5 machine, whose BLAS rounds
+    # differently from the Zen 4 and Intel machines before it.  At 0.01, all 8
+    # seeds of every cell reach 0.938 or more there (Elman 0.955-0.993,
+    # Jordan 0.938-0.986, LSTM and GRU 0.998 or more)
+    reg = RNNRegressor(cell=cell, hidden_layer_sizes=(8,), learning_rate_init=0.01,
                        max_iter=100, n_iter_no_change=100, **FAST).fit(X, y)
     assert reg.score(X_test, y_test) > 0.9
     # and training did the work: the untrained network is useless
@@ -891,6 +895,9 @@ def test_zero_sample_weight_equals_dropping_sequences():
 
 # A single Jordan layer carries only the output from step to step: one
 # sigmoid for a binary problem, too little memory for the sign of a sum.
+# Two Jordan layers at learning_rate_init=0.02 and 30 epochs scored 0.70-0.93
+# on the three classes over 8 seeds (seed 0: 0.747 on an AMD Zen 5 machine);
+# at 0.01 and 60 epochs, every seed of both cells scores 0.933 or more.
 @pytest.mark.parametrize("cell, hidden", [("lstm", (8,)), ("jordan", (8, 8))])
 def test_binary_and_multiclass_probabilities(cell, hidden):
     X, y = sum_data(150, n_steps=6, seed=5)
@@ -898,7 +905,7 @@ def test_binary_and_multiclass_probabilities(cell, hidden):
               "multiclass": np.digitize(y, [-1, 1])}
     for kind, target in labels.items():
         clf = small_classifier(cell=cell, hidden_layer_sizes=hidden,
-                               max_iter=30).fit(X, target)
+                               learning_rate_init=0.01, max_iter=60).fit(X, target)
         proba = clf.predict_proba(X)
         n_classes = len(np.unique(target))
         assert proba.shape == (150, n_classes)
