@@ -311,14 +311,25 @@ def machine_info(n_threads):
 
 
 def _cpu_model():
+    """The CPU's model name, with its family and model numbers and its widest
+    vector instructions: a virtual machine's name ("AMD EPYC") can stand for
+    CPUs of different generations, such as Zen 4 (family 25) and Zen 5 (26)."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return platform.processor()
+        return platform.processor()
+    name = fields.get("model name", platform.processor())
+    flags = fields.get("flags", "").split()
+    isa = ("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags
+           else None)
+    details = [f"family {fields['cpu family']} model {fields['model']}"
+               if "cpu family" in fields and "model" in fields else None, isa]
+    details = ", ".join(d for d in details if d)
+    return f"{name} ({details})" if details else name
 
 
 def _fmt(value, digits=3, suffix=""):
@@ -381,8 +392,8 @@ def markdown_table(rows, peak=None):
 def write(rows, info):
     with open(os.path.join(HERE, "results.json"), "w") as f:
         json.dump(dict(info=info, results=rows), f, indent=2)
-    header = (f"Measured {info['date']} on {info['processor']} ({info['cpu_count']} "
-              f"cores), {info['threads']} threads, float32; Python {info['python']}, "
+    header = (f"Measured {info['date']} on {info['processor']}, {info['cpu_count']} "
+              f"cores, {info['threads']} threads, float32; Python {info['python']}, "
               f"NumPy {info['numpy']}, SciPy {info['scipy']}, PyTorch {info['torch']}, "
               f"onnxruntime {info['onnxruntime']}. Ratios are anchor time / our time "
               f"(above 1: we are faster) within each of {info.get('rounds', 1)} "
