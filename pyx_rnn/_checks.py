@@ -391,11 +391,13 @@ def _validate_packing(bs, off, where):
             f"Packing.from_lengths")
 
 
-def _check_block_rows(block_rows, B, where):
-    """The resolved block size (the default when None)."""
+def _check_block_rows(block_rows, batch_sizes, where):
+    """The resolved block size (the default when None) for a checked
+    packing's ``batch_sizes``."""
+    B = int(batch_sizes[0])
     if block_rows is None:
         from .layers import default_block_rows
-        block_rows = default_block_rows(B)
+        block_rows = default_block_rows(batch_sizes)
     br = _integer(block_rows, "block_rows", where)
     _int32(B + br, "batch_sizes[0] + block_rows", where, "use a smaller block_rows")
     return br
@@ -643,7 +645,7 @@ def check_layer_forward_args(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
     _check_n_threads(n_threads, where)
     bs, off = _check_packing(batch_sizes, offsets, where)
     B, n_rows = int(bs[0]), int(off[-1])
-    br = _check_block_rows(block_rows, B, where)
+    br = _check_block_rows(block_rows, bs, where)
     tokens = _is_tokens(X)
     if tokens:
         X, dtype = _check_token_input(X, w, n_rows, n_in, where)
@@ -889,7 +891,7 @@ def check_jordan_forward_args(spec, ws, w_out, b_out, X, batch_sizes, offsets,
     _check_n_threads(n_threads, where)
     bs, off = _check_packing(batch_sizes, offsets, where)
     B, n_rows = int(bs[0]), int(off[-1])
-    br = _check_block_rows(block_rows, B, where)
+    br = _check_block_rows(block_rows, bs, where)
     tokens = _is_tokens(X)
     if tokens:
         w0 = _sequence(ws, "ws", L, where, "dicts of layer parameters")[0]

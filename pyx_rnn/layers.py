@@ -22,16 +22,29 @@ GATES = {"rnn": 1, "lstm": 4, "gru": 3, "jordan": 1}
 ACTIVATIONS = {"tanh": _cells.ACT_TANH, "relu": _cells.ACT_RELU}
 
 
-def default_block_rows(n_sequences):
-    """Sequences per parallel block: a function of the batch size only, so
-    that results do not depend on the thread count.
+def default_block_rows(batch_sizes):
+    """Sequences per parallel block, from a packing's ``batch_sizes``: a
+    function of the packing only (its number of sequences, and whether their
+    lengths differ), so that results do not depend on the thread count.
 
-    Each block's recurrent product is one BLAS call, which packs the whole
-    recurrent weight matrix: with fewer than ~32 rows the packing costs more
-    than the product. Two blocks for batches up to 128 sequences, blocks of
-    64 beyond.
+    Equal lengths: two blocks for batches up to 128 sequences, blocks of 64
+    beyond. Fewer rows per block make the product's tiles smaller, and where
+    the recurrent product is a BLAS call (above 512 units), that call packs
+    the whole recurrent weight matrix for each block and step.
+
+    Lengths that differ: a packing puts the longest sequences first, so two
+    blocks of consecutive rows hold unequal work (lengths uniform in
+    10..100: the first half of a batch holds 70% of its steps), and with two
+    threads the second waits for the first. Blocks of a quarter of the batch
+    (16 to 64 rows), each taken by whichever thread is free, even the work
+    out: on two threads, a training epoch of such batches of 64 sequences
+    took 19-23% less time with 128 units (LSTM, GRU, Elman), and the same
+    on one thread (``benchmarks/OPTIMISATIONS.md``, session 15).
     """
-    return int(min(64, max(16, -(-n_sequences // 2))))
+    B = int(batch_sizes[0])
+    if int(batch_sizes[-1]) == B:
+        return int(min(64, max(16, -(-B // 2))))
+    return int(min(64, max(16, -(-B // 4))))
 
 
 #: How the per-step recurrent product ``h_{t-1} @ W_hh.T`` (and its transpose
@@ -438,7 +451,7 @@ def _layer_forward(spec, w, X, batch_sizes, offsets, h0, c0, mask, n_threads,
     dtype = w["weight_ih"].dtype
     B = int(batch_sizes[0])
     if block_rows is None:
-        block_rows = default_block_rows(B)
+        block_rows = default_block_rows(batch_sizes)
     in_place = isinstance(X, SequenceInput)
     plan = _plan(pool, "forward_plan", _ForwardPlan, spec, (
         spec, dtype, int(offsets[-1]), B, block_rows, keep_cache, mask is None,
@@ -728,7 +741,7 @@ def jordan_forward(spec, ws, w_out, b_out, X, batch_sizes, offsets, f0=None,
     n_rows = len(X)
     B = int(batch_sizes[0])
     if block_rows is None:
-        block_rows = default_block_rows(B)
+        block_rows = default_block_rows(batch_sizes)
     drop = [None] * L if drop is None else [None] + list(drop[1:])
     rmask = [None] * L if rmask is None else list(rmask)
     drop = [None if m is None else np.ascontiguousarray(m, dtype) for m in drop]

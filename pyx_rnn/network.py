@@ -306,10 +306,7 @@ class Network:
         try:
             _checks._check_n_threads(n_threads, where)
             _checks._check_packing(bs, off, where)
-            B = int(bs[0])
-            _checks._check_block_rows(
-                default_block_rows(B) if block_rows is None else block_rows, B,
-                where)
+            _checks._check_block_rows(block_rows, bs, where)
         except (TypeError, ValueError, OverflowError):
             return False
         good, dtype = _checks._good_param, self.dtype
@@ -402,9 +399,9 @@ class Network:
                 w = self._layer(self.weights, sfx)
                 layer_pool = None if pool is None else pool.setdefault(sfx, {})
                 if checked:
-                    B = int(bs[0])
                     _checks.check_layer_forward_sizes(
-                        spec, int(off[-1]), B, block_rows or default_block_rows(B),
+                        spec, int(off[-1]), int(bs[0]),
+                        block_rows or default_block_rows(bs),
                         self.dtype, mask=mask is not None, where="Network")
                     H, h_n, c_n, cache = _layer_forward(
                         spec, w, inp, bs, off, h0, c0, mask, n_threads,

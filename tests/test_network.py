@@ -27,6 +27,7 @@ from _shared import numerical_gradient
 from numpy.testing import assert_allclose, assert_array_equal
 
 from pyx_rnn import reference as ref
+from pyx_rnn.layers import default_block_rows
 from pyx_rnn.network import Network
 from pyx_rnn.optim import SGD, Adam
 from pyx_rnn.packing import Packing, SequenceInput, pack
@@ -753,6 +754,37 @@ def test_thread_count_does_not_change_results(cell, bidirectional, tbptt, dtype)
     assert_array_equal(f1[1], f2[1])
     for a, b in zip(flat_states(f1[2], net), flat_states(f2[2], net)):
         assert_array_equal(a, b)
+
+
+def test_default_block_size_follows_the_packing():
+    # Equal lengths: two blocks up to 128 sequences; lengths that differ
+    # (the longest first, so consecutive rows hold unequal work): a quarter
+    # of the batch, 16 to 64 rows, for the threads to share out
+    def rows(lengths):
+        return default_block_rows(Packing.from_lengths(lengths).batch_sizes)
+
+    for n, equal, differ in [(10, 16, 16), (40, 20, 16), (64, 32, 16),
+                             (128, 64, 32), (200, 64, 50), (300, 64, 64)]:
+        assert rows(np.full(n, 7)) == equal, n
+        assert rows(np.arange(n) % 9 + 1) == differ, n
+    # one sequence shorter is enough
+    assert rows(np.r_[np.full(63, 9), 8]) == 16
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_default_blocks_of_variable_lengths_do_not_change_with_threads(cell):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    net, X, pk, T, sw = _repro_problem(cell, False, np.float32, n_seq=64)
+    assert pk.batch_sizes[-1] < pk.batch_sizes[0]        # lengths differ
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        runs = [_run(net, X, pk, T, sw, 5, **kw) for kw in (
+            dict(n_threads=1), dict(n_threads=2),
+            dict(n_threads=2, block_rows=16))]          # the default, given
+    for r in runs[1:]:
+        assert r[0] == runs[0][0]
+        assert_array_equal(r[1], runs[0][1])
+        for a, b in zip(flat_states(r[2], net), flat_states(runs[0][2], net)):
+            assert_array_equal(a, b)
 
 
 # ---------------------------------------------------------------------------
