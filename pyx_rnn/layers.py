@@ -190,16 +190,20 @@ def _aligned_pair(shape, dtype):
 
 
 def _take(pool, key, shape, dtype, zero=False):
-    """A buffer of the given shape (aligned, see ``_aligned``): reused from
-    ``pool`` (a dict) when it holds one of that shape, else new. Reuse saves
-    the page faults of fresh large allocations at every batch; callers must
-    not keep two live buffers under one key."""
+    """A buffer of the given shape (aligned, see ``_aligned``): the start of
+    the one ``pool`` (a dict) holds under ``key`` when that one is large
+    enough, else a new one, kept there. Reuse saves the page faults of fresh
+    large allocations at every batch, also when batches differ in size (the
+    rows of variable-length batches); callers must not keep two live
+    buffers under one key."""
     shape = tuple(map(int, shape))
     if pool is None:
         return _aligned(shape, dtype, zero)
+    size = math.prod(shape)
     a = pool.get(key)
-    if a is None or a.shape != shape or a.dtype != dtype:
-        a = pool[key] = _aligned(shape, dtype)
+    if a is None or a.dtype != dtype or a.size < size:
+        a = pool[key] = _aligned((size,), dtype)
+    a = a.reshape(-1)[:size].reshape(shape)
     if zero:
         a.fill(0)
     return a

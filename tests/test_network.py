@@ -27,7 +27,7 @@ from _shared import numerical_gradient
 from numpy.testing import assert_allclose, assert_array_equal
 
 from pyx_rnn import reference as ref
-from pyx_rnn.layers import default_block_rows
+from pyx_rnn.layers import _take, default_block_rows
 from pyx_rnn.network import Network
 from pyx_rnn.optim import SGD, Adam
 from pyx_rnn.packing import Packing, SequenceInput, pack
@@ -785,6 +785,46 @@ def test_default_blocks_of_variable_lengths_do_not_change_with_threads(cell):
         assert_array_equal(r[1], runs[0][1])
         for a, b in zip(flat_states(r[2], net), flat_states(runs[0][2], net)):
             assert_array_equal(a, b)
+
+
+def test_a_pool_buffer_serves_smaller_requests():
+    pool = {}
+    a = _take(pool, "G", (10, 8), np.float32)
+    a.fill(1)
+    b = _take(pool, "G", (6, 8), np.float32, zero=True)       # fewer rows
+    assert b.shape == (6, 8) and b.flags.c_contiguous and not b.any()
+    assert np.shares_memory(a, b) and b.ctypes.data % 64 == 0
+    c = _take(pool, "G", (12, 8), np.float32)                # more: new
+    assert c.shape == (12, 8) and not np.shares_memory(a, c)
+    assert not np.shares_memory(c, _take(pool, "G", (2, 8), np.float64))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_batches_of_other_sizes_in_turn_give_fresh_results(cell):
+    # variable-length batches: each call reuses the start of the buffers
+    # that a larger batch left behind; nothing of it may leak into results
+    batches = [make_batch(lengths, seed=s) for s, lengths in
+               enumerate([[7, 3, 5, 6, 2], [2, 4, 1], [8, 8, 1, 6, 5, 3]])]
+    rng = np.random.default_rng(3)
+    targets = [make_targets("squared_error", pk.n_sequences, 2, rng)
+               for _, pk in batches]
+
+    def run(net, i):
+        X, pk = batches[i]
+        value, states = net.loss_gradient(X, pk, targets[i], "squared_error",
+                                          n_threads=2)
+        out = net.forward(X, pk, n_threads=2)
+        return value, net.grads.copy(), flat_states(states, net), out[1].copy()
+
+    net = make_net(cell, (5, 4))
+    reused = [run(net, i) for i in (2, 1, 0, 1)]
+    for got, i in zip(reused, (2, 1, 0, 1)):
+        want = run(make_net(cell, (5, 4)), i)
+        assert got[0] == want[0]
+        assert_array_equal(got[1], want[1])
+        for a, b in zip(got[2], want[2]):
+            assert_array_equal(a, b)
+        assert_array_equal(got[3], want[3])
 
 
 # ---------------------------------------------------------------------------
