@@ -316,13 +316,15 @@ def layer_forward(spec, w, X, batch_sizes, offsets, h0=None, c0=None,
                           n_threads, block_rows, pool, keep_cache)
 
 
-def _plan(pool, name, kind, spec, key):
+def _plan(pool, name, kind, spec, key, n_rows):
     """The plan (``_ForwardPlan`` or ``_BackwardPlan``) kept in ``pool``
-    under ``name`` if it was made for ``key``, else a new one, kept there
-    for the next call."""
+    under ``name`` if it was made for ``key`` and at least ``n_rows`` rows
+    (a call binds the first ``n_rows`` of its buffers of rows), else a new
+    one, kept there for the next call: variable-length batches, whose row
+    counts differ, share one plan."""
     plan = None if pool is None else pool.get(name)
-    if plan is None or plan.key != key:
-        plan = kind(spec, key, pool)
+    if plan is None or plan.key != key or plan.n_rows < n_rows:
+        plan = kind(spec, key, n_rows, pool)
         if pool is not None:
             pool[name] = plan
     return plan
@@ -330,20 +332,24 @@ def _plan(pool, name, kind, spec, key):
 
 class _ForwardPlan:
     """The buffers and fixed kernel arguments of ``_layer_forward`` for calls
-    of one layer and shape (``key``), kept in the pool (``"forward_plan"``): a
-    call then only puts in its own arrays (``SLOTS``), rather than finding a
-    dozen buffers again. The buffers are the pool's own (``_take``), the
-    ones it would give."""
+    of one layer and shape (``key``), up to ``n_rows`` rows, kept in the pool
+    (``"forward_plan"``): a call then only puts in its own arrays (``SLOTS``)
+    and the first rows of the buffers of rows (``ROWS``), rather than
+    finding a dozen buffers again. The buffers are the pool's own
+    (``_take``), the ones it would give."""
 
     # positions of the per-call arguments of _cells.recurrent_forward
     SLOTS = dict(batch_sizes=6, offsets=7, X=8, x_starts=9, W_ih=11, b_ih=12,
                  W_hh=16, b_hh=17, peep=18, ln_w=19, ln_b=20, mask=21, h=22,
                  c=23, n_threads=33)
+    # positions of the buffers of one row per packed row (G, H, C, Hprev,
+    # aux, xhat, rstd), empty where the call keeps none
+    ROWS = (14, 24, 25, 26, 27, 28, 29)
 
-    def __init__(self, spec, key, pool):
-        (_, dtype, n_rows, B, block_rows, keep_cache, unmasked, tokens,
-         in_place, keep_outputs) = key
-        self.key, self.spec, self.dtype = key, spec, dtype
+    def __init__(self, spec, key, n_rows, pool):
+        (_, dtype, B, block_rows, keep_cache, unmasked, tokens, in_place,
+         keep_outputs) = key
+        self.key, self.spec, self.dtype, self.n_rows = key, spec, dtype, n_rows
         H_, gh = spec.hidden, spec.gates * spec.hidden
         n_blocks = -(-B // block_rows)
         lstm, gru = spec.cell == "lstm", spec.cell == "gru"
@@ -372,23 +378,22 @@ class _ForwardPlan:
         else:
             wpack_ih, G_block = _empty(dtype, 1), _empty(dtype)
             G = _take(pool, "G", (n_rows, gh), dtype)
-        self.G = G
-        self.C = (_take(pool, "C", (n_rows, H_), dtype) if lstm and keep_cache
-                  else _empty(dtype))
+        C = (_take(pool, "C", (n_rows, H_), dtype) if lstm and keep_cache
+             else _empty(dtype))
         # the gru's work holds its recurrent product: it keeps its outputs
-        self.H = (_take(pool, "H", (n_rows, H_), dtype)
-                  if keep_outputs or keep_cache or gru else _empty(dtype))
-        self.Hprev = (_take(pool, "Hprev", (n_rows, H_), dtype)
-                      if keep_cache or not unmasked else _empty(dtype))
+        H = (_take(pool, "H", (n_rows, H_), dtype)
+             if keep_outputs or keep_cache or gru else _empty(dtype))
+        Hprev = (_take(pool, "Hprev", (n_rows, H_), dtype)
+                 if keep_cache or not unmasked else _empty(dtype))
         # the GRU's a_n or r * m * h; the LSTM's tanh(c_t), for the backward
         # pass
-        self.aux = (_take(pool, "aux", (n_rows, H_), dtype)
-                    if gru or (lstm and keep_cache) else _empty(dtype))
+        aux = (_take(pool, "aux", (n_rows, H_), dtype)
+               if gru or (lstm and keep_cache) else _empty(dtype))
         if spec.layer_norm:
-            self.xhat = _take(pool, "xhat", (n_rows, gh), dtype)
-            self.rstd = _take(pool, "rstd", (n_rows, spec.gates), dtype)
+            xhat = _take(pool, "xhat", (n_rows, gh), dtype)
+            rstd = _take(pool, "rstd", (n_rows, spec.gates), dtype)
         else:
-            self.xhat = self.rstd = _empty(dtype)
+            xhat = rstd = _empty(dtype)
         work = _take(pool, "work", (n_blocks, block_rows * gh), dtype)
         # the rnn and the lstm pack W_hh into wpack_ih, below W_ih
         wpack = (_wpack(spec, block_rows, dtype, pool, False)
@@ -400,18 +405,24 @@ class _ForwardPlan:
             CELLS[spec.cell], ACTIVATIONS[spec.activation], spec.reverse,
             spec.reset_after, spec.layer_norm, spec.peephole, None, None,
             None, _EMPTY_STARTS, x_rows, None, None, wpack_ih, G, G_block,
-            None, None, peep, ln,
-            ln, None, None, None, self.H, self.C, self.Hprev, self.aux,
-            self.xhat, self.rstd, work, wpack, block_rows, None]
+            None, None, peep, ln, ln, None, None, None, H, C, Hprev, aux,
+            xhat, rstd, work, wpack, block_rows, None]
 
     def bind(self, w, batch_sizes, offsets, n_threads):
         """The kernel's arguments for a call with these parameters (``w``),
         packing and thread count: a new list, whose input (``X`` empty,
         ``x_starts`` empty), mask and states are still to be put in
-        (``SLOTS``). The biases are read from ``bias_sum`` where the plan
-        has one: see ``add_biases``."""
+        (``SLOTS``), and whose buffers of rows (``ROWS``, see ``rows``) are
+        the first rows of the plan's, one per row of the packing. The biases
+        are read from ``bias_sum`` where the plan has one: see
+        ``add_biases``."""
         args, at = self.args.copy(), self.SLOTS
         spec, dtype = self.spec, self.dtype
+        n_rows = int(offsets[-1])
+        if n_rows < self.n_rows:
+            for i in self.ROWS:
+                if len(args[i]):
+                    args[i] = args[i][:n_rows]
         args[at["batch_sizes"]], args[at["offsets"]] = batch_sizes, offsets
         args[at["X"]], args[at["W_ih"]] = _empty(dtype), w["weight_ih"]
         args[at["W_hh"]] = w["weight_hh"]
@@ -428,6 +439,12 @@ class _ForwardPlan:
             args[at["ln_w"]], args[at["ln_b"]] = w["ln_weight"], w["ln_bias"]
         args[at["n_threads"]] = n_threads
         return args
+
+    @classmethod
+    def rows(cls, args):
+        """The buffers of rows of ``bind``'s arguments: ``G, H, C, Hprev, aux,
+        xhat, rstd``."""
+        return [args[i] for i in cls.ROWS]
 
     def add_biases(self, w):
         """Sum the two biases into ``bias_sum`` (the rnn's and the lstm's
@@ -458,19 +475,20 @@ def _layer_forward(spec, w, X, batch_sizes, offsets, h0, c0, mask, n_threads,
         block_rows = default_block_rows(batch_sizes)
     in_place = isinstance(X, SequenceInput)
     plan = _plan(pool, "forward_plan", _ForwardPlan, spec, (
-        spec, dtype, int(offsets[-1]), B, block_rows, keep_cache, mask is None,
-        isinstance(X, TokenInput), in_place, keep_outputs))
+        spec, dtype, B, block_rows, keep_cache, mask is None,
+        isinstance(X, TokenInput), in_place, keep_outputs), int(offsets[-1]))
     x_starts = _EMPTY_STARTS
     if plan.in_place:
         X, x_starts = X.data, X.starts
     elif in_place:
         X = X.data[rows_from(X.starts, batch_sizes, offsets)]
     args = plan.bind(w, batch_sizes, offsets, n_threads)
+    G, H, C, Hprev, aux, xhat, rstd = plan.rows(args)
     if plan.fuse_input:
         plan.add_biases(w)
     else:
-        _input_product(X, w["weight_ih"], plan.G, n_threads)
-        plan.G += w["bias_ih"]
+        _input_product(X, w["weight_ih"], G, n_threads)
+        G += w["bias_ih"]
     h, c = _new_states(spec, B, dtype)
     if h0 is not None:
         h[...] = h0
@@ -488,11 +506,10 @@ def _layer_forward(spec, w, X, batch_sizes, offsets, h0, c0, mask, n_threads,
     args[at["mask"]], args[at["h"]], args[at["c"]] = mask, h, c
     _cells.recurrent_forward(*args)
     if not keep_cache:
-        return plan.H, h, c, None
-    cache = LayerCache(X, plan.G, plan.H, plan.C, plan.Hprev, plan.aux,
-                       plan.xhat, plan.rstd, h0, c0, mask, batch_sizes, offsets,
-                       block_rows)
-    return plan.H, h, c, cache
+        return H, h, c, None
+    cache = LayerCache(X, G, H, C, Hprev, aux, xhat, rstd, h0, c0, mask,
+                       batch_sizes, offsets, block_rows)
+    return H, h, c, cache
 
 
 def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
@@ -534,14 +551,14 @@ def layer_backward(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *,
 
 class _BackwardPlan:
     """The buffers of ``_layer_backward`` for calls of one layer and shape
-    (``key``), kept in the pool (``"backward_plan"``; see ``_ForwardPlan``):
-    the gradients of the gates, the kernel's scratch, and its partial sums
-    of the parameters' gradients, one row per block of sequences (zeroed at
-    every call)."""
+    (``key``), up to ``n_rows`` rows, kept in the pool (``"backward_plan"``;
+    see ``_ForwardPlan``): the gradients of the gates (a call takes its first
+    rows), the kernel's scratch, and its partial sums of the parameters'
+    gradients, one row per block of sequences (zeroed at every call)."""
 
-    def __init__(self, spec, key, pool):
-        _, dtype, n_rows, B, block_rows, tokens = key
-        self.key = key
+    def __init__(self, spec, key, n_rows, pool):
+        _, dtype, B, block_rows, tokens = key
+        self.key, self.n_rows = key, n_rows
         H_, gh = spec.hidden, spec.gates * spec.hidden
         n_blocks = -(-B // block_rows)
         self.separate_dgh = spec.cell == "gru" and spec.reset_after
@@ -587,11 +604,12 @@ def _layer_backward(spec, w, grads, cache, dH, dh_n, dc_n, t_stop, need_dx,
     H_ = spec.hidden
     tokens = isinstance(cache.X, TokenInput)
     plan = _plan(pool, "backward_plan", _BackwardPlan, spec,
-                 (spec, dtype, n_rows, B, cache.block_rows, tokens))
+                 (spec, dtype, B, cache.block_rows, tokens), n_rows)
     for a in plan.partials:
         a.fill(0)
     stops, first = _stops(t_stop, cache.offsets, int(cache.batch_sizes[0]))
-    dG, dGh = plan.dG, plan.dGh
+    dG = plan.dG[:n_rows]
+    dGh = plan.dGh[:n_rows] if plan.separate_dgh else dG
     if stops.size > 0 and stops.max() > 0:
         # rows below a block's smallest stop are not written by the kernel
         dG.fill(0)

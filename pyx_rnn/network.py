@@ -916,7 +916,8 @@ class _InferencePlan:
             # no mask; the input (empty in args) and the states are run's
             for name in ("mask", "h", "c"):
                 args[plan.SLOTS[name]] = _empty(net.dtype)
-            self.layers.append((spec, _cells.ForwardArgs(args), plan, w))
+            H = plan.rows(args)[1]     # the outputs, this packing's rows
+            self.layers.append((spec, _cells.ForwardArgs(args), plan, w, H))
         self.head_pack = pool["head"]["wpack"]
 
     @staticmethod
@@ -988,14 +989,14 @@ class _InferencePlan:
         B, dtype = self.n_sequences, net.dtype
         X, starts = inp
         states = []
-        for spec, call, plan, w in self.layers:
+        for spec, call, plan, w, H in self.layers:
             plan.add_biases(w)
             h, c = _new_states(spec, B, dtype)
             _cells.run_forward(call, X, starts, h, c)
             states.append([(h, c)])
             # the next layer reads this one's outputs, packed
-            X, starts = plan.H, _EMPTY_STARTS
-        top = plan.H if self.return_sequences else h
+            X, starts = H, _EMPTY_STARTS
+        top = H if self.return_sequences else h
         W, b = net.weights["output.weight"], net.weights["output.bias"]
         Z = np.empty((len(top), len(W)), dtype)
         _dense.linear(top, W, b, Z, self.head_pack, 1)

@@ -1013,12 +1013,39 @@ def test_layer_forward_without_outputs(c):
                               None, 1, 8, pool, False)
         plan = pool["forward_plan"]
         args, at = plan.bind(w, pk.batch_sizes, pk.offsets, 1), plan.SLOTS
-        at_h = next(i for i, a in enumerate(args) if a is plan.H)
+        at_h = plan.ROWS[1]   # the outputs, H_out
         args[at_h] = np.empty((0, 0), np.float32)
         args[at["X"]], args[at["h"]] = X, h0.copy()
         args[at["mask"]] = args[at["c"]] = np.empty((0, 0), np.float32)
         with pytest.raises(ValueError, match="gru needs H_out"):
             _cells.recurrent_forward(*args)
+
+
+@pytest.mark.parametrize("c", REPRESENTATIVE, ids=cfg_id)
+def test_one_plan_serves_batches_of_fewer_rows(c):
+    """Variable-length batches of as many sequences share one plan: a call
+    binds the first rows of its buffers, and gets the bits of a fresh
+    call, with and without a cache."""
+    from pyx_rnn import layers
+    spec = spec_of(c)
+    problems = [layer_problem(c, lengths, seed=70 + i) for i, lengths in
+                enumerate([[9, 7, 5, 8], [4, 2, 3, 1], [6, 9, 2, 2]])]
+    w = problems[0]["params"]
+    for keep_cache in (True, False):
+        pool, plans = {}, []
+        for pb in problems:
+            X, pk = pack(pb["seqs"], np.float64)
+            args = (spec, w, X, pk.batch_sizes, pk.offsets, None, None, None,
+                    2, None)
+            H, h, cc, cache = layers._layer_forward(*args, pool, keep_cache)
+            plans.append(pool["forward_plan"])
+            want = layers._layer_forward(*args, {}, keep_cache)
+            assert len(H) == pk.n_rows
+            for a, b in zip((H, h, cc), want[:3]):
+                assert_array_equal(a, b, strict=True)
+            if keep_cache:
+                assert len(cache.G) == len(cache.Hprev) == pk.n_rows
+        assert plans[0] is plans[1] is plans[2]
 
 
 @pytest.mark.parametrize("c", REPRESENTATIVE, ids=cfg_id)
@@ -1047,14 +1074,14 @@ def test_forward_made_ready(c):
         Xk = X + k
         h, cc = h0.copy(), (c0.copy() if lstm else empty)
         _cells.run_forward(call, Xk, layers._EMPTY_STARTS, h, cc)
-        H = plan.H.copy()
+        H = plan.rows(args)[1].copy()
         ref = list(args)
         ref[at["X"]], ref[at["h"]] = Xk, h0.copy()
         ref[at["c"]] = c0.copy() if lstm else empty
         _cells.recurrent_forward(*ref)
         assert_array_equal(h, ref[at["h"]], strict=True)
         assert_array_equal(cc, ref[at["c"]], strict=True)
-        assert_array_equal(H, plan.H, strict=True)
+        assert_array_equal(H, plan.rows(ref)[1], strict=True)
     h, cc = h0.copy(), (c0.copy() if lstm else empty)
     with pytest.raises(TypeError, match="8-byte floats"):
         _cells.run_forward(call, X.astype(np.float64), layers._EMPTY_STARTS,
