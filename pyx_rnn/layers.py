@@ -37,9 +37,10 @@ def default_block_rows(batch_sizes):
     10..100: the first half of a batch holds 70% of its steps), and with two
     threads the second waits for the first. Blocks of a quarter of the batch
     (16 to 64 rows), each taken by whichever thread is free, even the work
-    out: on two threads, a training epoch of such batches of 64 sequences
-    took 19-23% less time with 128 units (LSTM, GRU, Elman), and the same
-    on one thread (``benchmarks/OPTIMISATIONS.md``, session 15).
+    out: on two threads, the forward and backward passes over an epoch of
+    such batches of 64 sequences took 19-23% less time with 128 units (LSTM,
+    GRU, Elman), and as long as before on one thread
+    (``benchmarks/OPTIMISATIONS.md``, session 15).
     """
     B = int(batch_sizes[0])
     if int(batch_sizes[-1]) == B:
