@@ -48,6 +48,7 @@ from bench_torch import (  # noqa: E402
     get_workload,
     sgemm_peak_gflops,
     workload_data,
+    workload_lengths,
 )
 
 
@@ -279,7 +280,7 @@ def packed_steps_fraction(workload):
     """The variable-length data's real steps over the fixed-length data's
     (its padded steps): what our variable-length epoch would cost, as a
     fraction of the fixed-length one, if the cost followed the real steps."""
-    _, _, lengths = workload_data(workload, variable_length=True)
+    lengths = workload_lengths(workload)
     return float(lengths.sum()) / (len(lengths) * workload["n_steps"])
 
 

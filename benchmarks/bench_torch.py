@@ -107,15 +107,19 @@ def make_data(n_sequences, n_steps, n_features, lengths=None, seed=0):
     return X, y.astype(np.float32).reshape(-1, 1)
 
 
+def workload_lengths(workload, seed=0):
+    """The lengths of a workload's variable-length sequences (at most its
+    ``n_steps``), as ``workload_data`` draws them."""
+    return make_lengths(
+        workload["n_sequences"],
+        high=min(LENGTH_MAX, workload["n_steps"]),
+        seed=seed,
+    )
+
+
 def workload_data(workload, variable_length=False, seed=0):
     """``(X, y, lengths)`` for a workload dict; ``lengths`` is None if fixed."""
-    lengths = None
-    if variable_length:
-        lengths = make_lengths(
-            workload["n_sequences"],
-            high=min(LENGTH_MAX, workload["n_steps"]),
-            seed=seed,
-        )
+    lengths = workload_lengths(workload, seed) if variable_length else None
     X, y = make_data(
         workload["n_sequences"],
         workload["n_steps"],

@@ -802,9 +802,12 @@ def test_a_pool_buffer_serves_smaller_requests():
 @pytest.mark.parametrize("cell", CELLS)
 def test_batches_of_other_sizes_in_turn_give_fresh_results(cell):
     # variable-length batches: each call reuses the start of the buffers
-    # that a larger batch left behind; nothing of it may leak into results
+    # that a larger batch left behind, and batches of as many sequences
+    # (0 and 3: 23 and 9 rows) one forward and one backward plan; nothing
+    # of it may leak into results
     batches = [make_batch(lengths, seed=s) for s, lengths in
-               enumerate([[7, 3, 5, 6, 2], [2, 4, 1], [8, 8, 1, 6, 5, 3]])]
+               enumerate([[7, 3, 5, 6, 2], [2, 4, 1], [8, 8, 1, 6, 5, 3],
+                          [1, 3, 2, 1, 2]])]
     rng = np.random.default_rng(3)
     targets = [make_targets("squared_error", pk.n_sequences, 2, rng)
                for _, pk in batches]
@@ -817,8 +820,9 @@ def test_batches_of_other_sizes_in_turn_give_fresh_results(cell):
         return value, net.grads.copy(), flat_states(states, net), out[1].copy()
 
     net = make_net(cell, (5, 4))
-    reused = [run(net, i) for i in (2, 1, 0, 1)]
-    for got, i in zip(reused, (2, 1, 0, 1)):
+    order = (2, 1, 0, 3, 1, 3)
+    reused = [run(net, i) for i in order]
+    for got, i in zip(reused, order):
         want = run(make_net(cell, (5, 4)), i)
         assert got[0] == want[0]
         assert_array_equal(got[1], want[1])
