@@ -11,8 +11,9 @@
  *
  * and sr_pgemm_* computes C (=, or +=) A @ B from it with a register-blocked
  * micro-kernel: MR rows of A times one panel, accumulated in MR * NV vector
- * registers (AVX-512: 12 x 2 zmm; AVX2: 3 x 4 ymm; baseline: 1 x 8 xmm),
- * then 8, 4, 2 and 1 rows for the rest of the block. Twelve rows rather
+ * registers (AVX-512: 12 x 2 zmm; AVX2: 6 x 2 ymm, each half of the panel's
+ * 4 ymm in turn; baseline: 1 x 4 xmm, each half of 8 in turn), then 8, 4, 2
+ * and 1 rows for the rest of the block. Twelve rows rather
  * than eight read each panel fewer times: 1.15-1.2x the throughput on one
  * core from 16 x 128 x 32 to 64 x 2048 x 512 (benchmarks/OPTIMISATIONS.md).
  *
@@ -76,27 +77,6 @@ static void NAME(const T *B, int ldb, int trans, int K, int N, T *P) {        \
 SR_DEFINE_PACK(sr_pack_f, float)
 SR_DEFINE_PACK(sr_pack_d, double)
 
-/* Write the finished sums of one row of one panel (ncols valid columns).
- * A whole panel row is a copy of constant size, which the compiler turns
- * into vector stores; only the last, partial panel of a row goes through a
- * copy of variable size (a call to the C library). */
-#define SR_STORE_ROW(T, NR, acc, c, ncols, accumulate)                        \
-    do {                                                                      \
-        T sr_tmp_[NR];                                                        \
-        memcpy(sr_tmp_, (acc), sizeof(T) * NR);                               \
-        if (accumulate) {                                                     \
-            if ((ncols) == NR) {                                              \
-                for (int j_ = 0; j_ < NR; j_++) (c)[j_] += sr_tmp_[j_];       \
-            } else {                                                          \
-                for (int j_ = 0; j_ < (ncols); j_++) (c)[j_] += sr_tmp_[j_];  \
-            }                                                                 \
-        } else if ((ncols) == NR) {                                           \
-            memcpy((c), sr_tmp_, sizeof(T) * NR);                             \
-        } else {                                                              \
-            memcpy((c), sr_tmp_, sizeof(T) * (size_t) (ncols));               \
-        }                                                                     \
-    } while (0)
-
 #if defined(__GNUC__)
 /* GCC / clang vector extensions, one type per register width: a panel row is
  * NV = SR_PANEL_BYTES / sizeof(V) vectors (a vector type wider than the
@@ -112,52 +92,111 @@ typedef double sr_vd2 __attribute__((vector_size(16)));
  * registers rather than in an array in memory. */
 #define SR_UNROLL _Pragma("GCC unroll 16")
 
-/* acc += A[:MR, :K] @ Pp[:K] in order of k, with A(r, k) at A[r * rs + k *
- * ks] and panel row k at Pp + k * ldp; inside a micro-kernel (NR, NV, acc
- * and Pp in scope). */
-#define SR_ACCUMULATE(T, V, MR, K, A, rs, ks, ldp)                            \
+/* The vectors of a panel row that a micro-kernel of MR rows takes at once,
+ * on a machine of NREG vector registers: all NV of them where MR * NV
+ * accumulators, NV panel vectors and a broadcast fit, else a half, a
+ * quarter... (a slice of the panel's columns, one after the other). With
+ * AVX2's 16 registers, 3 rows of a whole 4-vector panel row (17 registers)
+ * made GCC spill accumulators to the stack at every k. */
+#define SR_FITS(MR, NVS, NREG) (((MR) + 1) * (NVS) + 1 <= (NREG))
+#define SR_SLICE_VECTORS(MR, NV, NREG)                                        \
+    (SR_FITS(MR, NV, NREG) || (NV) < 2 ? (NV)                                 \
+     : SR_FITS(MR, (NV) / 2, NREG) || (NV) < 4 ? (NV) / 2                     \
+     : SR_FITS(MR, (NV) / 4, NREG) || (NV) < 8 ? (NV) / 4 : (NV) / 8)
+
+/* acc += A[:MR, :K] @ Q[:K, :NVS vectors], with A(r, k) at A[r * rs + k *
+ * ks] and row k of the panel's slice at Q + k * ldp; inside a micro-kernel
+ * (VL, the elements of a vector, NVS and acc in scope). */
+#define SR_ACCUMULATE(T, V, MR, K, A, rs, ks, Q, ldp)                         \
     for (int k = 0; k < (K); k++) {                                           \
-        V w[NV];                                                              \
-        SR_UNROLL for (int v = 0; v < NV; v++)                                \
-            memcpy(&w[v], Pp + (long) k * (ldp) + v * (NR / NV), sizeof(V));  \
+        V w[NVS];                                                             \
+        SR_UNROLL for (int v = 0; v < NVS; v++)                               \
+            memcpy(&w[v], (Q) + (long) k * (ldp) + v * VL, sizeof(V));        \
         SR_UNROLL for (int r = 0; r < MR; r++) {                              \
             T a = (A)[(long) r * (rs) + (long) k * (ks)];                     \
-            SR_UNROLL for (int v = 0; v < NV; v++) acc[r][v] += a * w[v];     \
+            SR_UNROLL for (int v = 0; v < NVS; v++) acc[r][v] += a * w[v];    \
         }                                                                     \
     }
 
+/* Write the finished sums of one row of a slice, the vectors accs[0:NVS],
+ * to c[0:nc] (=, or += with accumulate; nc <= SW). A whole slice is stored
+ * vector by vector; only a partial one (the last panel of a row) goes
+ * through an array. Every accumulator is read by value: one whose address
+ * is taken stays in memory, and GCC then kept accumulators on the stack
+ * through the whole loop over k. */
+#define SR_STORE_SLICE(T, V, accs, c, nc, accumulate)                         \
+    do {                                                                      \
+        if ((nc) == SW) {                                                     \
+            SR_UNROLL for (int v_ = 0; v_ < NVS; v_++) {                      \
+                V x_ = (accs)[v_];                                            \
+                if (accumulate) {                                             \
+                    V c_;                                                     \
+                    memcpy(&c_, (c) + v_ * VL, sizeof(V));                    \
+                    x_ = c_ + x_;                                             \
+                }                                                             \
+                memcpy((c) + v_ * VL, &x_, sizeof(V));                        \
+            }                                                                 \
+        } else {                                                              \
+            T t_[SW];                                                         \
+            SR_UNROLL for (int v_ = 0; v_ < NVS; v_++) {                      \
+                V x_ = (accs)[v_];                                            \
+                memcpy(t_ + v_ * VL, &x_, sizeof(V));                         \
+            }                                                                 \
+            for (int j_ = 0; j_ < (nc); j_++)                                 \
+                (c)[j_] = (accumulate) ? (c)[j_] + t_[j_] : t_[j_];           \
+        }                                                                     \
+    } while (0)
+
+/* The constants of a micro-kernel: NR columns a panel, NV vectors of VL
+ * elements, slices of NVS vectors (SW columns). */
+#define SR_MICRO_SIZES(T, V, MR, NREG)                                        \
+    enum { NR = SR_PANEL_BYTES / sizeof(T), NV = SR_PANEL_BYTES / sizeof(V),  \
+           VL = NR / NV, NVS = SR_SLICE_VECTORS(MR, NV, NREG),                \
+           SW = NVS * VL }
+
 /* MR rows of [A1 | A2] (K1 + K2 columns, strides lda1 and lda2) times one
- * (K1 + K2) x NR panel: the sum runs over A1's columns, then A2's. */
-#define SR_DEFINE_MICRO(NAME, T, V, MR, ATTR)                                 \
+ * (K1 + K2) x NR panel, a slice of SW columns at a time (the slices past
+ * ncols skipped): the sum runs over A1's columns, then A2's. */
+#define SR_DEFINE_MICRO(NAME, T, V, MR, NREG, ATTR)                           \
 ATTR static inline void NAME(int K1, const T *A1, long lda1, int K2,          \
                              const T *A2, long lda2, const T *Pp, T *C,       \
                              long ldc, int ncols, int accumulate) {           \
-    enum { NR = SR_PANEL_BYTES / sizeof(T), NV = SR_PANEL_BYTES / sizeof(V) }; \
-    V acc[MR][NV];                                                            \
-    SR_UNROLL for (int r = 0; r < MR; r++)                                    \
-        SR_UNROLL for (int v = 0; v < NV; v++) acc[r][v] = (V){0};            \
-    SR_ACCUMULATE(T, V, MR, K1, A1, lda1, 1, NR);                             \
-    Pp += (long) K1 * NR;                                                     \
-    SR_ACCUMULATE(T, V, MR, K2, A2, lda2, 1, NR);                             \
-    SR_UNROLL for (int r = 0; r < MR; r++)                                    \
-        SR_STORE_ROW(T, NR, acc[r], C + r * ldc, ncols, accumulate);          \
+    SR_MICRO_SIZES(T, V, MR, NREG);                                           \
+    SR_UNROLL for (int s = 0; s < NV / NVS; s++) {                            \
+        if (s * SW >= ncols) break;                                           \
+        V acc[MR][NVS];                                                       \
+        SR_UNROLL for (int r = 0; r < MR; r++)                                \
+            SR_UNROLL for (int v = 0; v < NVS; v++) acc[r][v] = (V){0};       \
+        SR_ACCUMULATE(T, V, MR, K1, A1, lda1, 1, Pp + s * SW, NR);            \
+        SR_ACCUMULATE(T, V, MR, K2, A2, lda2, 1, Pp + (long) K1 * NR + s * SW,\
+                      NR);                                                    \
+        int nc = ncols - s * SW < SW ? ncols - s * SW : SW;                   \
+        SR_UNROLL for (int r = 0; r < MR; r++)                                \
+            SR_STORE_SLICE(T, V, acc[r], C + r * ldc + s * SW, nc,            \
+                           accumulate);                                       \
+    }                                                                         \
 }
 /* C[:MR, :ncols] += A.T[:MR, :K] @ B[:K, :NR], A being K x MR at stride lda
- * (column r of A is row r of the product) and B's rows ldb apart. */
-#define SR_DEFINE_MICRO_TN(NAME, T, V, MR, ATTR)                              \
+ * (column r of A is row r of the product) and B's rows ldb apart; a slice
+ * of SW columns at a time, as above. */
+#define SR_DEFINE_MICRO_TN(NAME, T, V, MR, NREG, ATTR)                        \
 ATTR static inline void NAME(int K, const T *A, long lda, const T *Pp,        \
                              long ldb, T *C, long ldc, int ncols) {           \
-    enum { NR = SR_PANEL_BYTES / sizeof(T), NV = SR_PANEL_BYTES / sizeof(V) }; \
-    V acc[MR][NV];                                                            \
-    SR_UNROLL for (int r = 0; r < MR; r++)                                    \
-        SR_UNROLL for (int v = 0; v < NV; v++) acc[r][v] = (V){0};            \
-    SR_ACCUMULATE(T, V, MR, K, A, 1, lda, ldb);                               \
-    SR_UNROLL for (int r = 0; r < MR; r++)                                    \
-        SR_STORE_ROW(T, NR, acc[r], C + r * ldc, ncols, 1);                   \
+    SR_MICRO_SIZES(T, V, MR, NREG);                                           \
+    SR_UNROLL for (int s = 0; s < NV / NVS; s++) {                            \
+        if (s * SW >= ncols) break;                                           \
+        V acc[MR][NVS];                                                       \
+        SR_UNROLL for (int r = 0; r < MR; r++)                                \
+            SR_UNROLL for (int v = 0; v < NVS; v++) acc[r][v] = (V){0};       \
+        SR_ACCUMULATE(T, V, MR, K, A, 1, lda, Pp + s * SW, ldb);              \
+        int nc = ncols - s * SW < SW ? ncols - s * SW : SW;                   \
+        SR_UNROLL for (int r = 0; r < MR; r++)                                \
+            SR_STORE_SLICE(T, V, acc[r], C + r * ldc + s * SW, nc, 1);        \
+    }                                                                         \
 }
 #else
 /* Portable fallback: the same order of operations, one scalar at a time. */
-#define SR_DEFINE_MICRO(NAME, T, V, MR, ATTR)                                 \
+#define SR_DEFINE_MICRO(NAME, T, V, MR, NREG, ATTR)                           \
 static void NAME(int K1, const T *A1, long lda1, int K2, const T *A2,         \
                  long lda2, const T *Pp, T *C, long ldc, int ncols,           \
                  int accumulate) {                                            \
@@ -173,7 +212,7 @@ static void NAME(int K1, const T *A1, long lda1, int K2, const T *A2,         \
             C[r * ldc + j] = accumulate ? C[r * ldc + j] + acc[j] : acc[j];   \
     }                                                                         \
 }
-#define SR_DEFINE_MICRO_TN(NAME, T, V, MR, ATTR)                              \
+#define SR_DEFINE_MICRO_TN(NAME, T, V, MR, NREG, ATTR)                        \
 static void NAME(int K, const T *A, long lda, const T *Pp, long ldb, T *C,    \
                  long ldc, int ncols) {                                       \
     enum { NR = SR_PANEL_BYTES / sizeof(T) };                                 \
@@ -199,12 +238,12 @@ typedef double sr_vd2;
          Pp, Cp + (long) (i) * ldc, ldc, ncols, accumulate)
 /* A driver's micro-kernels (DEFINE: SR_DEFINE_MICRO or SR_DEFINE_MICRO_TN):
  * MR rows, and 8, 4, 2 and 1 rows for the rest of a block. */
-#define SR_DEFINE_MICROS(DEFINE, NAME, T, V, MR, ATTR)                        \
-DEFINE(NAME##_m1, T, V, 1, ATTR)                                              \
-DEFINE(NAME##_m2, T, V, 2, ATTR)                                              \
-DEFINE(NAME##_m4, T, V, 4, ATTR)                                              \
-DEFINE(NAME##_m8, T, V, 8, ATTR)                                              \
-DEFINE(NAME##_mr, T, V, MR, ATTR)
+#define SR_DEFINE_MICROS(DEFINE, NAME, T, V, MR, NREG, ATTR)                  \
+DEFINE(NAME##_m1, T, V, 1, NREG, ATTR)                                        \
+DEFINE(NAME##_m2, T, V, 2, NREG, ATTR)                                        \
+DEFINE(NAME##_m4, T, V, 4, NREG, ATTR)                                        \
+DEFINE(NAME##_m8, T, V, 8, NREG, ATTR)                                        \
+DEFINE(NAME##_mr, T, V, MR, NREG, ATTR)
 /* Rows 0..m through those micro-kernels, CALL(kernel, row, rows of the
  * kernel). */
 #define SR_ROW_TILES(CALL, NAME, MR, m)                                       \
@@ -217,8 +256,8 @@ DEFINE(NAME##_mr, T, V, MR, ATTR)
         for (; i < (m); i++) CALL(NAME##_m1, i, 1);                           \
     } while (0)
 
-#define SR_DEFINE_GEMM(NAME, T, V, MR, ATTR)                                  \
-SR_DEFINE_MICROS(SR_DEFINE_MICRO, NAME, T, V, MR, ATTR)                       \
+#define SR_DEFINE_GEMM(NAME, T, V, MR, NREG, ATTR)                            \
+SR_DEFINE_MICROS(SR_DEFINE_MICRO, NAME, T, V, MR, NREG, ATTR)                 \
 ATTR static void NAME(int m, int n, int K1, const T *A1, int lda1, int K2,    \
                       const T *A2, int lda2, const T *P, T *C, int ldc,       \
                       int accumulate) {                                       \
@@ -238,8 +277,8 @@ ATTR static void NAME(int m, int n, int K1, const T *A1, int lda1, int K2,    \
  * Used for weight gradients, step by step, with a few rows (K) at a time. */
 #define SR_MICRO_TN_CALL(NAME, i, rows)                                       \
     NAME(K, A + (i), lda, Bp, ldp, Cp + (long) (i) * ldc, ldc, ncols)
-#define SR_DEFINE_GEMM_TN(NAME, T, V, MR, ATTR)                               \
-SR_DEFINE_MICROS(SR_DEFINE_MICRO_TN, NAME, T, V, MR, ATTR)                    \
+#define SR_DEFINE_GEMM_TN(NAME, T, V, MR, NREG, ATTR)                         \
+SR_DEFINE_MICROS(SR_DEFINE_MICRO_TN, NAME, T, V, MR, NREG, ATTR)              \
 ATTR static void NAME(int m, int n, int K, const T *A, int lda, const T *B,   \
                       int ldb, T *C, int ldc, T *edge) {                      \
     enum { NR = SR_PANEL_BYTES / sizeof(T) };                                 \
@@ -310,7 +349,7 @@ ATTR static void NAME(int m, int n1, int n2, int K, const T *A, long lda,     \
                       const T *B1, long ldb1, const T *B2, long ldb2, T *C1,  \
                       long ldc1, T *C2, long ldc2, T *work) {                 \
     enum { NR = SR_PANEL_BYTES / sizeof(T) };                                 \
-    _Static_assert((MR) <= SR_OUTER_MAX_MR, "a tile of A fits in work");     \
+    _Static_assert((MR) <= SR_OUTER_MAX_MR, "a tile of A fits in work");      \
     const int np1 = (n1 + NR - 1) / NR, np2 = (n2 + NR - 1) / NR;             \
     T *Bp = work, *Ap = work + (long) SR_OUTER_KC * (np1 + np2) * NR;         \
     for (int k0 = 0; k0 < K; k0 += SR_OUTER_KC) {                             \
@@ -329,10 +368,10 @@ ATTR static void NAME(int m, int n1, int n2, int K, const T *A, long lda,     \
     }                                                                         \
 }
 
-SR_DEFINE_GEMM(sr_pgemm_f_base, float, sr_vf4, 1, )
-SR_DEFINE_GEMM(sr_pgemm_d_base, double, sr_vd2, 1, )
-SR_DEFINE_GEMM_TN(sr_gemm_tn_f_base, float, sr_vf4, 1, )
-SR_DEFINE_GEMM_TN(sr_gemm_tn_d_base, double, sr_vd2, 1, )
+SR_DEFINE_GEMM(sr_pgemm_f_base, float, sr_vf4, 1, 16, )
+SR_DEFINE_GEMM(sr_pgemm_d_base, double, sr_vd2, 1, 16, )
+SR_DEFINE_GEMM_TN(sr_gemm_tn_f_base, float, sr_vf4, 1, 16, )
+SR_DEFINE_GEMM_TN(sr_gemm_tn_d_base, double, sr_vd2, 1, 16, )
 SR_DEFINE_OUTER(sr_outer_f_base, sr_gemm_tn_f_base, float, 1, )
 SR_DEFINE_OUTER(sr_outer_d_base, sr_gemm_tn_d_base, double, 1, )
 
@@ -362,16 +401,19 @@ SR_DEFINE_ADDS(d_base, double, )
 #define SR_PGEMM_DISPATCH 1
 #define SR_AVX2 __attribute__((target("avx2,fma")))
 #define SR_AVX512 __attribute__((target("avx512f,fma")))
-SR_DEFINE_GEMM(sr_pgemm_f_avx2, float, sr_vf8, 3, SR_AVX2)
-SR_DEFINE_GEMM(sr_pgemm_d_avx2, double, sr_vd4, 3, SR_AVX2)
-SR_DEFINE_GEMM(sr_pgemm_f_avx512, float, sr_vf16, 12, SR_AVX512)
-SR_DEFINE_GEMM(sr_pgemm_d_avx512, double, sr_vd8, 12, SR_AVX512)
-SR_DEFINE_GEMM_TN(sr_gemm_tn_f_avx2, float, sr_vf8, 3, SR_AVX2)
-SR_DEFINE_GEMM_TN(sr_gemm_tn_d_avx2, double, sr_vd4, 3, SR_AVX2)
-SR_DEFINE_GEMM_TN(sr_gemm_tn_f_avx512, float, sr_vf16, 12, SR_AVX512)
-SR_DEFINE_GEMM_TN(sr_gemm_tn_d_avx512, double, sr_vd8, 12, SR_AVX512)
-SR_DEFINE_OUTER(sr_outer_f_avx2, sr_gemm_tn_f_avx2, float, 3, SR_AVX2)
-SR_DEFINE_OUTER(sr_outer_d_avx2, sr_gemm_tn_d_avx2, double, 3, SR_AVX2)
+#ifndef SR_AVX2_MR
+#define SR_AVX2_MR 6
+#endif
+SR_DEFINE_GEMM(sr_pgemm_f_avx2, float, sr_vf8, SR_AVX2_MR, 16, SR_AVX2)
+SR_DEFINE_GEMM(sr_pgemm_d_avx2, double, sr_vd4, SR_AVX2_MR, 16, SR_AVX2)
+SR_DEFINE_GEMM(sr_pgemm_f_avx512, float, sr_vf16, 12, 32, SR_AVX512)
+SR_DEFINE_GEMM(sr_pgemm_d_avx512, double, sr_vd8, 12, 32, SR_AVX512)
+SR_DEFINE_GEMM_TN(sr_gemm_tn_f_avx2, float, sr_vf8, SR_AVX2_MR, 16, SR_AVX2)
+SR_DEFINE_GEMM_TN(sr_gemm_tn_d_avx2, double, sr_vd4, SR_AVX2_MR, 16, SR_AVX2)
+SR_DEFINE_GEMM_TN(sr_gemm_tn_f_avx512, float, sr_vf16, 12, 32, SR_AVX512)
+SR_DEFINE_GEMM_TN(sr_gemm_tn_d_avx512, double, sr_vd8, 12, 32, SR_AVX512)
+SR_DEFINE_OUTER(sr_outer_f_avx2, sr_gemm_tn_f_avx2, float, SR_AVX2_MR, SR_AVX2)
+SR_DEFINE_OUTER(sr_outer_d_avx2, sr_gemm_tn_d_avx2, double, SR_AVX2_MR, SR_AVX2)
 SR_DEFINE_OUTER(sr_outer_f_avx512, sr_gemm_tn_f_avx512, float, 12, SR_AVX512)
 SR_DEFINE_OUTER(sr_outer_d_avx512, sr_gemm_tn_d_avx512, double, 12, SR_AVX512)
 SR_DEFINE_ADDS(f_avx2, float, SR_AVX2)
@@ -442,7 +484,7 @@ SR_DEFINE_TN(sr_gemm_tn_d, double)
 static void NAME(int m, int n1, int n2, int K, const T *A, long lda,          \
                  const T *B1, long ldb1, const T *B2, long ldb2, T *C1,       \
                  long ldc1, T *C2, long ldc2, T *work) {                      \
-    if (m <= 0 || n1 + n2 <= 0 || K <= 0) return;                            \
+    if (m <= 0 || n1 + n2 <= 0 || K <= 0) return;                             \
     SR_DISPATCH(NAME, m, n1, n2, K, A, lda, B1, ldb1, B2, ldb2, C1, ldc1, C2, \
                 ldc2, work);                                                  \
     NAME##_base(m, n1, n2, K, A, lda, B1, ldb1, B2, ldb2, C1, ldc1, C2, ldc2, \

@@ -1379,6 +1379,35 @@ def test_linear_rows_do_not_depend_on_each_other(n_out, dtype):
     assert_array_equal(linear(order[:7], n_threads=3), full[order[:7]], strict=True)
 
 
+
+@pytest.mark.parametrize("n_rows", [1, 5, 23, 40])
+def test_packed_product_sums_in_order_of_k(n_rows):
+    """The packed product's order of summation, bit for bit (float32,
+    through ``_dense.linear``): each output summed from zero in order of k,
+    one rounding per multiply-add, then the bias added. 45 columns are a
+    whole panel and part of one (of which the AVX2 kernel's second half is
+    skipped); 23 rows go through tiles of 6 (AVX2) or 12 (AVX-512) and
+    every smaller one. A micro-kernel that kept half of its sums elsewhere,
+    or stored a partial panel's columns out of place, fails."""
+    from pyx_rnn import _cells, _dense
+    if _cells.PGEMM_ISA == 0:
+        pytest.skip("the baseline kernel's rounding (multiply-adds fused or "
+                    "not) is the compiler's choice")
+    rng = np.random.default_rng(67)
+    K, N = 19, 45
+    X = rng.standard_normal((n_rows, K)).astype(np.float32)
+    W = rng.standard_normal((N, K)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    acc = np.zeros((n_rows, N), np.float32)
+    for k in range(K):
+        prod = np.outer(X[:, k].astype(np.float64), W[:, k].astype(np.float64))
+        acc = (acc.astype(np.float64) + prod).astype(np.float32)
+    expected = acc + b
+    out = np.full((n_rows, N), np.nan, np.float32)
+    wpack = np.empty(_dense.linear_pack_length(N, K, 4), np.float32)
+    _dense.linear(X, W, b, out, wpack, 1)
+    assert_array_equal(out, expected, strict=True)
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("hidden", [5, 8])
 @pytest.mark.parametrize("peephole", [False, True])
