@@ -154,6 +154,23 @@ typedef double sr_vd2 __attribute__((vector_size(16)));
            VL = NR / NV, NVS = SR_SLICE_VECTORS(MR, NV, NREG),                \
            SW = NVS * VL }
 
+/* A micro-kernel's loop over the slices of its panel: the accumulators
+ * zeroed, SUMS (the sums over k, of the slice at Pp + s * SW), then each
+ * row stored into C (=, or += with accumulate). */
+#define SR_MICRO_SLICES(T, V, MR, NREG, SUMS, accumulate)                     \
+    SR_MICRO_SIZES(T, V, MR, NREG);                                           \
+    SR_UNROLL for (int s = 0; s < NV / NVS; s++) {                            \
+        if (s * SW >= ncols) break;                                           \
+        V acc[MR][NVS];                                                       \
+        SR_UNROLL for (int r = 0; r < MR; r++)                                \
+            SR_UNROLL for (int v = 0; v < NVS; v++) acc[r][v] = (V){0};       \
+        SUMS;                                                                 \
+        int nc = ncols - s * SW < SW ? ncols - s * SW : SW;                   \
+        SR_UNROLL for (int r = 0; r < MR; r++)                                \
+            SR_STORE_SLICE(T, V, acc[r], C + r * ldc + s * SW, nc,            \
+                           accumulate);                                       \
+    }
+
 /* MR rows of [A1 | A2] (K1 + K2 columns, strides lda1 and lda2) times one
  * (K1 + K2) x NR panel, a slice of SW columns at a time (the slices past
  * ncols skipped): the sum runs over A1's columns, then A2's. */
@@ -161,20 +178,11 @@ typedef double sr_vd2 __attribute__((vector_size(16)));
 ATTR static inline void NAME(int K1, const T *A1, long lda1, int K2,          \
                              const T *A2, long lda2, const T *Pp, T *C,       \
                              long ldc, int ncols, int accumulate) {           \
-    SR_MICRO_SIZES(T, V, MR, NREG);                                           \
-    SR_UNROLL for (int s = 0; s < NV / NVS; s++) {                            \
-        if (s * SW >= ncols) break;                                           \
-        V acc[MR][NVS];                                                       \
-        SR_UNROLL for (int r = 0; r < MR; r++)                                \
-            SR_UNROLL for (int v = 0; v < NVS; v++) acc[r][v] = (V){0};       \
+    SR_MICRO_SLICES(T, V, MR, NREG,                                           \
         SR_ACCUMULATE(T, V, MR, K1, A1, lda1, 1, Pp + s * SW, NR);            \
-        SR_ACCUMULATE(T, V, MR, K2, A2, lda2, 1, Pp + (long) K1 * NR + s * SW,\
-                      NR);                                                    \
-        int nc = ncols - s * SW < SW ? ncols - s * SW : SW;                   \
-        SR_UNROLL for (int r = 0; r < MR; r++)                                \
-            SR_STORE_SLICE(T, V, acc[r], C + r * ldc + s * SW, nc,            \
-                           accumulate);                                       \
-    }                                                                         \
+        SR_ACCUMULATE(T, V, MR, K2, A2, lda2, 1,                              \
+                      Pp + (long) K1 * NR + s * SW, NR),                      \
+        accumulate)                                                           \
 }
 /* C[:MR, :ncols] += A.T[:MR, :K] @ B[:K, :NR], A being K x MR at stride lda
  * (column r of A is row r of the product) and B's rows ldb apart; a slice
@@ -182,17 +190,8 @@ ATTR static inline void NAME(int K1, const T *A1, long lda1, int K2,          \
 #define SR_DEFINE_MICRO_TN(NAME, T, V, MR, NREG, ATTR)                        \
 ATTR static inline void NAME(int K, const T *A, long lda, const T *Pp,        \
                              long ldb, T *C, long ldc, int ncols) {           \
-    SR_MICRO_SIZES(T, V, MR, NREG);                                           \
-    SR_UNROLL for (int s = 0; s < NV / NVS; s++) {                            \
-        if (s * SW >= ncols) break;                                           \
-        V acc[MR][NVS];                                                       \
-        SR_UNROLL for (int r = 0; r < MR; r++)                                \
-            SR_UNROLL for (int v = 0; v < NVS; v++) acc[r][v] = (V){0};       \
-        SR_ACCUMULATE(T, V, MR, K, A, 1, lda, Pp + s * SW, ldb);              \
-        int nc = ncols - s * SW < SW ? ncols - s * SW : SW;                   \
-        SR_UNROLL for (int r = 0; r < MR; r++)                                \
-            SR_STORE_SLICE(T, V, acc[r], C + r * ldc + s * SW, nc, 1);        \
-    }                                                                         \
+    SR_MICRO_SLICES(T, V, MR, NREG,                                           \
+        SR_ACCUMULATE(T, V, MR, K, A, 1, lda, Pp + s * SW, ldb), 1)           \
 }
 #else
 /* Portable fallback: the same order of operations, one scalar at a time. */
