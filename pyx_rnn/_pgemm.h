@@ -13,9 +13,9 @@
  * micro-kernel: MR rows of A times one panel, accumulated in MR * NV vector
  * registers (AVX-512: 12 x 2 zmm; AVX2: 6 x 2 ymm, each half of the panel's
  * 4 ymm in turn; baseline: 1 x 4 xmm, each half of 8 in turn), then 8, 4, 2
- * and 1 rows for the rest of the block. Twelve rows rather
- * than eight read each panel fewer times: 1.15-1.2x the throughput on one
- * core from 16 x 128 x 32 to 64 x 2048 x 512 (benchmarks/OPTIMISATIONS.md).
+ * and 1 rows for the rest of the block. Twelve rows rather than eight read
+ * each panel fewer times: 1.15-1.2x the throughput on one core from 16 x
+ * 128 x 32 to 64 x 2048 x 512 (benchmarks/OPTIMISATIONS.md).
  *
  * sr_pgemm2_* multiplies [A1 | A2], two row-major matrices side by side, by
  * B1 and B2 packed one below the other (sr_pack_*2): the lstm's and the rnn's
@@ -400,9 +400,10 @@ SR_DEFINE_ADDS(d_base, double, )
 #define SR_PGEMM_DISPATCH 1
 #define SR_AVX2 __attribute__((target("avx2,fma")))
 #define SR_AVX512 __attribute__((target("avx512f,fma")))
-#ifndef SR_AVX2_MR
+/* AVX2 rows per tile: 6 by half a panel ran the 128-unit LSTM's product at
+ * 83.7 GFLOP/s a Zen 3 core, 4 at 80.0, 8 (a quarter panel) at 69.0
+ * (benchmarks/OPTIMISATIONS.md, session 16) */
 #define SR_AVX2_MR 6
-#endif
 SR_DEFINE_GEMM(sr_pgemm_f_avx2, float, sr_vf8, SR_AVX2_MR, 16, SR_AVX2)
 SR_DEFINE_GEMM(sr_pgemm_d_avx2, double, sr_vd4, SR_AVX2_MR, 16, SR_AVX2)
 SR_DEFINE_GEMM(sr_pgemm_f_avx512, float, sr_vf16, 12, 32, SR_AVX512)

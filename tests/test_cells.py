@@ -1379,7 +1379,6 @@ def test_linear_rows_do_not_depend_on_each_other(n_out, dtype):
     assert_array_equal(linear(order[:7], n_threads=3), full[order[:7]], strict=True)
 
 
-
 @pytest.mark.parametrize("n_rows", [1, 5, 23, 40])
 def test_packed_product_sums_in_order_of_k(n_rows):
     """The packed product's order of summation, bit for bit (float32,
@@ -1407,6 +1406,7 @@ def test_packed_product_sums_in_order_of_k(n_rows):
     wpack = np.empty(_dense.linear_pack_length(N, K, 4), np.float32)
     _dense.linear(X, W, b, out, wpack, 1)
     assert_array_equal(out, expected, strict=True)
+
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("hidden", [5, 8])
