@@ -8,10 +8,12 @@ described there and fill caller-allocated arrays. They never allocate, never
 raise and never hold the GIL.
 
 Parallelism: sequences are independent, so the batch is cut into blocks of
-``block_rows`` sequences and each OpenMP thread runs whole blocks through all
-time steps, with its own single-threaded BLAS calls; no more threads than
-blocks are started, so that a small batch pays for no idle team. The cut depends only on
-the batch size and ``block_rows``, never on the thread count, so every
+``block_rows`` sequences (or, for ``recurrent_forward`` and
+``recurrent_backward``, as many blocks cut where the caller says:
+``block_starts``) and each OpenMP thread runs whole blocks through all time
+steps, with its own single-threaded BLAS calls; no more threads than blocks
+are started, so that a small batch pays for no idle team. The cut depends
+only on the batch and ``block_rows``, never on the thread count, so every
 floating-point operation happens in the same order whatever the number of
 threads: results are bitwise identical with 1 thread or many.
 """
@@ -405,10 +407,108 @@ cdef inline int spread_stride(int ncols, Py_ssize_t itemsize) noexcept nogil:
     return ld
 
 
+cdef inline int block_lo(const Py_ssize_t* starts, int k,
+                         int block_rows) noexcept nogil:
+    """Block ``k``'s first sequence: ``starts[k]`` where the caller cut the
+    batch (``starts`` not NULL), else ``k * block_rows``."""
+    return <int> starts[k] if starts != NULL else k * block_rows
+
+
+cdef inline int block_hi(const Py_ssize_t* starts, int k, int block_rows,
+                         int B) noexcept nogil:
+    """The sequence after block ``k``'s last (see ``block_lo``)."""
+    if starts != NULL:
+        return <int> starts[k + 1]
+    return min((k + 1) * block_rows, B)
+
+
+cdef inline Py_ssize_t block_part(const Py_ssize_t* starts, int k, int lo,
+                                  int block_rows,
+                                  Py_ssize_t stride) noexcept nogil:
+    """Where block ``k``'s part of a scratch array starts: one row of
+    ``stride`` elements per block, room for ``block_rows`` sequences of
+    ``stride / block_rows`` elements each. That is row ``k``; where the
+    caller cut the batch (``starts``), the room of the block's own
+    sequences instead, from sequence ``lo`` on, so that a block of any size
+    fits (the array has room for every sequence of the batch)."""
+    if starts != NULL:
+        return lo * (stride // block_rows)
+    return k * stride
+
+
+cdef int check_block_starts(const Py_ssize_t[::1] starts, Py_ssize_t B,
+                            int block_rows, tuple strides,
+                            str where) except -1:
+    """Check a caller's cut of a batch of ``B`` sequences: ``ceil(B /
+    block_rows)`` blocks of at least one sequence, in order, from 0 to
+    ``B``; the scratch arrays' row lengths (``strides``, 0 for one not used)
+    must hold whole sequences (see ``block_part``)."""
+    cdef Py_ssize_t n_blocks = (B + block_rows - 1) // block_rows, k
+    if starts.shape[0] != n_blocks + 1 or starts[0] != 0 or starts[n_blocks] != B:
+        raise ValueError(f"{where}: block_starts must hold {n_blocks + 1} "
+                         f"entries from 0 to {B} (ceil(batch / block_rows) "
+                         f"blocks), got {starts.shape[0]}")
+    for k in range(n_blocks):
+        if starts[k + 1] <= starts[k]:
+            raise ValueError(f"{where}: block_starts must increase: block {k} "
+                             f"starts at {starts[k]} and ends at "
+                             f"{starts[k + 1]}")
+    for stride in strides:
+        if stride % block_rows:
+            raise ValueError(f"{where}: with block_starts, each scratch array "
+                             f"must have block_rows * (elements per sequence) "
+                             f"columns; one has {stride}, for block_rows "
+                             f"{block_rows}")
+    return 0
+
+
 cdef inline Py_ssize_t work_columns(int gates, int hidden, int block_rows,
                                     Py_ssize_t itemsize) noexcept nogil:
     return block_rows * <Py_ssize_t> (
         hidden + spread_stride(gates * hidden, itemsize))
+
+
+def share_out_steps(const Py_ssize_t[::1] batch_sizes, Py_ssize_t[::1] starts):
+    """Cut a packed batch (``batch_sizes``: its sequences longest first) into
+    ``len(starts) - 1`` blocks of consecutive sequences holding about the same
+    number of steps each: ``starts`` receives where each block starts, and
+    the number of sequences last. Each cut is the sequence boundary nearest
+    its share of the steps (the later one on a tie), moved only as far as
+    it takes to leave every block a sequence. There must be at least as many
+    sequences as blocks."""
+    cdef Py_ssize_t n_steps = batch_sizes.shape[0]
+    cdef Py_ssize_t n_blocks = starts.shape[0] - 1
+    cdef Py_ssize_t B = batch_sizes[0] if n_steps > 0 else 0
+    cdef Py_ssize_t r, t, k, total = 0, before = 0, steps, cut
+    cdef double share
+    if n_blocks < 1 or B < n_blocks:
+        raise ValueError(f"share_out_steps: {B} sequences cannot fill "
+                         f"{n_blocks} blocks")
+    for t in range(n_steps):
+        total += batch_sizes[t]
+    starts[0] = 0
+    k = 1
+    t = n_steps
+    for r in range(B):
+        if k == n_blocks:
+            break
+        # sequence r's steps: the first t, whose batches hold more than r
+        # sequences (batch_sizes does not rise)
+        while t > 0 and batch_sizes[t - 1] <= r:
+            t -= 1
+        steps = t
+        # the cuts whose share of the steps ends within this sequence's:
+        # before it or after it, whichever is nearer
+        while k < n_blocks:
+            share = <double> total * k / n_blocks
+            if before + steps < share:
+                break
+            cut = r if share - before < before + steps - share else r + 1
+            cut = max(cut, starts[k - 1] + 1)
+            starts[k] = min(cut, B - (n_blocks - k))
+            k += 1
+        before += steps
+    starts[n_blocks] = B
 
 
 def backward_work_columns(int cell, int hidden, int block_rows, int itemsize):
@@ -578,6 +678,7 @@ cdef struct ForwardCall:
     const Py_ssize_t* bs
     const Py_ssize_t* off
     const Py_ssize_t* xs
+    const Py_ssize_t* starts
     void* X
     void* xr
     void* Wih
@@ -631,17 +732,21 @@ cdef void run_call(ForwardCall* a, floating* of_type) noexcept:
             pack_b(True, a.n_in, d.gates * d.hidden, pWih, a.n_in, pPih)
     for k in prange(n_blocks, nogil=True, schedule="dynamic",
                     num_threads=min(a.n_threads, n_blocks)):
-        lo = k * a.block_rows
-        hi = min(lo + a.block_rows, a.B)
+        lo = block_lo(a.starts, k, a.block_rows)
+        hi = block_hi(a.starts, k, a.block_rows, a.B)
         forward_block(d, lo, hi, a.bs, a.off, pX, a.n_in, a.xs,
-                      pxr + k * a.xrstride if pxr != NULL else NULL,
+                      pxr + block_part(a.starts, k, lo, a.block_rows, a.xrstride)
+                      if pxr != NULL else NULL,
                       pWih, pPih, <floating*> a.bih, <floating*> a.G,
-                      pGb + k * a.gbstride if pGb != NULL else NULL, pW, P1, P2,
+                      pGb + block_part(a.starts, k, lo, a.block_rows, a.gbstride)
+                      if pGb != NULL else NULL, pW, P1, P2,
                       <floating*> a.b, <floating*> a.peep, <floating*> a.lnw,
                       <floating*> a.lnb, <floating*> a.mask, <floating*> a.h,
                       <floating*> a.c, <floating*> a.H, <floating*> a.C,
                       <floating*> a.Hp, <floating*> a.aux, <floating*> a.xh,
-                      <floating*> a.rs, pwork + k * a.wstride, stacked)
+                      <floating*> a.rs,
+                      pwork + block_part(a.starts, k, lo, a.block_rows, a.wstride),
+                      stacked)
 
 
 # --------------------------------------------------------------------------
@@ -688,6 +793,7 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
                       floating[:, ::1] aux, floating[:, ::1] xhat,
                       floating[:, ::1] rstd, floating[:, ::1] work,
                       floating[::1] wpack, int block_rows, int n_threads,
+                      const Py_ssize_t[::1] block_starts=None,
                       ForwardArgs prepare=None):
     """Run one layer in one direction over a packed batch.
 
@@ -718,6 +824,12 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
     from row ``x_starts[b]``, and each block gathers the rows of a step into
     its row of ``x_rows`` (``n_blocks x block_rows * n_input``) first. The
     caller makes sure that every row read is in ``X``.
+    ``block_starts`` (``n_blocks + 1`` increasing entries from 0 to the
+    number of sequences), when given and not empty, cuts the batch into
+    blocks of any size: block ``k`` holds sequences ``block_starts[k]`` to
+    ``block_starts[k + 1]`` (excluded) and uses the part of ``x_rows``,
+    ``G_block`` and ``work`` of those sequences (their rows hold
+    ``block_rows`` sequences each).
     Arrays a cell does not use may have size zero.
     With ``prepare`` (a new ``ForwardArgs``) nothing runs: the call is made
     ready in it instead, for ``run_forward`` (see ``ForwardArgs``).
@@ -740,6 +852,13 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
     a.h, a.c, a.H, a.C = ptr2(h), ptr2(c), ptr2(H_out), ptr2(C_out)
     a.Hp, a.aux, a.xh, a.rs = ptr2(Hprev), ptr2(aux), ptr2(xhat), ptr2(rstd)
     a.work, a.wstride, a.wpack = ptr2(work), work.shape[1], ptr1(wpack)
+    a.starts = NULL
+    if block_starts is not None and block_starts.shape[0] > 0:
+        check_block_starts(block_starts, a.B, block_rows,
+                           (a.xrstride if a.xr != NULL else 0,
+                            a.gbstride if a.Gb != NULL else 0, a.wstride),
+                           "recurrent_forward")
+        a.starts = &block_starts[0]
     if cell == GRU and a.H == NULL and n_steps > 0:
         raise ValueError("the gru needs H_out: its work holds the recurrent "
                          "product")
@@ -804,7 +923,8 @@ def recurrent_backward(int cell, int activation, bint reverse,
                        floating[:, ::1] dbias_hh, floating[:, ::1] X,
                        floating[:, ::1] dWih_t, floating[:, ::1] dWhh_t,
                        floating[:, ::1] edge, floating[:, ::1] work,
-                       floating[::1] wpack, int block_rows, int n_threads):
+                       floating[::1] wpack, int block_rows, int n_threads,
+                       const Py_ssize_t[::1] block_starts=None):
     """Back-propagate one layer in one direction through time.
 
     ``dH`` is dL/dh at every row from above. ``dh`` (and ``dc``) hold the
@@ -828,7 +948,9 @@ def recurrent_backward(int cell, int activation, bint reverse,
     ``edge`` (``n_blocks x block_rows * SR_PANEL_BYTES / itemsize``) is their
     scratch, and ``work`` (``n_blocks x backward_work_columns``) that of the
     recurrent product.
-    ``wpack`` is as for ``recurrent_forward`` (with ``backward=True``).
+    ``wpack`` is as for ``recurrent_forward`` (with ``backward=True``), and
+    so is ``block_starts``: its blocks use the parts of ``edge`` and ``work``
+    of their sequences.
     """
     cdef int n_steps = batch_sizes.shape[0]
     cdef int B = <int> batch_sizes[0] if n_steps > 0 else 0
@@ -878,6 +1000,12 @@ def recurrent_backward(int cell, int activation, bint reverse,
     cdef Py_ssize_t estride = edge.shape[1]
     cdef floating* P1
     cdef floating* P2
+    cdef const Py_ssize_t* starts = NULL
+    if block_starts is not None and block_starts.shape[0] > 0:
+        check_block_starts(block_starts, B, block_rows,
+                           (estride if pedge != NULL else 0, wstride),
+                           "recurrent_backward")
+        starts = &block_starts[0]
     if ((pdWi != NULL or pdWh != NULL)
             and estride < block_rows * sr_pack_length(1, 1, sizeof(floating))):
         raise ValueError("recurrent_backward: edge must have block_rows * "
@@ -889,8 +1017,8 @@ def recurrent_backward(int cell, int activation, bint reverse,
     pack_recurrent(&d, True, pW, ptr1(wpack), &P1, &P2)
     for k in prange(n_blocks, nogil=True, schedule="dynamic",
                     num_threads=min(n_threads, n_blocks)):
-        lo = k * block_rows
-        hi = min(lo + block_rows, B)
+        lo = block_lo(starts, k, block_rows)
+        hi = block_hi(starts, k, block_rows, B)
         backward_block(&d, lo, hi, pbs, poff, pstop, pG, pW, P1, P2, ppeep, plnw,
                        pmask, ph0, pc0, pH, pC, pHp, paux, pxh, prs, pdH, pdh,
                        pdc, pdG, pdGh,
@@ -902,5 +1030,6 @@ def recurrent_backward(int cell, int activation, bint reverse,
                        pX, n_in,
                        pdWi + k * wistride if pdWi != NULL and pX != NULL else NULL,
                        pdWh + k * whstride if pdWh != NULL else NULL,
-                       pedge + k * estride if pedge != NULL else NULL,
-                       pwork + k * wstride)
+                       pedge + block_part(starts, k, lo, block_rows, estride)
+                       if pedge != NULL else NULL,
+                       pwork + block_part(starts, k, lo, block_rows, wstride))

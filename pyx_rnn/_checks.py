@@ -391,13 +391,13 @@ def _validate_packing(bs, off, where):
             f"Packing.from_lengths")
 
 
-def _check_block_rows(block_rows, batch_sizes, where):
-    """The resolved block size (the default when None) for a checked
-    packing's ``batch_sizes``."""
+def _check_block_rows(block_rows, batch_sizes, where, cut_by_steps=True):
+    """The resolved block size (the default when None, see
+    ``layers.default_block_rows``) for a checked packing's ``batch_sizes``."""
     B = int(batch_sizes[0])
     if block_rows is None:
         from .layers import default_block_rows
-        block_rows = default_block_rows(batch_sizes)
+        block_rows = default_block_rows(batch_sizes, cut_by_steps)
     br = _integer(block_rows, "block_rows", where)
     _int32(B + br, "batch_sizes[0] + block_rows", where, "use a smaller block_rows")
     return br
@@ -763,7 +763,25 @@ def _check_layer_cache(cache, spec, n_in, hidden, gh, where):
         if not a.flags.c_contiguous or not a.flags.writeable:
             raise ValueError(f"{where}: {full} is not a C-contiguous writable "
                              f"array{fix}")
+    _check_block_starts(cache.block_starts, B, br, where, fix)
     return dtype, bs, off, B, n_rows, br
+
+
+def _check_block_starts(starts, B, br, where, fix):
+    """A cache's cut of its batch (``layers.block_cut``): empty (blocks of
+    ``br`` sequences), or ``ceil(B / br) + 1`` increasing intp entries from 0
+    to ``B``."""
+    n_blocks = -(-B // br)
+    if not (isinstance(starts, np.ndarray) and starts.dtype == np.intp
+            and starts.ndim == 1 and starts.flags.c_contiguous):
+        raise TypeError(f"{where}: cache.block_starts is not a C-contiguous "
+                        f"1-D intp array{fix}")
+    if starts.size and not (
+            starts.size == n_blocks + 1 and starts[0] == 0 and starts[-1] == B
+            and (np.diff(starts) > 0).all()):
+        raise ValueError(f"{where}: cache.block_starts must be empty or hold "
+                         f"{n_blocks + 1} increasing entries from 0 to {B}"
+                         f"{fix}")
 
 
 def check_layer_backward_sizes(spec, n_rows, B, br, dtype, *, fused,
@@ -891,7 +909,7 @@ def check_jordan_forward_args(spec, ws, w_out, b_out, X, batch_sizes, offsets,
     _check_n_threads(n_threads, where)
     bs, off = _check_packing(batch_sizes, offsets, where)
     B, n_rows = int(bs[0]), int(off[-1])
-    br = _check_block_rows(block_rows, bs, where)
+    br = _check_block_rows(block_rows, bs, where, cut_by_steps=False)
     tokens = _is_tokens(X)
     if tokens:
         w0 = _sequence(ws, "ws", L, where, "dicts of layer parameters")[0]

@@ -21,31 +21,66 @@ CELLS = {"rnn": _cells.CELL_RNN, "lstm": _cells.CELL_LSTM, "gru": _cells.CELL_GR
 GATES = {"rnn": 1, "lstm": 4, "gru": 3, "jordan": 1}
 ACTIVATIONS = {"tanh": _cells.ACT_TANH, "relu": _cells.ACT_RELU}
 
+_EMPTY = {}
+_EMPTY_STARTS = np.empty(0, dtype=np.intp)
 
-def default_block_rows(batch_sizes):
+
+def default_block_rows(batch_sizes, cut_by_steps=True):
     """Sequences per parallel block, from a packing's ``batch_sizes``: a
-    function of the packing only (its number of sequences, and whether their
-    lengths differ), so that results do not depend on the thread count.
-
-    Equal lengths: two blocks for batches up to 128 sequences, blocks of 64
+    function of the packing only, so that results do not depend on the
+    thread count. Two blocks for batches up to 128 sequences, blocks of 64
     beyond. Fewer rows per block make the product's tiles smaller, and where
     the recurrent product is a BLAS call (above 512 units), that call packs
-    the whole recurrent weight matrix for each block and step.
-
-    Lengths that differ: a packing puts the longest sequences first, so two
-    blocks of consecutive rows hold unequal work (lengths uniform in
-    10..100: the first half of a batch holds 70% of its steps), and with two
-    threads the second waits for the first. Blocks of a quarter of the batch
-    (16 to 64 rows), each taken by whichever thread is free, even the work
-    out: on two threads, the forward and backward passes over an epoch of
-    such batches of 64 sequences took 19-23% less time with 128 units (LSTM,
-    GRU, Elman), and as long as before on one thread
-    (``benchmarks/OPTIMISATIONS.md``, session 15).
-    """
+    the whole recurrent weight matrix for each block and step. Where lengths
+    differ, the rnn's, lstm's and gru's blocks are as many but cut by their
+    steps (``default_block_starts``); without ``cut_by_steps`` (Jordan
+    networks, whose kernels take blocks of ``block_rows`` consecutive
+    sequences) they are a quarter of the batch instead (16 to 64
+    sequences), taken in turn by whichever thread is free, which evens
+    the work out on average (``benchmarks/OPTIMISATIONS.md``, session 15)."""
     B = int(batch_sizes[0])
-    if int(batch_sizes[-1]) == B:
+    if cut_by_steps or int(batch_sizes[-1]) == B:
         return int(min(64, max(16, -(-B // 2))))
     return int(min(64, max(16, -(-B // 4))))
+
+
+def default_block_starts(batch_sizes, block_rows):
+    """Where the blocks of a packed batch start when the caller does not
+    choose ``block_rows`` (see ``block_cut``): for lengths that differ, as
+    many blocks as ``block_rows`` makes, ``ceil(B / block_rows)``, each
+    holding about the same number of steps (``_cells.share_out_steps``)
+    rather than of sequences, so that threads given one block each finish
+    together; an empty array for equal lengths, whose blocks stay those of
+    ``block_rows``. A function of the packing only: results do not depend on
+    the thread count.
+
+    A packing puts the longest sequences first: two blocks of 16 of a batch
+    of 32 sequences of 10 to 50 steps put a third more steps in the first
+    than half the batch's, and the second thread waited for the first; cut
+    by steps, they hold about 11 and 21 sequences. Session 15 had evened the
+    work out with blocks of a quarter of the batch instead, taken by
+    whichever thread is free; the benchmark's variable-length training
+    batches took 12% less time on two threads with two blocks cut by steps
+    (LSTM, 32 units), 4-5% less with 128 (LSTM, GRU), 2% less (Elman) and
+    as long with 512 (``benchmarks/OPTIMISATIONS.md``, session 17)."""
+    B = int(batch_sizes[0]) if len(batch_sizes) else 0
+    n_blocks = -(-B // block_rows)
+    if n_blocks < 2 or int(batch_sizes[-1]) == B:
+        return _EMPTY_STARTS
+    starts = np.empty(n_blocks + 1, np.intp)
+    _cells.share_out_steps(batch_sizes, starts)
+    return starts
+
+
+def block_cut(batch_sizes, block_rows=None):
+    """``(block_rows, block_starts)`` for the kernels of a layer of the rnn,
+    lstm or gru: ``block_rows`` as given, in blocks of that many sequences
+    (``block_starts`` empty); else ``default_block_rows`` and
+    ``default_block_starts``."""
+    if block_rows is not None:
+        return block_rows, _EMPTY_STARTS
+    block_rows = default_block_rows(batch_sizes)
+    return block_rows, default_block_starts(batch_sizes, block_rows)
 
 
 #: How the per-step recurrent product ``h_{t-1} @ W_hh.T`` (and its transpose
@@ -152,10 +187,7 @@ class LayerCache:
     batch_sizes: np.ndarray
     offsets: np.ndarray
     block_rows: int
-
-
-_EMPTY = {}
-_EMPTY_STARTS = np.empty(0, dtype=np.intp)
+    block_starts: np.ndarray
 
 
 def _empty(dtype, ndim=2):
@@ -342,7 +374,7 @@ class _ForwardPlan:
     # positions of the per-call arguments of _cells.recurrent_forward
     SLOTS = dict(batch_sizes=6, offsets=7, X=8, x_starts=9, W_ih=11, b_ih=12,
                  W_hh=16, b_hh=17, peep=18, ln_w=19, ln_b=20, mask=21, h=22,
-                 c=23, n_threads=33)
+                 c=23, n_threads=33, block_starts=34)
     # positions of the buffers of one row per packed row (G, H, C, Hprev,
     # aux, xhat, rstd), empty where the call keeps none
     ROWS = (14, 24, 25, 26, 27, 28, 29)
@@ -407,11 +439,12 @@ class _ForwardPlan:
             spec.reset_after, spec.layer_norm, spec.peephole, None, None,
             None, _EMPTY_STARTS, x_rows, None, None, wpack_ih, G, G_block,
             None, None, peep, ln, ln, None, None, None, H, C, Hprev, aux,
-            xhat, rstd, work, wpack, block_rows, None]
+            xhat, rstd, work, wpack, block_rows, None, None]
 
-    def bind(self, w, batch_sizes, offsets, n_threads):
+    def bind(self, w, batch_sizes, offsets, n_threads, block_starts=_EMPTY_STARTS):
         """The kernel's arguments for a call with these parameters (``w``),
-        packing and thread count: a new list, whose input (``X`` empty,
+        packing, thread count and cut of the batch (``block_cut``'s
+        ``block_starts``): a new list, whose input (``X`` empty,
         ``x_starts`` empty), mask and states are still to be put in
         (``SLOTS``), and whose buffers of rows (``ROWS``, see ``rows``) are
         the first rows of the plan's, one per row of the packing. The biases
@@ -439,6 +472,7 @@ class _ForwardPlan:
         if spec.layer_norm:
             args[at["ln_w"]], args[at["ln_b"]] = w["ln_weight"], w["ln_bias"]
         args[at["n_threads"]] = n_threads
+        args[at["block_starts"]] = block_starts
         return args
 
     @classmethod
@@ -472,8 +506,7 @@ def _layer_forward(spec, w, X, batch_sizes, offsets, h0, c0, mask, n_threads,
     its final state."""
     dtype = w["weight_ih"].dtype
     B = int(batch_sizes[0])
-    if block_rows is None:
-        block_rows = default_block_rows(batch_sizes)
+    block_rows, block_starts = block_cut(batch_sizes, block_rows)
     in_place = isinstance(X, SequenceInput)
     plan = _plan(pool, "forward_plan", _ForwardPlan, spec, (
         spec, dtype, B, block_rows, keep_cache, mask is None,
@@ -483,7 +516,7 @@ def _layer_forward(spec, w, X, batch_sizes, offsets, h0, c0, mask, n_threads,
         X, x_starts = X.data, X.starts
     elif in_place:
         X = X.data[rows_from(X.starts, batch_sizes, offsets)]
-    args = plan.bind(w, batch_sizes, offsets, n_threads)
+    args = plan.bind(w, batch_sizes, offsets, n_threads, block_starts)
     G, H, C, Hprev, aux, xhat, rstd = plan.rows(args)
     if plan.fuse_input:
         plan.add_biases(w)
@@ -509,7 +542,7 @@ def _layer_forward(spec, w, X, batch_sizes, offsets, h0, c0, mask, n_threads,
     if not keep_cache:
         return H, h, c, None
     cache = LayerCache(X, G, H, C, Hprev, aux, xhat, rstd, h0, c0, mask,
-                       batch_sizes, offsets, block_rows)
+                       batch_sizes, offsets, block_rows, block_starts)
     return H, h, c, cache
 
 
@@ -633,7 +666,7 @@ def _layer_backward(spec, w, grads, cache, dH, dh_n, dc_n, t_stop, need_dx,
         cache.rstd, np.ascontiguousarray(dH, dtype), dh, dc, dG, dGh, plan.dpeep,
         plan.dln_w, plan.dln_b, plan.dbias_ih, plan.dbias_hh, X_in, plan.dWih_t,
         plan.dWhh_t, plan.edge, plan.work, plan.wpack, cache.block_rows,
-        n_threads,
+        n_threads, cache.block_starts,
     )
     # the kernel's partial sums per block, added in block order (those of
     # the weights are transposed)
@@ -764,7 +797,7 @@ def jordan_forward(spec, ws, w_out, b_out, X, batch_sizes, offsets, f0=None,
     n_rows = len(X)
     B = int(batch_sizes[0])
     if block_rows is None:
-        block_rows = default_block_rows(batch_sizes)
+        block_rows = default_block_rows(batch_sizes, cut_by_steps=False)
     drop = [None] * L if drop is None else [None] + list(drop[1:])
     rmask = [None] * L if rmask is None else list(rmask)
     drop = [None if m is None else np.ascontiguousarray(m, dtype) for m in drop]

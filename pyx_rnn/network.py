@@ -28,6 +28,7 @@ from .layers import (
     _layer_forward,
     _new_states,
     _take,
+    block_cut,
     default_block_rows,
     fused_weight_gradients,
     jordan_backward,
@@ -901,9 +902,10 @@ class _InferencePlan:
     def __init__(self, net, pool, packing, key):
         self.net = net
         self.key = key
-        _, n_threads, _, self.return_sequences, self.in_place = key
+        _, n_threads, block_rows, self.return_sequences, self.in_place = key
         # the kernels read the plan's own copy of the checked packing
         batch_sizes, offsets = packing.batch_sizes.copy(), packing.offsets.copy()
+        block_starts = block_cut(batch_sizes, block_rows)[1]
         self.weights = net.weights
         self.arrays = tuple(net.weights.values())
         self.layout = [(a.shape, a.dtype, a.strides) for a in self.arrays]
@@ -912,7 +914,7 @@ class _InferencePlan:
         for ((spec, sfx),) in net.specs:
             plan = pool[sfx]["forward_plan"]
             w = net._layer(net.weights, sfx)
-            args = plan.bind(w, batch_sizes, offsets, n_threads)
+            args = plan.bind(w, batch_sizes, offsets, n_threads, block_starts)
             # no mask; the input (empty in args) and the states are run's
             for name in ("mask", "h", "c"):
                 args[plan.SLOTS[name]] = _empty(net.dtype)

@@ -705,6 +705,74 @@ def test_layer_thread_count_independence(c, dtype):
 
 
 @DTYPES
+@pytest.mark.parametrize("c", REPRESENTATIVE + [cfg("lstm"), cfg("gru")],
+                         ids=cfg_id)
+def test_layer_blocks_cut_where_the_caller_says(c, dtype, monkeypatch):
+    """``block_starts``: blocks of any size, also beyond ``block_rows`` (40
+    sequences of 1 to 12 steps, ``block_rows`` 20 by default, so two
+    blocks). The states, outputs and input and state gradients are bitwise
+    those of blocks of 20 consecutive sequences (each row's sums do not
+    depend on its block), on 1 and 2 threads; each block's partial sums of
+    the bias gradient are those of its own rows (the backward kernel cut the
+    batch there), and the parameters' gradients equal the uniform blocks'
+    to within rounding. The forward and backward kernels refuse a bad cut."""
+    from pyx_rnn import layers
+    pb = layer_problem(c, THREAD_LENGTHS, seed=43)
+    # another grouping of the same sums: rounding of the largest terms
+    eps = 1e-5 if dtype == np.float32 else 1e-13
+    with threadpool_limits(1, user_api="blas"):
+        base = kernel_layer(c, pb, dtype, block_rows=20, n_threads=2, t_stop=2)[0]
+        for cut in ([0, 3, 40], [0, 37, 40]):
+            monkeypatch.setattr(layers, "default_block_starts",
+                                lambda bs, br, cut=cut: np.array(cut, np.intp))
+            runs = []
+            for n_threads in (1, 2):
+                out, cache, pk = kernel_layer(c, pb, dtype, block_rows=None,
+                                              n_threads=n_threads, t_stop=2)
+                assert_array_equal(cache.block_starts, cut)
+                runs.append(out)
+            assert_identical(runs[1], runs[0])
+            grads = runs[0].pop("grads")
+            assert_identical(runs[0], {k: base[k] for k in runs[0]})
+            for k, g in grads.items():
+                assert_allclose(g, base["grads"][k], rtol=0, err_msg=k,
+                                atol=eps * np.abs(base["grads"][k]).max())
+    # the partial sums of the last call (2 threads), block by block
+    spec, X, _ = spec_of(c), *pack(pb["seqs"], dtype)
+    pool = {}
+    w = {k: v.astype(dtype) for k, v in pb["params"].items()}
+    monkeypatch.setattr(layers, "default_block_starts",
+                        lambda bs, br: np.array([0, 3, 40], np.intp))
+    H, _, _, cache = layer_forward(spec, w, X, pk.batch_sizes, pk.offsets,
+                                   n_threads=2, pool=pool)
+    grads = {k: np.zeros_like(v) for k, v in w.items()}
+    layer_backward(spec, w, grads, cache, np.ones_like(H), n_threads=2,
+                   pool=pool)
+    plan = pool["backward_plan"]
+    dG = plan.dG[:pk.n_rows]
+    block = np.searchsorted([3], np.concatenate(
+        [np.arange(b) for b in pk.batch_sizes]), side="right")
+    for k in range(2):
+        want = dG[block == k].sum(axis=0)
+        assert_allclose(plan.dbias_ih[k], want, rtol=0,
+                        atol=eps * np.abs(dG).max() * (block == k).sum())
+    assert np.abs(plan.dbias_ih).min(axis=1).max() > 0
+    # a bad cut, refused before anything runs
+    args = cache.block_starts
+    for bad, match in (([0, 40], "3 entries from 0 to 40"),
+                       ([0, 0, 40], "must increase"),
+                       ([0, 3, 41], "from 0 to 40")):
+        monkeypatch.setattr(layers, "default_block_starts",
+                            lambda bs, br, bad=bad: np.array(bad, np.intp))
+        with pytest.raises(ValueError, match=match):
+            layer_forward(spec, w, X, pk.batch_sizes, pk.offsets, pool={})
+        cache.block_starts = np.array(bad, np.intp)
+        with pytest.raises(ValueError, match="cache.block_starts"):
+            layer_backward(spec, w, grads, cache, np.ones_like(H))
+    cache.block_starts = args
+
+
+@DTYPES
 @pytest.mark.parametrize("jc", JORDAN_REPRESENTATIVE, ids=jcfg_id)
 def test_jordan_thread_count_independence(jc, dtype):
     pb = jordan_problem(jc, THREAD_LENGTHS, seed=42,

@@ -27,7 +27,7 @@ from _shared import numerical_gradient
 from numpy.testing import assert_allclose, assert_array_equal
 
 from pyx_rnn import reference as ref
-from pyx_rnn.layers import _take, default_block_rows
+from pyx_rnn.layers import _take, default_block_rows, default_block_starts
 from pyx_rnn.network import Network
 from pyx_rnn.optim import SGD, Adam
 from pyx_rnn.packing import Packing, SequenceInput, pack
@@ -757,34 +757,82 @@ def test_thread_count_does_not_change_results(cell, bidirectional, tbptt, dtype)
 
 
 def test_default_block_size_follows_the_packing():
-    # Equal lengths: two blocks up to 128 sequences; lengths that differ
-    # (the longest first, so consecutive rows hold unequal work): a quarter
-    # of the batch, 16 to 64 rows, for the threads to share out
-    def rows(lengths):
-        return default_block_rows(Packing.from_lengths(lengths).batch_sizes)
+    # two blocks up to 128 sequences, of 16 rows at least and 64 at most,
+    # whether lengths differ or not (those that differ are then cut by
+    # their steps: default_block_starts); for Jordan networks (not cut by
+    # steps), lengths that differ: a quarter of the batch, 16 to 64 rows
+    def rows(lengths, cut_by_steps=True):
+        bs = Packing.from_lengths(lengths).batch_sizes
+        return default_block_rows(bs, cut_by_steps)
 
-    for n, equal, differ in [(10, 16, 16), (40, 20, 16), (64, 32, 16),
-                             (128, 64, 32), (200, 64, 50), (300, 64, 64)]:
-        assert rows(np.full(n, 7)) == equal, n
-        assert rows(np.arange(n) % 9 + 1) == differ, n
-    # one sequence shorter is enough
-    assert rows(np.r_[np.full(63, 9), 8]) == 16
+    for n, want, jordan in [(10, 16, 16), (40, 20, 16), (64, 32, 16),
+                            (128, 64, 32), (200, 64, 50), (300, 64, 64)]:
+        assert rows(np.full(n, 7)) == want == rows(np.full(n, 7), False), n
+        assert rows(np.arange(n) % 9 + 1) == want, n
+        assert rows(np.arange(n) % 9 + 1, False) == jordan, n
+    # one sequence shorter than the others: cut by steps
+    bs = Packing.from_lengths(np.r_[np.full(63, 9), 8]).batch_sizes
+    assert_array_equal(default_block_starts(bs, 32), [0, 32, 64])
+    assert default_block_starts(Packing.from_lengths(np.full(64, 9)).batch_sizes,
+                                32).size == 0
 
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_default_blocks_of_variable_lengths_do_not_change_with_threads(cell):
+    """Variable lengths: the default cut (blocks of about as many steps each,
+    ``default_block_starts``) gives the same bits on 1 and 2 threads. The
+    loss and states are bitwise those of blocks of 32 consecutive sequences
+    (each row's sums do not depend on its block), the gradients equal them
+    to within rounding (each block's partial sums group other rows)."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
     net, X, pk, T, sw = _repro_problem(cell, False, np.float32, n_seq=64)
     assert pk.batch_sizes[-1] < pk.batch_sizes[0]        # lengths differ
+    starts = default_block_starts(pk.batch_sizes, 32)
+    assert default_block_rows(pk.batch_sizes) == 32
+    assert len(starts) == 3 and starts[1] < 32
     with threadpoolctl.threadpool_limits(1, user_api="blas"):
         runs = [_run(net, X, pk, T, sw, 5, **kw) for kw in (
             dict(n_threads=1), dict(n_threads=2),
-            dict(n_threads=2, block_rows=16))]          # the default, given
+            dict(n_threads=2, block_rows=32))]          # the default count
     for r in runs[1:]:
         assert r[0] == runs[0][0]
-        assert_array_equal(r[1], runs[0][1])
         for a, b in zip(flat_states(r[2], net), flat_states(runs[0][2], net)):
             assert_array_equal(a, b)
+    assert_array_equal(runs[1][1], runs[0][1])
+    assert_allclose(runs[2][1], runs[0][1], rtol=1e-5, atol=1e-7)
+    assert np.abs(runs[0][1]).max() > 0
+
+
+def test_default_block_starts_share_out_the_steps():
+    """The default cut of variable-length batches: ``ceil(B / block_rows)``
+    blocks of at least one sequence each, in order, whose steps are as near
+    an equal share as whole sequences allow; equal lengths keep the blocks
+    of ``block_rows`` (no cut)."""
+    rng = np.random.default_rng(4)
+    for B, low, high, br in ((32, 10, 50, 16), (64, 10, 100, 16),
+                             (128, 10, 100, 32), (33, 1, 3, 16), (3, 1, 40, 1),
+                             (300, 1, 100, 64)):
+        pk = Packing.from_lengths(rng.integers(low, high + 1, B))
+        starts = default_block_starts(pk.batch_sizes, br)
+        n_blocks = -(-B // br)
+        assert starts.dtype == np.intp and len(starts) == n_blocks + 1
+        assert starts[0] == 0 and starts[-1] == B and (np.diff(starts) > 0).all()
+        if n_blocks == B:      # a sequence a block: no choice
+            assert_array_equal(starts, np.arange(B + 1))
+            continue
+        before = np.concatenate(([0], np.cumsum(pk.lengths)))  # longest first
+        share = before[-1] * np.arange(1, n_blocks) / n_blocks
+        # each cut is the whole sequence nearest its share
+        for cut, want in zip(starts[1:-1], share):
+            assert abs(before[cut] - want) <= np.abs(before - want).min() + 1e-9
+    # the first half of a batch of 32 (10 to 50 steps) holds more than half
+    # the steps: its first block holds fewer sequences
+    pk = Packing.from_lengths(np.random.default_rng(0).integers(10, 51, 32))
+    _, cut, _ = default_block_starts(pk.batch_sizes, 16)
+    assert abs(pk.lengths[:cut].sum() - pk.lengths[cut:].sum()) <= pk.lengths.max()
+    assert pk.lengths[:16].sum() > 1.2 * pk.lengths[16:].sum()
+    assert default_block_starts(Packing.from_lengths(np.full(40, 7)).batch_sizes,
+                                16).size == 0
 
 
 def test_a_pool_buffer_serves_smaller_requests():
