@@ -833,6 +833,10 @@ def test_default_block_starts_share_out_the_steps():
     assert pk.lengths[:16].sum() > 1.2 * pk.lengths[16:].sum()
     assert default_block_starts(Packing.from_lengths(np.full(40, 7)).batch_sizes,
                                 16).size == 0
+    # the kernel that cuts: not more blocks than sequences
+    from pyx_rnn import _cells
+    with pytest.raises(ValueError, match="32 sequences cannot fill 33 blocks"):
+        _cells.share_out_steps(pk.batch_sizes, np.empty(34, np.intp))
 
 
 def test_a_pool_buffer_serves_smaller_requests():
