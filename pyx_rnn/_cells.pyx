@@ -20,6 +20,7 @@ threads: results are bitwise identical with 1 thread or many.
 from cython cimport floating
 from cython.parallel cimport prange
 
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.string cimport memcpy
 
 from ._blas cimport (
@@ -462,6 +463,50 @@ cdef int check_block_starts(const Py_ssize_t[::1] starts, Py_ssize_t B,
     return 0
 
 
+cdef Py_ssize_t least_rows(tuple rows):
+    """The fewest rows among a call's buffers of rows (``rows``: their
+    lengths, 0 for one not used), which a call on another packing may not
+    exceed (see ``bind_packing``); no limit without any."""
+    cdef Py_ssize_t least = PY_SSIZE_T_MAX, n
+    for n in rows:
+        if 0 < n < least:
+            least = n
+    return least
+
+
+cdef Py_ssize_t bind_packing(Dims* d, const Py_ssize_t** bs,
+                             const Py_ssize_t** off, const Py_ssize_t** starts,
+                             Py_ssize_t B, int block_rows, Py_ssize_t capacity,
+                             const Py_ssize_t[::1] batch_sizes,
+                             const Py_ssize_t[::1] offsets,
+                             const Py_ssize_t[::1] block_starts, tuple strides,
+                             str where) except -1:
+    """Point a prepared call (``ForwardArgs``, ``BackwardArgs``) at another
+    packing: of its ``B`` sequences, in at most ``capacity`` rows (the first
+    rows of its buffers), cut by ``block_starts`` (None or empty: blocks of
+    ``block_rows``; checked as ``check_block_starts`` does, ``strides``
+    being the scratch arrays'); returns its number of rows. The caller
+    checks the packing itself, as for the kernels' entry points."""
+    cdef Py_ssize_t n_steps
+    if batch_sizes is None or offsets is None:
+        raise TypeError(f"{where}: pass batch_sizes and offsets together")
+    n_steps = batch_sizes.shape[0]
+    if (n_steps == 0 or batch_sizes[0] != B or offsets.shape[0] != n_steps + 1
+            or offsets[n_steps] > capacity):
+        raise ValueError(
+            f"{where}: the call was made for {B} sequences in at most "
+            f"{capacity} rows; got batch_sizes of {n_steps} steps "
+            f"({batch_sizes[0] if n_steps else 0} sequences) and "
+            f"{offsets.shape[0]} offsets (one more than the steps, the last "
+            f"the number of rows)")
+    d.n_steps = <int> n_steps
+    bs[0], off[0], starts[0] = &batch_sizes[0], &offsets[0], NULL
+    if block_starts is not None and block_starts.shape[0] > 0:
+        check_block_starts(block_starts, B, block_rows, strides, where)
+        starts[0] = &block_starts[0]
+    return offsets[n_steps]
+
+
 cdef inline Py_ssize_t work_columns(int gates, int hidden, int block_rows,
                                     Py_ssize_t itemsize) noexcept nogil:
     return block_rows * <Py_ssize_t> (
@@ -575,8 +620,10 @@ cdef void backward_block(Dims* d, int lo, int hi, const Py_ssize_t* bs,
             continue
         r0 = off[t] + lo
         # dL/dh_t from above, for all the block's rows at once (consecutive
-        # in dh and in dH; a truncated row's is set to zero below)
-        add_rows(1, nb * H, dH + r0 * H, 0, dh + lo * H)
+        # in dh and in dH; a truncated row's is set to zero below); none
+        # with dH empty
+        if dH != NULL:
+            add_rows(1, nb * H, dH + r0 * H, 0, dh + lo * H)
         for i in range(nb):
             r = r0 + i
             b = lo + i
@@ -768,7 +815,7 @@ cdef class ForwardArgs:
     """
     cdef ForwardCall a
     cdef readonly tuple args
-    cdef Py_ssize_t itemsize, n_rows
+    cdef Py_ssize_t itemsize, n_rows, capacity
     cdef int n_input, n_steps
 
     def __init__(self, args):
@@ -870,26 +917,41 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
     prepare.n_input = <int> W_ih.shape[1]
     prepare.n_rows = offsets[n_steps]
     prepare.n_steps = n_steps
+    prepare.capacity = least_rows((G.shape[0], H_out.shape[0], C_out.shape[0],
+                                   Hprev.shape[0], aux.shape[0], xhat.shape[0],
+                                   rstd.shape[0]))
 
 
 def run_forward(ForwardArgs call, floating[:, ::1] X,
                 const Py_ssize_t[::1] x_starts, floating[:, ::1] h,
-                floating[:, ::1] c):
+                floating[:, ::1] c, const Py_ssize_t[::1] batch_sizes=None,
+                const Py_ssize_t[::1] offsets=None,
+                const Py_ssize_t[::1] block_starts=None):
     """Run the call made ready in ``call`` on this input ``X``, its starts
     (empty: ``X`` is packed) and states ``h`` and ``c`` (``c`` empty but for
-    the LSTM), as ``recurrent_forward`` does. Checks the sizes it reads;
-    the caller makes sure, as for ``recurrent_forward``, that every row
+    the LSTM), as ``recurrent_forward`` does. With ``batch_sizes`` and
+    ``offsets``, on that packing rather than the call's own: of as many
+    sequences, in no more rows than the call's buffers have (it fills their
+    first rows), cut by ``block_starts`` as ``recurrent_forward`` takes it.
+    Checks the sizes it reads; the caller makes sure, as for
+    ``recurrent_forward``, that the packing is valid and that every row
     ``x_starts`` points the sequences at lies in ``X``."""
     cdef ForwardCall a = call.a
-    cdef Py_ssize_t B = a.B, H = a.d.hidden
+    cdef Py_ssize_t B = a.B, H = a.d.hidden, n_rows = call.n_rows
     if sizeof(floating) != call.itemsize:
         raise TypeError(f"run_forward: arrays of {sizeof(floating)}-byte "
                         f"floats, for a call of {call.itemsize}-byte ones")
+    if batch_sizes is not None or offsets is not None:
+        n_rows = bind_packing(&a.d, &a.bs, &a.off, &a.starts, B, a.block_rows,
+                              call.capacity, batch_sizes, offsets, block_starts,
+                              (a.xrstride if a.xr != NULL else 0,
+                               a.gbstride if a.Gb != NULL else 0, a.wstride),
+                              "run_forward")
     if X.shape[1] != call.n_input or (
-            X.shape[0] < call.n_rows if x_starts.shape[0] == 0
+            X.shape[0] < n_rows if x_starts.shape[0] == 0
             else x_starts.shape[0] != B):
         raise ValueError(f"run_forward: X of shape {(X.shape[0], X.shape[1])} and "
-                         f"{x_starts.shape[0]} starts for {call.n_rows} packed "
+                         f"{x_starts.shape[0]} starts for {n_rows} packed "
                          f"rows of {call.n_input} features, {B} sequences")
     if (h.shape[0] != B or h.shape[1] != H or (
             (c.shape[0] != B or c.shape[1] != H) if a.d.cell == LSTM
@@ -900,8 +962,111 @@ def run_forward(ForwardArgs call, floating[:, ::1] X,
     a.X, a.n_in = ptr2(X), <int> X.shape[1]
     a.xs = &x_starts[0] if x_starts.shape[0] > 0 else NULL
     a.h, a.c = ptr2(h), ptr2(c)
-    if call.n_steps > 0:
+    if a.d.n_steps > 0:
         run_call(&a, <floating*> NULL)
+
+
+cdef struct BackwardCall:
+    # the arguments of recurrent_backward as addresses (see ForwardCall)
+    Dims d
+    int B, block_rows, n_threads, n_in
+    const Py_ssize_t* bs
+    const Py_ssize_t* off
+    const Py_ssize_t* stop
+    const Py_ssize_t* starts
+    void* G
+    void* W
+    void* peep
+    void* lnw
+    void* mask
+    void* h0
+    void* c0
+    void* H
+    void* C
+    void* Hp
+    void* aux
+    void* xh
+    void* rs
+    void* dH
+    void* dh
+    void* dc
+    void* dG
+    void* dGh
+    void* dpeep
+    void* dlnw
+    void* dlnb
+    void* dbi
+    void* dbh
+    void* X
+    void* dWi
+    void* dWh
+    void* edge
+    void* work
+    void* wpack
+    Py_ssize_t wstride, pstride, lstride, bstride, wistride, whstride, estride
+
+
+cdef void run_backward_call(BackwardCall* a, floating* of_type) noexcept:
+    """Run ``recurrent_backward``'s call ``a``; ``of_type`` (NULL) gives the
+    floating type of its arrays."""
+    cdef Dims* d = &a.d
+    cdef int n_blocks = (a.B + a.block_rows - 1) // a.block_rows
+    cdef int k, lo, hi
+    cdef floating* P1
+    cdef floating* P2
+    cdef floating* pdpeep = <floating*> a.dpeep
+    cdef floating* pdlnw = <floating*> a.dlnw
+    cdef floating* pdlnb = <floating*> a.dlnb
+    cdef floating* pdbi = <floating*> a.dbi
+    cdef floating* pdbh = <floating*> a.dbh
+    cdef floating* pX = <floating*> a.X
+    cdef floating* pdWi = <floating*> a.dWi
+    cdef floating* pdWh = <floating*> a.dWh
+    cdef floating* pedge = <floating*> a.edge
+    cdef floating* pwork = <floating*> a.work
+    pack_recurrent(d, True, <floating*> a.W, <floating*> a.wpack, &P1, &P2)
+    for k in prange(n_blocks, nogil=True, schedule="dynamic",
+                    num_threads=min(a.n_threads, n_blocks)):
+        lo = block_lo(a.starts, k, a.block_rows)
+        hi = block_hi(a.starts, k, a.block_rows, a.B)
+        backward_block(d, lo, hi, a.bs, a.off, a.stop, <floating*> a.G,
+                       <floating*> a.W, P1, P2, <floating*> a.peep,
+                       <floating*> a.lnw, <floating*> a.mask, <floating*> a.h0,
+                       <floating*> a.c0, <floating*> a.H, <floating*> a.C,
+                       <floating*> a.Hp, <floating*> a.aux, <floating*> a.xh,
+                       <floating*> a.rs, <floating*> a.dH, <floating*> a.dh,
+                       <floating*> a.dc, <floating*> a.dG, <floating*> a.dGh,
+                       pdpeep + k * a.pstride if pdpeep != NULL else NULL,
+                       pdlnw + k * a.lstride if pdlnw != NULL else NULL,
+                       pdlnb + k * a.lstride if pdlnb != NULL else NULL,
+                       pdbi + k * a.bstride,
+                       pdbh + k * a.bstride if pdbh != NULL else NULL,
+                       pX, a.n_in,
+                       pdWi + k * a.wistride if pdWi != NULL and pX != NULL else NULL,
+                       pdWh + k * a.whstride if pdWh != NULL else NULL,
+                       pedge + block_part(a.starts, k, lo, a.block_rows, a.estride)
+                       if pedge != NULL else NULL,
+                       pwork + block_part(a.starts, k, lo, a.block_rows, a.wstride))
+
+
+cdef class BackwardArgs:
+    """A ``recurrent_backward`` call made ready for repeated calls that
+    differ only in their packed input and packing (``Network``'s training
+    plan; see ``ForwardArgs``): ``BackwardArgs(args)``, ``args`` being
+    ``recurrent_backward``'s arguments, the input a placeholder (of the
+    right dtype and width), its buffers those of the most rows a call may
+    have. ``run_backward`` then reads one array and the packing per call.
+    The arrays must keep their shapes and their data; their values may
+    change (the parameters are read, and packed, at every call; the caller
+    fills ``dh`` and ``dc`` and zeroes the partial sums).
+    """
+    cdef BackwardCall a
+    cdef readonly tuple args
+    cdef Py_ssize_t itemsize, n_rows, capacity
+
+    def __init__(self, args):
+        self.args = tuple(args)
+        recurrent_backward(*self.args, prepare=self)
 
 
 def recurrent_backward(int cell, int activation, bint reverse,
@@ -924,7 +1089,8 @@ def recurrent_backward(int cell, int activation, bint reverse,
                        floating[:, ::1] dWih_t, floating[:, ::1] dWhh_t,
                        floating[:, ::1] edge, floating[:, ::1] work,
                        floating[::1] wpack, int block_rows, int n_threads,
-                       const Py_ssize_t[::1] block_starts=None):
+                       const Py_ssize_t[::1] block_starts=None,
+                       BackwardArgs prepare=None):
     """Back-propagate one layer in one direction through time.
 
     ``dH`` is dL/dh at every row from above. ``dh`` (and ``dc``) hold the
@@ -951,85 +1117,87 @@ def recurrent_backward(int cell, int activation, bint reverse,
     ``wpack`` is as for ``recurrent_forward`` (with ``backward=True``), and
     so is ``block_starts``: its blocks use the parts of ``edge`` and ``work``
     of their sequences.
+    ``dH`` may be empty: no gradient from above but through ``dh`` (a
+    sequence-to-one network's top layer, whose output at each sequence's
+    last step is its final state).
+    With ``prepare`` (a new ``BackwardArgs``) nothing runs: the call is made
+    ready in it instead, for ``run_backward``.
     """
+    cdef BackwardCall a
     cdef int n_steps = batch_sizes.shape[0]
-    cdef int B = <int> batch_sizes[0] if n_steps > 0 else 0
-    cdef Dims d = make_dims(cell, activation, reverse, reset_after, layer_norm,
-                            peephole, mask.shape[0] > 0, n_steps,
-                            W_hh.shape[1])
-    cdef int n_blocks = (B + block_rows - 1) // block_rows
-    cdef int k, lo, hi
-    cdef const Py_ssize_t* pbs = &batch_sizes[0] if n_steps > 0 else NULL
-    cdef const Py_ssize_t* poff = &offsets[0]
-    cdef floating* pG = ptr2(G)
-    cdef floating* pW = ptr2(W_hh)
-    cdef floating* ppeep = ptr1(peep)
-    cdef floating* plnw = ptr1(ln_w)
-    cdef floating* pmask = ptr2(mask)
-    cdef floating* ph0 = ptr2(h0)
-    cdef floating* pc0 = ptr2(c0)
-    cdef floating* pH = ptr2(H_out)
-    cdef floating* pC = ptr2(C_out)
-    cdef floating* pHp = ptr2(Hprev)
-    cdef floating* paux = ptr2(aux)
-    cdef floating* pxh = ptr2(xhat)
-    cdef floating* prs = ptr2(rstd)
-    cdef floating* pdH = ptr2(dH)
-    cdef floating* pdh = ptr2(dh)
-    cdef floating* pdc = ptr2(dc)
-    cdef floating* pdG = ptr2(dG)
-    cdef floating* pdGh = ptr2(dGh)
-    cdef floating* pdpeep = ptr2(dpeep)
-    cdef floating* pdlnw = ptr2(dln_w)
-    cdef floating* pdlnb = ptr2(dln_b)
-    cdef floating* pwork = ptr2(work)
-    cdef Py_ssize_t wstride = work.shape[1]
-    cdef Py_ssize_t pstride = dpeep.shape[1]
-    cdef Py_ssize_t lstride = dln_w.shape[1]
-    cdef floating* pdbi = ptr2(dbias_ih)
-    cdef floating* pdbh = ptr2(dbias_hh)
-    cdef Py_ssize_t bstride = dbias_ih.shape[1]
-    cdef const Py_ssize_t* pstop = &t_stop[0] if t_stop.shape[0] > 0 else NULL
-    cdef floating* pX = ptr2(X)
-    cdef int n_in = <int> X.shape[1]
-    cdef floating* pdWi = ptr2(dWih_t)
-    cdef floating* pdWh = ptr2(dWhh_t)
-    cdef Py_ssize_t wistride = dWih_t.shape[1]
-    cdef Py_ssize_t whstride = dWhh_t.shape[1]
-    cdef floating* pedge = ptr2(edge)
-    cdef Py_ssize_t estride = edge.shape[1]
-    cdef floating* P1
-    cdef floating* P2
-    cdef const Py_ssize_t* starts = NULL
+    a.d = make_dims(cell, activation, reverse, reset_after, layer_norm, peephole,
+                    mask.shape[0] > 0, n_steps, W_hh.shape[1])
+    a.B = <int> batch_sizes[0] if n_steps > 0 else 0
+    a.block_rows, a.n_threads = block_rows, n_threads
+    a.bs = &batch_sizes[0] if n_steps > 0 else NULL
+    a.off = &offsets[0]
+    a.stop = &t_stop[0] if t_stop.shape[0] > 0 else NULL
+    a.G, a.W, a.peep, a.lnw = ptr2(G), ptr2(W_hh), ptr1(peep), ptr1(ln_w)
+    a.mask, a.h0, a.c0 = ptr2(mask), ptr2(h0), ptr2(c0)
+    a.H, a.C, a.Hp, a.aux = ptr2(H_out), ptr2(C_out), ptr2(Hprev), ptr2(aux)
+    a.xh, a.rs, a.dH, a.dh, a.dc = ptr2(xhat), ptr2(rstd), ptr2(dH), ptr2(dh), ptr2(dc)
+    a.dG, a.dGh = ptr2(dG), ptr2(dGh)
+    a.dpeep, a.pstride = ptr2(dpeep), dpeep.shape[1]
+    a.dlnw, a.dlnb, a.lstride = ptr2(dln_w), ptr2(dln_b), dln_w.shape[1]
+    a.dbi, a.dbh, a.bstride = ptr2(dbias_ih), ptr2(dbias_hh), dbias_ih.shape[1]
+    a.X, a.n_in = ptr2(X), <int> X.shape[1]
+    a.dWi, a.wistride = ptr2(dWih_t), dWih_t.shape[1]
+    a.dWh, a.whstride = ptr2(dWhh_t), dWhh_t.shape[1]
+    a.edge, a.estride = ptr2(edge), edge.shape[1]
+    a.work, a.wstride, a.wpack = ptr2(work), work.shape[1], ptr1(wpack)
+    a.starts = NULL
     if block_starts is not None and block_starts.shape[0] > 0:
-        check_block_starts(block_starts, B, block_rows,
-                           (estride if pedge != NULL else 0, wstride),
+        check_block_starts(block_starts, a.B, block_rows,
+                           (a.estride if a.edge != NULL else 0, a.wstride),
                            "recurrent_backward")
-        starts = &block_starts[0]
-    if ((pdWi != NULL or pdWh != NULL)
-            and estride < block_rows * sr_pack_length(1, 1, sizeof(floating))):
+        a.starts = &block_starts[0]
+    if ((a.dWi != NULL or a.dWh != NULL)
+            and a.estride < block_rows * sr_pack_length(1, 1, sizeof(floating))):
         raise ValueError("recurrent_backward: edge must have block_rows * "
                          "SR_PANEL_BYTES / itemsize columns")
-    if n_blocks > 0 and (work.shape[0] < n_blocks or work.shape[1] < work_columns(
-            d.gates, d.hidden, block_rows, sizeof(floating))):
+    if a.B > 0 and (work.shape[0] < (a.B + block_rows - 1) // block_rows
+                    or a.wstride < work_columns(a.d.gates, a.d.hidden, block_rows,
+                                                sizeof(floating))):
         raise ValueError("recurrent_backward: work must have n_blocks rows of "
                          "backward_work_columns columns")
-    pack_recurrent(&d, True, pW, ptr1(wpack), &P1, &P2)
-    for k in prange(n_blocks, nogil=True, schedule="dynamic",
-                    num_threads=min(n_threads, n_blocks)):
-        lo = block_lo(starts, k, block_rows)
-        hi = block_hi(starts, k, block_rows, B)
-        backward_block(&d, lo, hi, pbs, poff, pstop, pG, pW, P1, P2, ppeep, plnw,
-                       pmask, ph0, pc0, pH, pC, pHp, paux, pxh, prs, pdH, pdh,
-                       pdc, pdG, pdGh,
-                       pdpeep + k * pstride if pdpeep != NULL else NULL,
-                       pdlnw + k * lstride if pdlnw != NULL else NULL,
-                       pdlnb + k * lstride if pdlnb != NULL else NULL,
-                       pdbi + k * bstride,
-                       pdbh + k * bstride if pdbh != NULL else NULL,
-                       pX, n_in,
-                       pdWi + k * wistride if pdWi != NULL and pX != NULL else NULL,
-                       pdWh + k * whstride if pdWh != NULL else NULL,
-                       pedge + block_part(starts, k, lo, block_rows, estride)
-                       if pedge != NULL else NULL,
-                       pwork + block_part(starts, k, lo, block_rows, wstride))
+    if prepare is None:
+        run_backward_call(&a, <floating*> NULL)
+        return
+    prepare.a = a
+    prepare.itemsize = sizeof(floating)
+    prepare.n_rows = offsets[n_steps]
+    prepare.capacity = least_rows((G.shape[0], H_out.shape[0], C_out.shape[0],
+                                   Hprev.shape[0], aux.shape[0], xhat.shape[0],
+                                   rstd.shape[0], dH.shape[0], dG.shape[0],
+                                   dGh.shape[0]))
+
+
+def run_backward(BackwardArgs call, floating[:, ::1] X,
+                 const Py_ssize_t[::1] batch_sizes=None,
+                 const Py_ssize_t[::1] offsets=None,
+                 const Py_ssize_t[::1] block_starts=None):
+    """Run the call made ready in ``call`` with this packed input ``X`` (read
+    where the call sums the input weights' gradient, ``dWih_t`` not empty:
+    the placeholder's width; else it may be empty),
+    as ``recurrent_backward`` does; on its own packing, or on this one
+    (``batch_sizes`` and ``offsets``, cut by ``block_starts``), as
+    ``run_forward`` takes one. Checks the sizes it reads."""
+    cdef BackwardCall a = call.a
+    cdef Py_ssize_t n_rows = call.n_rows
+    if sizeof(floating) != call.itemsize:
+        raise TypeError(f"run_backward: arrays of {sizeof(floating)}-byte "
+                        f"floats, for a call of {call.itemsize}-byte ones")
+    if batch_sizes is not None or offsets is not None:
+        n_rows = bind_packing(&a.d, &a.bs, &a.off, &a.starts, a.B, a.block_rows,
+                              call.capacity, batch_sizes, offsets, block_starts,
+                              (a.estride if a.edge != NULL else 0, a.wstride),
+                              "run_backward")
+    if a.dWi != NULL:
+        # the call sums the input weights' gradient: its placeholder input
+        # (empty) gave the width
+        if X.shape[1] != a.n_in or X.shape[0] < n_rows:
+            raise ValueError(f"run_backward: X of shape {(X.shape[0], X.shape[1])} "
+                             f"for {n_rows} packed rows of {a.n_in} features")
+        a.X = ptr2(X)
+    if a.d.n_steps > 0:
+        run_backward_call(&a, <floating*> NULL)

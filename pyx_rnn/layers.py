@@ -441,19 +441,21 @@ class _ForwardPlan:
             None, None, peep, ln, ln, None, None, None, H, C, Hprev, aux,
             xhat, rstd, work, wpack, block_rows, None, None]
 
-    def bind(self, w, batch_sizes, offsets, n_threads, block_starts=_EMPTY_STARTS):
+    def bind(self, w, batch_sizes, offsets, n_threads, block_starts=_EMPTY_STARTS,
+             whole=False):
         """The kernel's arguments for a call with these parameters (``w``),
         packing, thread count and cut of the batch (``block_cut``'s
         ``block_starts``): a new list, whose input (``X`` empty,
         ``x_starts`` empty), mask and states are still to be put in
         (``SLOTS``), and whose buffers of rows (``ROWS``, see ``rows``) are
-        the first rows of the plan's, one per row of the packing. The biases
-        are read from ``bias_sum`` where the plan has one: see
-        ``add_biases``."""
+        the first rows of the plan's, one per row of the packing (all of
+        them with ``whole``: for ``_cells.ForwardArgs`` that calls on other
+        packings will use). The biases are read from ``bias_sum`` where the
+        plan has one: see ``add_biases``."""
         args, at = self.args.copy(), self.SLOTS
         spec, dtype = self.spec, self.dtype
         n_rows = int(offsets[-1])
-        if n_rows < self.n_rows:
+        if n_rows < self.n_rows and not whole:
             for i in self.ROWS:
                 if len(args[i]):
                     args[i] = args[i][:n_rows]
@@ -627,6 +629,44 @@ class _BackwardPlan:
         self.dWih_t = partial("dWih_t", spec.n_input * gh,
                               self.fused and not tokens)
 
+    def args(self, spec, w, cache, X, dH, dh, dc, dG, dGh, stops, n_threads):
+        """``_cells.recurrent_backward``'s arguments for a call on ``cache``
+        (its packing, and its buffers of rows), with this plan's scratch and
+        partial sums: ``X`` the packed input where the kernel sums the input
+        weights' gradient (else empty), ``dH`` dL/dH from above, ``dh`` and
+        ``dc`` dL/d(final states) (overwritten), ``dG`` and ``dGh`` the
+        gates' gradients, ``stops`` the truncation (``_stops``)."""
+        dtype = cache.G.dtype
+        return [
+            CELLS[spec.cell], ACTIVATIONS[spec.activation], spec.reverse,
+            spec.reset_after, spec.layer_norm, spec.peephole, cache.batch_sizes,
+            cache.offsets, stops, cache.G, w["weight_hh"],
+            _param(w, "peephole", dtype), _param(w, "ln_weight", dtype),
+            cache.mask, cache.h0, cache.c0, cache.H, cache.C, cache.Hprev,
+            cache.aux, cache.xhat, cache.rstd, dH, dh, dc, dG, dGh, self.dpeep,
+            self.dln_w, self.dln_b, self.dbias_ih, self.dbias_hh, X,
+            self.dWih_t, self.dWhh_t, self.edge, self.work, self.wpack,
+            cache.block_rows, n_threads, cache.block_starts]
+
+    def add_sums(self, spec, grads, input_weights=True):
+        """Add the kernel's partial sums per block to ``grads``, in block
+        order (those of the weights are transposed): the biases', the
+        peephole's and the layer norm's, and where the kernel sums the
+        weights' gradients (``fused``), the recurrent weights' and, with
+        ``input_weights``, the input weights'."""
+        _add_block_sums(self.dbias_ih, grads["bias_ih"])
+        _add_block_sums(self.dbias_hh if self.separate_dgh else self.dbias_ih,
+                        grads["bias_hh"])
+        if self.fused:
+            _dense.add_block_sums(self.dWhh_t, grads["weight_hh"], True)
+            if input_weights:
+                _dense.add_block_sums(self.dWih_t, grads["weight_ih"], True)
+        if spec.peephole:
+            _add_block_sums(self.dpeep, grads["peephole"])
+        if spec.layer_norm:
+            _add_block_sums(self.dln_w, grads["ln_weight"])
+            _add_block_sums(self.dln_b, grads["ln_bias"])
+
 
 def _layer_backward(spec, w, grads, cache, dH, dh_n, dc_n, t_stop, need_dx,
                     n_threads, pool):
@@ -655,38 +695,17 @@ def _layer_backward(spec, w, grads, cache, dH, dh_n, dc_n, t_stop, need_dx,
               else np.array(dc_n, dtype, order="C"))
     else:
         dc = _empty(dtype)
-    fused = plan.fused
-    X_in = cache.X if fused and not tokens else _empty(dtype)
-    _cells.recurrent_backward(
-        CELLS[spec.cell], ACTIVATIONS[spec.activation], spec.reverse,
-        spec.reset_after, spec.layer_norm, spec.peephole, cache.batch_sizes,
-        cache.offsets, stops, cache.G, w["weight_hh"],
-        _param(w, "peephole", dtype), _param(w, "ln_weight", dtype), cache.mask,
-        cache.h0, cache.c0, cache.H, cache.C, cache.Hprev, cache.aux, cache.xhat,
-        cache.rstd, np.ascontiguousarray(dH, dtype), dh, dc, dG, dGh, plan.dpeep,
-        plan.dln_w, plan.dln_b, plan.dbias_ih, plan.dbias_hh, X_in, plan.dWih_t,
-        plan.dWhh_t, plan.edge, plan.work, plan.wpack, cache.block_rows,
-        n_threads, cache.block_starts,
-    )
-    # the kernel's partial sums per block, added in block order (those of
-    # the weights are transposed)
-    _add_block_sums(plan.dbias_ih, grads["bias_ih"])
-    _add_block_sums(plan.dbias_hh if plan.separate_dgh else plan.dbias_ih,
-                    grads["bias_hh"])
-    if fused:
-        _dense.add_block_sums(plan.dWhh_t, grads["weight_hh"], True)
-        if tokens:
-            _accumulate_input_grad(dG[first:], cache.X[first:],
-                                   grads["weight_ih"], n_threads)
-        else:
-            _dense.add_block_sums(plan.dWih_t, grads["weight_ih"], True)
-    else:
+    X_in = cache.X if plan.fused and not tokens else _empty(dtype)
+    _cells.recurrent_backward(*plan.args(
+        spec, w, cache, X_in, np.ascontiguousarray(dH, dtype), dh, dc, dG, dGh,
+        stops, n_threads))
+    plan.add_sums(spec, grads, input_weights=not tokens)
+    if not plan.fused:
         _weight_grads_after(spec, cache, dG, dGh, first, grads, n_threads, pool)
-    if spec.peephole:
-        _add_block_sums(plan.dpeep, grads["peephole"])
-    if spec.layer_norm:
-        _add_block_sums(plan.dln_w, grads["ln_weight"])
-        _add_block_sums(plan.dln_b, grads["ln_bias"])
+    elif tokens:
+        # the input weight gradient of token input is a scatter-add
+        _accumulate_input_grad(dG[first:], cache.X[first:], grads["weight_ih"],
+                               n_threads)
     dX = None
     if need_dx:
         dX = _take(pool, "dX", (n_rows, spec.n_input), dtype)

@@ -14,6 +14,7 @@ import math
 import numbers
 import threading
 from collections import deque
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,7 +23,9 @@ from .layers import (
     _EMPTY_STARTS,
     OUTPUT_ACTIVATIONS,
     JordanSpec,
+    LayerCache,
     LayerSpec,
+    _aligned,
     _empty,
     _layer_backward,
     _layer_forward,
@@ -520,9 +523,7 @@ class Network:
             d_top = np.zeros((n_top_rows, self.n_output), self.dtype)
             d_top[rows] = dZ
             return d_top
-        g = self.grad_views
-        g["output.weight"] += dZ.T @ X
-        g["output.bias"] += dZ.sum(axis=0)
+        d_rows = self._head_gradient(X, dZ)
         # reused from batch to batch: no page faults for a large fresh array;
         # zero but for the rows the output layer reads, and only the rows
         # the last call wrote are not zero already
@@ -532,9 +533,17 @@ class Network:
             d_top[head["d_top_rows"]] = 0
         else:
             d_top.fill(0)
-        d_top[rows] = dZ @ self.weights["output.weight"]
+        d_top[rows] = d_rows
         head["d_top_of"], head["d_top_rows"] = d_top, rows
         return d_top
+
+    def _head_gradient(self, X, dZ):
+        """Add the gradient of the output layer (not Jordan), whose input
+        was ``X``, to ``grad_views``; returns dL/dX."""
+        g = self.grad_views
+        g["output.weight"] += dZ.T @ X
+        g["output.bias"] += dZ.sum(axis=0)
+        return dZ @ self.weights["output.weight"]
 
     def _top_rows(self, packing, return_sequences):
         """Rows of the top output read by the output layer, and for a
@@ -675,13 +684,30 @@ class Network:
                 X = X.packed(packing)
         else:
             self._check_input(X)
+        # batches like the last ones skip the checks and the setup that hold
+        # for them too (see _TrainingPlan)
+        key = _TrainingPlan.key_of(self, packing, n_threads, block_rows,
+                                   return_sequences, dropout, recurrent_dropout,
+                                   tbptt, initial_state)
+        ready = self._pool.get("training")
+        if key is not None and ready is not None and ready.key == key:
+            out = ready.run(X, packing, targets, loss, sample_weight, alpha)
+            if out is not None:
+                return out
         checked = self._layer_args_checked(packing, initial_state, n_threads,
                                            block_rows, training=True)
         with _checks.finite_checks(False):
-            return self._loss_gradient(
+            out = self._loss_gradient(
                 X, packing, targets, loss, sample_weight, return_sequences, alpha,
                 dropout, recurrent_dropout, rng, tbptt, initial_state, n_threads,
                 block_rows, checked)
+        # made at the second call in a row of the same key, as forward's
+        # inference plan
+        if key is not None and _TrainingPlan.possible(self, X, packing, checked):
+            if self._pool.get("training_key") == key:
+                self._pool["training"] = _TrainingPlan(self, key, packing)
+            self._pool["training_key"] = key
+        return out
 
     def _read_in_place(self, X, packing):
         """A ``SequenceInput`` X, checked (finite values included), if the
@@ -742,14 +768,8 @@ class Network:
         self.grads[:] = 0
         rmasks = self._draw_masks(packing, rng, dropout, recurrent_dropout)
         n_steps = packing.n_steps
-        if sample_weight is None:
-            sample_weight = np.ones(packing.n_sequences, self.dtype)
-        if return_sequences:
-            row_weight = np.concatenate(
-                [sample_weight[: packing.batch_sizes[t]] for t in range(n_steps)])
-        else:
-            row_weight = sample_weight
-        total_weight = float(row_weight.sum())
+        row_weight, total_weight = _row_weights(packing, sample_weight,
+                                                return_sequences, self.dtype)
         if tbptt is None or (tbptt[0] >= n_steps and tbptt[1] >= n_steps):
             windows = [(0, n_steps)]
             k2 = n_steps
@@ -1005,6 +1025,225 @@ class _InferencePlan:
         return Z, _activate(Z, net.output_activation), states
 
 
+class _TrainingPlan:
+    """A ``loss_gradient`` call made ready for repeated training batches of
+    one number of sequences (``key_of``; their lengths may differ): each
+    layer's forward and backward kernel calls on the buffers of its
+    ``_ForwardPlan`` and ``_BackwardPlan``, read once
+    (``_cells.ForwardArgs``, ``_cells.BackwardArgs``), so that a batch only
+    passes the kernels its input and packing, rather than some eighty
+    arrays, and skips the checks that hold for it too. That is most of the
+    Python time of a batch: about 95 µs of a 2-sequence, 1-step batch
+    (session 18, ``benchmarks/OPTIMISATIONS.md``), a fifth of a 32-unit
+    LSTM benchmark batch.
+
+    It covers a unidirectional stack (not Jordan, no embedding or token
+    input) whose layers compute their input product step by step and sum
+    their weights' gradients in the backward kernel (the sizes below
+    ``layers.FUSED_WEIGHT_GRADIENT_BYTES``), trained without dropout,
+    truncation or initial states: the benchmark's and the estimators'
+    usual batches. ``loss_gradient`` makes one after the second call in a
+    row of the same key whose arguments it checked in full, and uses it
+    while the parameters and gradients are the same arrays, of the same
+    shapes, dtype and strides, for packings of as many sequences and
+    blocks and at most as many rows as its buffers hold; ``run`` returns
+    None where any of that fails, and ``loss_gradient`` takes its general
+    path, which raises the error if there is one.
+
+    The results are those of the general path: the same kernels on the
+    same values. One difference in form: the output layer reads the top
+    layer's final states (the outputs at each sequence's last step), and
+    its gradient enters the backward kernel as that of the final states
+    rather than as rows of a gradient that is zero elsewhere; the sums are
+    the same (a zero's sign aside).
+    """
+
+    def __init__(self, net, key, packing):
+        self.net, self.key = net, key
+        self.B, n_threads, block_rows, self.return_sequences = (
+            key[0], key[1][1], key[2][1], key[3])
+        self.n_threads, self.block_rows_arg = n_threads, block_rows
+        bs, off = packing.batch_sizes, packing.offsets
+        self.block_rows, starts = block_cut(bs, block_rows)
+        self.weights, self.grad_views = net.weights, net.grad_views
+        self.arrays = (tuple(net.weights.values()), tuple(net.grad_views.values()))
+        self.layout = self._layout()
+        dtype, B = net.dtype, self.B
+        slot, back = net._pool[("forward", 0)], net._pool["backward"]
+        specs = [spec_sfx for (spec_sfx,) in net.specs]
+        fplans = [slot[sfx]["forward_plan"] for _, sfx in specs]
+        bplans = [back[sfx]["backward_plan"] for _, sfx in specs]
+        self.capacity = min(p.n_rows for p in fplans + bplans)
+        # dL/d(input) of each layer above the first: the dL/dH of the one below
+        d_in = [None] + [_take(back[sfx], "dX", (self.capacity, spec.n_input), dtype)
+                         for spec, sfx in specs[1:]]
+        self.layers = []
+        for k, ((spec, sfx), fplan, bplan) in enumerate(zip(specs, fplans, bplans)):
+            w, g = net._layer(net.weights, sfx), net._layer(net.grad_views, sfx)
+            args = fplan.bind(w, bs, off, n_threads, starts, whole=True)
+            # no mask; the input (empty in args) and the states are run's
+            for name in ("mask", "h", "c"):
+                args[fplan.SLOTS[name]] = _empty(dtype)
+            forward = _cells.ForwardArgs(args)
+            G, H, C, Hprev, aux, xhat, rstd = fplan.rows(args)
+            # the initial states: zeros, read only
+            zeros = _aligned((B, spec.hidden), dtype, zero=True)
+            cache = LayerCache(
+                np.empty((0, spec.n_input), dtype), G, H, C, Hprev, aux, xhat,
+                rstd, zeros, zeros if spec.cell == "lstm" else _empty(dtype),
+                _empty(dtype), bs, off, self.block_rows, starts)
+            if k + 1 < len(specs):
+                dH = d_in[k + 1]
+            elif self.return_sequences:
+                dH = _aligned((self.capacity, spec.hidden), dtype)
+            else:
+                # the output layer's gradient enters as the final states'
+                dH = _empty(dtype)
+            dh = _aligned((B, spec.hidden), dtype)
+            dc = (_aligned((B, spec.hidden), dtype) if spec.cell == "lstm"
+                  else _empty(dtype))
+            backward = _cells.BackwardArgs(bplan.args(
+                spec, w, cache, cache.X if len(bplan.dWih_t) else _empty(dtype),
+                dH, dh, dc, bplan.dG, bplan.dGh, np.empty(0, np.intp), n_threads))
+            self.layers.append(_PlanLayer(spec, w, g, fplan, bplan, forward,
+                                          backward, H, dH, dh, dc, d_in[k]))
+
+    def _layout(self):
+        return [(a.shape, a.dtype, a.strides, a.flags.writeable)
+                for arrays in self.arrays for a in arrays]
+
+    def _same_arrays(self):
+        """Whether the network's parameters and gradients are still the
+        arrays the calls were made ready with, laid out as they were."""
+        net = self.net
+        if net.weights is not self.weights or net.grad_views is not self.grad_views:
+            return False
+        for views, arrays in zip((net.weights, net.grad_views), self.arrays):
+            if len(views) != len(arrays) or any(
+                    a is not b for a, b in zip(views.values(), arrays)):
+                return False
+        return self._layout() == self.layout
+
+    @staticmethod
+    def key_of(net, packing, n_threads, block_rows, return_sequences, dropout,
+               recurrent_dropout, tbptt, initial_state):
+        """What a call has to share with the checked one for a plan to
+        apply: the number of sequences, thread count, block size (their
+        types too: the checks tell 2 from 2.0) and output rows. None where
+        no plan can apply: a network or a call the plans do not cover (see
+        above), or a packing whose ``batch_sizes`` is not a non-empty array
+        of intp."""
+        if (net.jordan is not None or net.token_input or net.bidirectional
+                or dropout or recurrent_dropout or tbptt is not None
+                or initial_state is not None):
+            return None
+        bs = getattr(packing, "batch_sizes", None)
+        if not (type(bs) is np.ndarray and bs.dtype == np.intp and bs.ndim == 1
+                and bs.size):
+            return None
+        return (int(bs[0]), (type(n_threads), n_threads),
+                (type(block_rows), block_rows), bool(return_sequences))
+
+    @staticmethod
+    def possible(net, X, packing, checked):
+        """Whether the call ``loss_gradient`` has just made, of a key
+        ``key_of`` gives, may be made ready: its arguments were checked in
+        full (``checked``: see ``_layer_args_checked``), its input read as
+        packed rows as given, and every layer computed its input product
+        step by step and summed its weights' gradients in the kernel."""
+        if not (checked and type(X) is np.ndarray and net._input_checked(X, packing)):
+            return False
+        slot, back = net._pool[("forward", 0)], net._pool["backward"]
+        for ((_, sfx),) in net.specs:
+            fplan = slot[sfx]["forward_plan"]
+            if not (fplan.fuse_input and not fplan.in_place
+                    and back[sfx]["backward_plan"].fused):
+                return False
+        return True
+
+    def run(self, X, packing, targets, loss, sample_weight, alpha):
+        """``loss_gradient``'s ``(loss, final_state)`` for a call of this
+        plan's key on the checked, packed input ``X`` (finite), or None
+        where what the plan needs does not hold (see above)."""
+        net = self.net
+        if not self._same_arrays():
+            return None
+        bs, off = packing.batch_sizes, packing.offsets
+        if not (type(off) is np.ndarray and off.dtype == np.intp and off.ndim == 1
+                and bs.flags.c_contiguous and off.flags.c_contiguous):
+            return None
+        try:
+            _checks._check_packing(bs, off, "Network")
+        except (TypeError, ValueError, OverflowError):
+            return None
+        n_rows = int(off[-1])
+        if int(bs[0]) != self.B or n_rows > self.capacity:
+            return None
+        block_rows, starts = block_cut(bs, self.block_rows_arg)
+        if (block_rows != self.block_rows or type(X) is not np.ndarray
+                or not net._input_checked(X, packing)):
+            return None
+        dtype, n_threads = net.dtype, self.n_threads
+        net.grads[:] = 0
+        row_weight, total_weight = _row_weights(packing, sample_weight,
+                                                self.return_sequences, dtype)
+        states, inp = [], X
+        for layer in self.layers:
+            layer.fplan.add_biases(layer.w)
+            h, c = _new_states(layer.spec, self.B, dtype)
+            _cells.run_forward(layer.forward, inp, _EMPTY_STARTS, h, c, bs, off,
+                               starts)
+            states.append([(h, c)])
+            inp = layer.H
+        top = self.layers[-1]
+        feats = top.H[:n_rows] if self.return_sequences else h
+        Z, Y, _ = net._head(feats, None, net._pool)
+        value, dZ = loss_and_gradient(loss, net.output_activation, Z, Y, targets,
+                                      row_weight, total_weight)
+        d_feats = net._head_gradient(feats, dZ)
+        if self.return_sequences:
+            top.dH[:n_rows] = d_feats
+            top.dh.fill(0)
+        else:
+            top.dh[...] = d_feats
+        for k in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[k]
+            if layer is not top:
+                layer.dh.fill(0)
+            layer.dc.fill(0)
+            for a in layer.bplan.partials:
+                a.fill(0)
+            _cells.run_backward(layer.backward, X if k == 0 else self.layers[k - 1].H,
+                                bs, off, starts)
+            layer.bplan.add_sums(layer.spec, layer.g)
+            if k > 0:
+                _dense.matmul(layer.bplan.dG[:n_rows], layer.w["weight_ih"],
+                              layer.d_in[:n_rows], False, 0.0, n_threads)
+        value += net._penalty(alpha, total_weight)
+        return value, states
+
+
+class _PlanLayer(NamedTuple):
+    """One layer of a ``_TrainingPlan``: its spec, parameters and gradients,
+    plans and prepared calls, and the buffers the plan reads or fills: the
+    outputs ``H``, dL/dH from above ``dH`` (empty: none but through the
+    final states), dL/d(final states) ``dh`` and ``dc`` (overwritten by the
+    initial states'), and dL/d(input) ``d_in`` (None for the first layer)."""
+
+    spec: LayerSpec
+    w: dict
+    g: dict
+    fplan: object
+    bplan: object
+    forward: object
+    backward: object
+    H: np.ndarray
+    dH: np.ndarray
+    dh: np.ndarray
+    dc: np.ndarray
+    d_in: object
+
+
 def _not_finite():
     raise ValueError("X contains NaN or infinity; remove or impute those values "
                      "first")
@@ -1155,6 +1394,20 @@ def loss_and_gradient(loss, output_activation, Z, Y, T, weight, total_weight):
         per = -(T * np.log(Yc) + (1 - T) * np.log1p(-Yc))
     value = float(np.sum(w * per))
     return value, w * (Y - T)
+
+
+def _row_weights(packing, sample_weight, return_sequences, dtype):
+    """The weight of each loss term (each sequence's, or with
+    ``return_sequences`` each row's, its sequence's weight; ones without
+    ``sample_weight``) and their sum."""
+    if sample_weight is None:
+        sample_weight = np.ones(packing.n_sequences, dtype)
+    if return_sequences:
+        row_weight = np.concatenate(
+            [sample_weight[: packing.batch_sizes[t]] for t in range(packing.n_steps)])
+    else:
+        row_weight = sample_weight
+    return row_weight, float(row_weight.sum())
 
 
 def _slice_masks(masks, n):
