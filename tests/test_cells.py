@@ -1166,6 +1166,131 @@ def test_forward_made_ready(c):
                            h0[:, :-1].copy() if lstm else h.copy())
 
 
+# one batch of 24 sequences in three packings: lengths that differ, fewer
+# rows, equal lengths (blocks cut by steps, and uniform blocks)
+READY_LENGTHS = [THREAD_LENGTHS[:24], [n // 2 + 1 for n in THREAD_LENGTHS[:24]],
+                 [5] * 24]
+
+
+@pytest.mark.parametrize("c", REPRESENTATIVE, ids=cfg_id)
+def test_calls_made_ready_run_on_other_packings(c):
+    """Forward and backward calls made ready once on their plans' whole
+    buffers (``ForwardArgs``, ``BackwardArgs``) and run on other packings of
+    the same number of sequences (``run_forward`` and ``run_backward`` with
+    a packing: the network's training plan) give the bits of the layer's
+    general path on each packing: outputs, final states, the gradients of
+    the parameters, of the initial states and of the input. A packing of
+    another batch size, of more rows than the buffers, a bad cut or an
+    input of the wrong size is refused."""
+    from pyx_rnn import _cells, _dense, layers
+    spec, dtype, n_threads = spec_of(c), np.float64, 2
+    lstm = spec.cell == "lstm"
+    rng = np.random.default_rng(71)
+    B, H_ = 24, HIDDEN
+    w = {k: v.astype(dtype) for k, v in
+         layer_problem(c, seed=70)["params"].items()}
+    h0, c0 = rng.standard_normal((2, B, H_))
+    mask = ((rng.random((B, H_)) < 0.7) / 0.7) if c["mask"] else None
+    empty = np.empty((0, 0), dtype)
+    problems = []
+    for lengths in READY_LENGTHS:
+        X, pk = pack([rng.standard_normal((n, N_INPUT)) for n in lengths], dtype)
+        problems.append((X, pk, rng.standard_normal((pk.n_rows, H_)),
+                         rng.standard_normal((B, H_)), rng.standard_normal((B, H_))))
+    # the plans and their buffers: made by the general path on the packing
+    # of the most rows
+    pool, back = {}, {}
+    X, pk, dH, dh_n, dc_n = problems[0]
+    general = (spec, w, X, pk.batch_sizes, pk.offsets, h0, c0, mask, n_threads,
+               None)
+    cache = layers._layer_forward(*general, pool, True)[3]
+    layers._layer_backward(spec, w, {k: np.zeros_like(v) for k, v in w.items()},
+                           cache, dH, dh_n, dc_n, None, True, n_threads, back)
+    fplan, bplan = pool["forward_plan"], back["backward_plan"]
+    at = layers._ForwardPlan.SLOTS
+    args = fplan.bind(w, pk.batch_sizes, pk.offsets, n_threads, cache.block_starts,
+                      whole=True)
+    args[at["X"]] = args[at["h"]] = args[at["c"]] = empty
+    args[at["mask"]] = empty if mask is None else mask
+    forward = _cells.ForwardArgs(args)
+    G, H, C, Hprev, aux, xhat, rstd = fplan.rows(args)
+    assert len(G) == pk.n_rows     # the whole buffers
+    dh, dc = np.empty((B, H_)), (np.empty((B, H_)) if lstm else empty)
+    dH_all = np.empty((pk.n_rows, H_))
+    ready = layers.LayerCache(
+        np.empty((0, N_INPUT)), G, H, C, Hprev, aux, xhat, rstd, h0,
+        c0 if lstm else empty, cache.mask, pk.batch_sizes, pk.offsets,
+        cache.block_rows, cache.block_starts)
+    backward = _cells.BackwardArgs(bplan.args(
+        spec, w, ready, ready.X if len(bplan.dWih_t) else empty, dH_all, dh, dc,
+        bplan.dG, bplan.dGh, np.empty(0, np.intp), n_threads))
+    for X, pk, dH, dh_n, dc_n in problems:
+        n = pk.n_rows
+        general = (spec, w, X, pk.batch_sizes, pk.offsets, h0, c0, mask,
+                   n_threads, None)
+        H_want, h_want, c_want, cache = layers._layer_forward(*general, {}, True)
+        g_want = {k: np.zeros_like(v) for k, v in w.items()}
+        dX_want, dh_want, dc_want = layers._layer_backward(
+            spec, w, g_want, cache, dH, dh_n, dc_n, None, True, n_threads, {})
+        starts = cache.block_starts
+        assert starts.size == (0 if pk.lengths.min() == pk.lengths.max() else 3)
+        fplan.add_biases(w)
+        h, cc = h0.copy(), (c0.copy() if lstm else empty)
+        _cells.run_forward(forward, X, layers._EMPTY_STARTS, h, cc, pk.batch_sizes,
+                           pk.offsets, starts)
+        assert_array_equal(H[:n], H_want, strict=True)
+        assert_array_equal(h, h_want, strict=True)
+        assert_array_equal(cc, c_want, strict=True)
+        dH_all[:n], dh[...] = dH, dh_n
+        if lstm:
+            dc[...] = dc_n
+        for a in bplan.partials:
+            a.fill(0)
+        _cells.run_backward(backward, X, pk.batch_sizes, pk.offsets, starts)
+        g = {k: np.zeros_like(v) for k, v in w.items()}
+        bplan.add_sums(spec, g)
+        dX = np.empty((n, N_INPUT))
+        _dense.matmul(bplan.dG[:n], w["weight_ih"], dX, False, 0.0, n_threads)
+        for k in w:
+            assert_array_equal(g[k], g_want[k], strict=True, err_msg=k)
+        assert_array_equal(dh, dh_want, strict=True)
+        assert_array_equal(dc, dc_want, strict=True)
+        assert_array_equal(dX, dX_want, strict=True)
+    # refused: another batch size, more rows, a bad cut, a lone packing
+    # array, an input of the wrong size
+    X, pk = pack([rng.standard_normal((n, N_INPUT)) for n in [12] * 23], dtype)
+    h, cc = h0[:23].copy(), (c0[:23].copy() if lstm else empty)
+    with pytest.raises(ValueError, match="made for 24 sequences"):
+        _cells.run_forward(forward, X, layers._EMPTY_STARTS, h, cc,
+                           pk.batch_sizes, pk.offsets)
+    with pytest.raises(ValueError, match="made for 24 sequences"):
+        _cells.run_backward(backward, X, pk.batch_sizes, pk.offsets)
+    X, pk = pack([rng.standard_normal((n, N_INPUT)) for n in [13] * 24], dtype)
+    assert pk.n_rows > len(G)
+    h, cc = h0.copy(), (c0.copy() if lstm else empty)
+    with pytest.raises(ValueError, match=f"at most {len(G)} rows"):
+        _cells.run_forward(forward, X, layers._EMPTY_STARTS, h, cc,
+                           pk.batch_sizes, pk.offsets)
+    with pytest.raises(ValueError, match=f"at most {len(G)} rows"):
+        _cells.run_backward(backward, X, pk.batch_sizes, pk.offsets)
+    X, pk = problems[1][:2]
+    for bad in (np.array([0, 24, 24], np.intp), np.array([0, 24], np.intp)):
+        with pytest.raises(ValueError, match="block_starts"):
+            _cells.run_forward(forward, X, layers._EMPTY_STARTS, h, cc,
+                               pk.batch_sizes, pk.offsets, bad)
+        with pytest.raises(ValueError, match="block_starts"):
+            _cells.run_backward(backward, X, pk.batch_sizes, pk.offsets, bad)
+    with pytest.raises(TypeError, match="together"):
+        _cells.run_forward(forward, X, layers._EMPTY_STARTS, h, cc, pk.batch_sizes)
+    with pytest.raises(TypeError, match="together"):
+        _cells.run_backward(backward, X, None, pk.offsets)
+    with pytest.raises(ValueError, match="run_backward: X of shape"):
+        _cells.run_backward(backward, X[:-1], pk.batch_sizes, pk.offsets)
+    with pytest.raises(TypeError, match="4-byte floats, for a call of 8-byte"):
+        _cells.run_backward(backward, X.astype(np.float32), pk.batch_sizes,
+                            pk.offsets)
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (3, 13), (32, 32), (5, 16)])
 @DTYPES
 def test_lstm_states_made_together_are_apart_and_aligned(shape, dtype):

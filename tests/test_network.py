@@ -19,7 +19,12 @@
 11. Repeated inference calls made ready (the inference plan): the bits of
     the general path; the parameters' current values; every input checked;
     the general path wherever a call differs.
+12. Repeated training batches made ready (the training plan): the bits of
+    the general path, on batches of one size and any lengths; every input
+    checked; the general path wherever a call differs.
 """
+
+import pickle
 
 import numpy as np
 import pytest
@@ -1678,3 +1683,207 @@ def test_inference_plan_only_where_it_applies():
     for _ in range(3):
         tokens.forward(ids, pk)
     assert tokens._local.pool.get("inference") is None
+
+
+# ---------------------------------------------------------------------------
+# 12. training plan
+# ---------------------------------------------------------------------------
+
+def _loss_gradient_ready(net, monkeypatch, *args, **kw):
+    """``net.loss_gradient`` that must not take the general path: the
+    training plan answers it, or the general path's first check raises."""
+    def general(*a, **k):
+        raise AssertionError("loss_gradient took the general path")
+    with monkeypatch.context() as m:
+        m.setattr(Network, "_layer_args_checked", general)
+        return net.loss_gradient(*args, **kw)
+
+
+def _fresh_result(net, *args, **kw):
+    """``loss_gradient`` on a fresh copy of ``net`` (no buffers, no plan):
+    the loss, the gradients and the final states."""
+    fresh = pickle.loads(pickle.dumps(net))
+    for name, w in net.weights.items():
+        fresh.weights[name][...] = w     # replaced arrays too
+    value, states = fresh.loss_gradient(*args, **kw)
+    return value, fresh.grad_views, flat_states(states, fresh)
+
+
+def _assert_same_training(got, want, net):
+    value, states = got
+    assert value == want[0]
+    for name, g in net.grad_views.items():
+        assert_array_equal(g, want[1][name], strict=True, err_msg=name)
+    for a, b in zip(flat_states(states, net), want[2], strict=True):
+        assert_array_equal(a, b, strict=True)
+
+
+# a batch size (10 sequences) in three packings: the first's rows are the
+# most; fewer rows; equal lengths
+PLAN_LENGTHS = ([7, 3, 9, 1, 5, 9, 2, 6, 4, 8], [2, 3, 4, 1, 5, 1, 2, 6, 4, 3],
+                [4] * 10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rs", [False, True], ids=["last", "seq"])
+@pytest.mark.parametrize("cell, hidden, kw", READY_CASES)
+def test_training_plan_gives_the_same_bits(cell, hidden, kw, rs, dtype,
+                                           monkeypatch):
+    """From the second call in a row of one batch size, loss_gradient runs a
+    plan made ready from the checked call: the loss, every gradient and
+    every final state are the general path's bits (a fresh network's), on
+    batches of that size with other lengths (fewer rows, equal lengths),
+    with and without sample weights, with the L2 penalty, after the
+    parameters changed in place, at 1 and 2 threads and with a given block
+    size; the states are new arrays at each call."""
+    rng = np.random.default_rng(5)
+    batches = [make_batch(lengths, seed=s, dtype=dtype, n_in=5)
+               for s, lengths in enumerate(PLAN_LENGTHS)]
+    targets = [make_targets("squared_error", n_targets(pk, rs), 2, rng, dtype)
+               for _, pk in batches]
+    weights = rng.random(10) + 0.5
+    net = Network(cell, 5, hidden, 2, dtype=dtype, **kw)
+    net.init_weights(rng)
+    for n_threads, block_rows in ((1, None), (2, None), (2, 3)):
+        how = dict(return_sequences=rs, alpha=1e-3, n_threads=n_threads,
+                   block_rows=block_rows)
+        net._pool = {}
+        (X, pk), T = batches[0], targets[0]
+        for _ in range(2):
+            net.loss_gradient(X, pk, T, "squared_error", **how)
+        assert net._pool["training"] is not None
+        last = None
+        for i in (0, 1, 2, 0):
+            (X, pk), T = batches[i], targets[i]
+            sw = weights if i % 2 else None
+            args = (X, pk, T, "squared_error")
+            got = _loss_gradient_ready(net, monkeypatch, *args, sample_weight=sw,
+                                       **how)
+            _assert_same_training(got, _fresh_result(net, *args, sample_weight=sw,
+                                                     **how), net)
+            if last is not None:
+                assert not np.shares_memory(got[1][-1][0][0], last)
+            last = got[1][-1][0][0]
+            net.params += (0.01 * rng.standard_normal(net.params.shape)).astype(dtype)
+
+
+@pytest.mark.parametrize("rs", [False, True], ids=["last", "seq"])
+@pytest.mark.parametrize("loss, activation",
+                         [("log_loss", "softmax"), ("binary_log_loss", "sigmoid"),
+                          ("squared_error", "tanh")])
+def test_training_plan_takes_every_loss(loss, activation, rs, monkeypatch):
+    """The plan's output layer and loss are the general path's, for every
+    loss and output activation (class indices for the log loss too)."""
+    rng = np.random.default_rng(6)
+    net = Network("lstm", 5, (6, 4), 3, output_activation=activation,
+                  dtype=np.float64)
+    net.init_weights(rng)
+    for X, pk in (make_batch(lengths, seed=s, n_in=5)
+                  for s, lengths in enumerate(PLAN_LENGTHS)):
+        T = make_targets(loss, n_targets(pk, rs), 3, rng)
+        for T in ((T, T.argmax(axis=1)) if loss == "log_loss" else (T,)):
+            args = (X, pk, T, loss)
+            for _ in range(2):
+                net.loss_gradient(*args, return_sequences=rs)
+            got = _loss_gradient_ready(net, monkeypatch, *args, return_sequences=rs)
+            _assert_same_training(got, _fresh_result(net, *args,
+                                                     return_sequences=rs), net)
+
+
+def test_training_plan_only_where_it_applies(monkeypatch):
+    """No plan for calls alternating between two batch sizes, with dropout,
+    recurrent dropout, truncated BPTT or initial states, nor for a
+    bidirectional, Jordan or token network; a plan serves only calls of
+    its kind."""
+    X, pk = make_batch([4, 6, 2])
+    X2, pk2 = make_batch([3, 5])
+    T, T2 = np.zeros((3, 2)), np.zeros((2, 2))
+    net = make_net("gru", (5,), 2)
+    for _ in range(3):
+        net.loss_gradient(X, pk, T, "squared_error")
+        net.loss_gradient(X2, pk2, T2, "squared_error")
+    assert net._pool.get("training") is None
+    h0 = [[(np.zeros((3, 5)), np.zeros((3, 5)))]] * 2
+    for kw in (dict(dropout=0.1, rng=np.random.default_rng(0)),
+               dict(recurrent_dropout=0.1, rng=np.random.default_rng(0)),
+               dict(tbptt=(2, 3)), dict(initial_state=h0)):
+        other = make_net("lstm", (5, 5), 2)
+        for _ in range(3):
+            other.loss_gradient(X, pk, T, "squared_error", **kw)
+        assert other._pool.get("training") is None, kw
+    for cell, kw in (("lstm", dict(bidirectional=True)), ("jordan", {})):
+        other = make_net(cell, (5,), 2, **kw)
+        for _ in range(3):
+            other.loss_gradient(X, pk, T, "squared_error")
+        assert other._pool.get("training") is None
+    tokens = Network("lstm", 4, (3,), 2, token_input=True)
+    from pyx_rnn.tokens import TokenInput
+    ids = TokenInput(np.zeros(pk.n_rows, np.intp), np.ones(pk.n_rows))
+    for _ in range(3):
+        tokens.loss_gradient(ids, pk, T, "squared_error")
+    assert tokens._pool.get("training") is None
+    net = make_net("lstm", (5,), 2)
+    for _ in range(2):
+        net.loss_gradient(X, pk, T, "squared_error")
+    assert net._pool.get("training") is not None
+    with pytest.raises(AssertionError, match="general path"):
+        _loss_gradient_ready(net, monkeypatch, X, pk, T, "squared_error",
+                             dropout=0.1, rng=np.random.default_rng(0))
+
+
+def test_training_plan_checks_each_call(monkeypatch):
+    """With a plan made, each call's input is still checked (the same
+    errors: values, dtype); calls it cannot serve take the general path,
+    with its results: another thread count, more rows than the plan's
+    buffers (the plan is then made again, for them), a replaced parameter
+    or gradient array."""
+    rng = np.random.default_rng(8)
+    (X, pk), (X_long, pk_long) = (make_batch(lengths, seed=s) for s, lengths in
+                                  enumerate(([4, 6, 2], [9, 6, 8])))
+    T = rng.standard_normal((3, 2))
+    net = make_net("lstm", (5, 4), 2)
+    for _ in range(2):
+        net.loss_gradient(X, pk, T, "squared_error")
+    plan = net._pool["training"]
+    bad = X.copy()
+    bad[-1, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        net.loss_gradient(bad, pk, T, "squared_error")
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        # the longest sequence read from the last rows
+        starts = np.array([len(bad) - pk.lengths[0], 0, 0])
+        net.loss_gradient(SequenceInput(bad, starts), pk, T, "squared_error")
+    with pytest.raises(TypeError, match="has dtype float32"):
+        net.loss_gradient(X.astype(np.float32), pk, T, "squared_error")
+    assert net._pool["training"] is plan
+    general = []
+    monkeypatch.setattr(Network, "_layer_args_checked",
+                        lambda *a, _f=Network._layer_args_checked, **k:
+                        general.append(1) or _f(*a, **k))
+    for args, kw in (((X_long, pk_long), {}), ((X, pk), dict(n_threads=2))):
+        want = _fresh_result(net, *args, T, "squared_error", **kw)
+        general.clear()
+        _assert_same_training(net.loss_gradient(*args, T, "squared_error", **kw),
+                              want, net)
+        assert general == [1]
+        if kw:
+            continue
+        # made again at once for the longer batch (the plan's key): it
+        # serves both
+        assert net._pool["training"] is not plan
+        for args in ((X_long, pk_long), (X, pk)):
+            want = _fresh_result(net, *args, T, "squared_error")
+            general.clear()
+            _assert_same_training(net.loss_gradient(*args, T, "squared_error"),
+                                  want, net)
+            assert general == []
+    for views in ("weights", "grad_views"):
+        name = "bias_hh_l1"
+        v = getattr(net, views)
+        # (a replaced gradient array is added to, not zeroed first)
+        v[name] = v[name].copy() if views == "weights" else np.zeros_like(v[name])
+        want = _fresh_result(net, X, pk, T, "squared_error")
+        general.clear()
+        _assert_same_training(net.loss_gradient(X, pk, T, "squared_error"), want,
+                              net)
+        assert general == [1]
