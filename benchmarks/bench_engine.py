@@ -57,8 +57,8 @@ def _our_modules():
 
     from pyx_rnn.network import Network
     from pyx_rnn.optim import Adam
-    from pyx_rnn.packing import Packing, SequenceInput, pack
-    return threadpool_limits, Network, Adam, Packing, SequenceInput, pack
+    from pyx_rnn.packing import Packing, SequenceInput
+    return threadpool_limits, Network, Adam, Packing, SequenceInput
 
 
 def _fixed_packing(n, T, packings, Packing):
@@ -86,12 +86,17 @@ def our_times(workload, n_threads, repeats, variable_length=False, seed=0,
               data=None):
     """Training epoch times and inference times of our engine; ``data`` is
     the workload's ``(X, y, lengths)`` if already made."""
-    threadpool_limits, Network, Adam, Packing, SequenceInput, pack = _our_modules()
+    threadpool_limits, Network, Adam, Packing, SequenceInput = _our_modules()
     X, y, lengths = data or workload_data(workload, variable_length=variable_length)
     n, batch = len(X), workload["batch"]
-    seqs = None
+    flat = None
     if variable_length:
-        seqs = [X[i, : lengths[i]] for i in range(n)]
+        # stored one sequence after another, read where they lie, as
+        # RNNRegressor.fit reads its batches (a SequenceInput: the first
+        # layer's rows are gathered from it, no list of arrays is packed)
+        flat = np.concatenate([X[i, : lengths[i]] for i in range(n)])
+        starts = np.zeros(n, np.intp)
+        np.cumsum(lengths[:-1], out=starts[1:])
     rng = np.random.default_rng(seed)
     net = Network(workload["cell"], workload["n_features"], (workload["hidden"],), 1,
                   dtype=np.float32)
@@ -101,10 +106,10 @@ def our_times(workload, n_threads, repeats, variable_length=False, seed=0,
     packings = {}
 
     def get_batch(idx):
-        if seqs is None:
+        if flat is None:
             return _batches_fixed(X, idx, packings, Packing)
-        data, packing = pack([seqs[i] for i in idx], np.float32)
-        return data, packing
+        packing = Packing.from_lengths(lengths[idx])
+        return SequenceInput(flat, starts[idx][packing.order]), packing
 
     def epoch():
         perm = rng.permutation(n)
