@@ -2,7 +2,8 @@
 
 * **Threads.** Our training epoch on the 128-unit workloads with 1 and with
   2 OpenMP threads (``bench_engine.our_times``), alternated, each in a fresh
-  process.
+  process; and their training steps on 8 batches with 1 and 2 threads
+  alternated batch by batch in one process (each batch's fastest step).
 * **Peak memory.** One training epoch of medium-lstm, ours and PyTorch's,
   each in a fresh process: the growth of the peak resident set size
   (``ru_maxrss``) over the process's size once the data exist.
@@ -44,6 +45,48 @@ def _child(kind):
         _, name, n_threads = kind.split(":")
         seconds = our_times(get_workload(name), int(n_threads), 1)["train_epoch_s"]
         print(json.dumps(dict(kind=kind, seconds=seconds[0])))
+        return
+    if kind.startswith("steps-"):
+        # training steps (loss_gradient, clipping, Adam) on 8 batches of a
+        # workload, 1 and 2 threads alternated batch by batch in this one
+        # process, over several passes: each batch's fastest step per thread
+        # count, summed over the batches
+        from bench_torch import get_workload, workload_data
+        from threadpoolctl import threadpool_limits
+
+        from pyx_rnn.network import Network
+        from pyx_rnn.optim import Adam
+        from pyx_rnn.packing import Packing
+        _, name, passes = kind.split(":")
+        w = get_workload(name)
+        X, y, _ = workload_data(w)
+        B, T = w["batch"], X.shape[1]
+        packing = Packing.from_lengths(np.full(B, T))
+        batches = [(np.ascontiguousarray(X[s:s + B].transpose(1, 0, 2)).reshape(
+                        B * T, -1), y[s:s + B]) for s in range(0, 8 * B, B)]
+        net = Network(w["cell"], w["n_features"], (w["hidden"],), 1,
+                      dtype=np.float32)
+        net.init_weights(np.random.default_rng(0))
+        opt = Adam(net.params, 1e-3)
+
+        def step(rows, targets, n_threads):
+            net.loss_gradient(rows, packing, targets, "squared_error",
+                              n_threads=n_threads)
+            net.clip_gradients(clip_norm=1.0)
+            opt.step(net.grads)
+
+        best = {1: [np.inf] * 8, 2: [np.inf] * 8}
+        with threadpool_limits(limits=1, user_api="blas"):
+            for n_threads in (1, 2, 1, 2):   # warm-up: buffers and plans
+                step(*batches[0], n_threads)
+            for _ in range(int(passes)):
+                for i, (rows, targets) in enumerate(batches):
+                    for n_threads in (1, 2):
+                        t0 = time.perf_counter()
+                        step(rows, targets, n_threads)
+                        best[n_threads][i] = min(best[n_threads][i],
+                                                 time.perf_counter() - t0)
+        print(json.dumps(dict(kind=kind, one=sum(best[1]), two=sum(best[2]))))
         return
     if kind in ("ours", "torch"):
         from bench_torch import get_workload, workload_data
@@ -118,6 +161,21 @@ def main(argv=None):
                 times[n_threads].append(r["seconds"])
         one, two = (statistics.median(times[n]) for n in (1, 2))
         lines.append(f"| {name} | {one:.3f} | {two:.3f} | {one / two:.2f}× |")
+        print(lines[-1], flush=True)
+
+    lines += ["", "## Threads: training steps, interleaved in one process", "",
+              "The same workloads' training step (loss and gradient, clipping, "
+              "Adam) on 8 batches, with 1 and 2 threads alternated batch by "
+              f"batch in one process over {2 * args.rounds} passes: each "
+              "batch's fastest step per thread count, summed (ms for the 8 "
+              "batches). A slow spell of the shared machine then hits both "
+              "thread counts alike, where whole epochs in separate processes "
+              "can each land in a different one.", "",
+              "| workload | 1 thread | 2 threads | speed-up |", "|---|---|---|---|"]
+    for name in ("medium-lstm", "medium-gru", "medium-rnn"):
+        r = _in_child(f"steps-:{name}:{2 * args.rounds}")
+        lines.append(f"| {name} | {1e3 * r['one']:.1f} | {1e3 * r['two']:.1f} | "
+                     f"{r['one'] / r['two']:.2f}× |")
         print(lines[-1], flush=True)
 
     lines += ["", "## Peak memory of one medium-lstm training epoch", "",

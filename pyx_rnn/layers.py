@@ -634,8 +634,8 @@ class _BackwardPlan:
         (its packing, and its buffers of rows), with this plan's scratch and
         partial sums: ``X`` the packed input where the kernel sums the input
         weights' gradient (else empty), ``dH`` dL/dH from above, ``dh`` and
-        ``dc`` dL/d(final states) (overwritten), ``dG`` and ``dGh`` the
-        gates' gradients, ``stops`` the truncation (``_stops``)."""
+        ``dc`` dL/d(final states) (on exit, dL/d(initial states)), ``dG`` and
+        ``dGh`` the gates' gradients, ``stops`` the truncation (``_stops``)."""
         dtype = cache.G.dtype
         return [
             CELLS[spec.cell], ACTIVATIONS[spec.activation], spec.reverse,
