@@ -463,6 +463,18 @@ cdef int check_block_starts(const Py_ssize_t[::1] starts, Py_ssize_t B,
     return 0
 
 
+cdef const Py_ssize_t* read_cut(const Py_ssize_t[::1] block_starts, Py_ssize_t B,
+                                int block_rows, tuple strides,
+                                str where) except? NULL:
+    """The address of a caller's cut of a batch (``block_starts``, checked
+    by ``check_block_starts``), or NULL for none (None or empty: blocks of
+    ``block_rows``). The address is valid while ``block_starts`` is."""
+    if block_starts is None or block_starts.shape[0] == 0:
+        return NULL
+    check_block_starts(block_starts, B, block_rows, strides, where)
+    return &block_starts[0]
+
+
 cdef Py_ssize_t least_rows(tuple rows):
     """The fewest rows among a call's buffers of rows (``rows``: their
     lengths, 0 for one not used), which a call on another packing may not
@@ -500,10 +512,8 @@ cdef Py_ssize_t bind_packing(Dims* d, const Py_ssize_t** bs,
             f"{offsets.shape[0]} offsets (one more than the steps, the last "
             f"the number of rows)")
     d.n_steps = <int> n_steps
-    bs[0], off[0], starts[0] = &batch_sizes[0], &offsets[0], NULL
-    if block_starts is not None and block_starts.shape[0] > 0:
-        check_block_starts(block_starts, B, block_rows, strides, where)
-        starts[0] = &block_starts[0]
+    bs[0], off[0] = &batch_sizes[0], &offsets[0]
+    starts[0] = read_cut(block_starts, B, block_rows, strides, where)
     return offsets[n_steps]
 
 
@@ -752,6 +762,13 @@ cdef struct ForwardCall:
     Py_ssize_t xrstride, gbstride, wstride
 
 
+cdef tuple forward_strides(ForwardCall* a):
+    """The row lengths of a forward call's scratch arrays that a cut
+    addresses by sequence (``block_part``), 0 for one not used."""
+    return (a.xrstride if a.xr != NULL else 0,
+            a.gbstride if a.Gb != NULL else 0, a.wstride)
+
+
 cdef void run_call(ForwardCall* a, floating* of_type) noexcept:
     """Run ``recurrent_forward``'s call ``a``; ``of_type`` (NULL) gives the
     floating type of its arrays."""
@@ -816,7 +833,7 @@ cdef class ForwardArgs:
     cdef ForwardCall a
     cdef readonly tuple args
     cdef Py_ssize_t itemsize, n_rows, capacity
-    cdef int n_input, n_steps
+    cdef int n_input
 
     def __init__(self, args):
         self.args = tuple(args)
@@ -899,13 +916,8 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
     a.h, a.c, a.H, a.C = ptr2(h), ptr2(c), ptr2(H_out), ptr2(C_out)
     a.Hp, a.aux, a.xh, a.rs = ptr2(Hprev), ptr2(aux), ptr2(xhat), ptr2(rstd)
     a.work, a.wstride, a.wpack = ptr2(work), work.shape[1], ptr1(wpack)
-    a.starts = NULL
-    if block_starts is not None and block_starts.shape[0] > 0:
-        check_block_starts(block_starts, a.B, block_rows,
-                           (a.xrstride if a.xr != NULL else 0,
-                            a.gbstride if a.Gb != NULL else 0, a.wstride),
-                           "recurrent_forward")
-        a.starts = &block_starts[0]
+    a.starts = read_cut(block_starts, a.B, block_rows, forward_strides(&a),
+                        "recurrent_forward")
     if cell == GRU and a.H == NULL and n_steps > 0:
         raise ValueError("the gru needs H_out: its work holds the recurrent "
                          "product")
@@ -916,7 +928,6 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
     prepare.itemsize = sizeof(floating)
     prepare.n_input = <int> W_ih.shape[1]
     prepare.n_rows = offsets[n_steps]
-    prepare.n_steps = n_steps
     prepare.capacity = least_rows((G.shape[0], H_out.shape[0], C_out.shape[0],
                                    Hprev.shape[0], aux.shape[0], xhat.shape[0],
                                    rstd.shape[0]))
@@ -944,9 +955,7 @@ def run_forward(ForwardArgs call, floating[:, ::1] X,
     if batch_sizes is not None or offsets is not None:
         n_rows = bind_packing(&a.d, &a.bs, &a.off, &a.starts, B, a.block_rows,
                               call.capacity, batch_sizes, offsets, block_starts,
-                              (a.xrstride if a.xr != NULL else 0,
-                               a.gbstride if a.Gb != NULL else 0, a.wstride),
-                              "run_forward")
+                              forward_strides(&a), "run_forward")
     if X.shape[1] != call.n_input or (
             X.shape[0] < n_rows if x_starts.shape[0] == 0
             else x_starts.shape[0] != B):
@@ -1004,6 +1013,11 @@ cdef struct BackwardCall:
     void* work
     void* wpack
     Py_ssize_t wstride, pstride, lstride, bstride, wistride, whstride, estride
+
+
+cdef tuple backward_strides(BackwardCall* a):
+    """The same for a backward call (see ``forward_strides``)."""
+    return (a.estride if a.edge != NULL else 0, a.wstride)
 
 
 cdef void run_backward_call(BackwardCall* a, floating* of_type) noexcept:
@@ -1145,12 +1159,8 @@ def recurrent_backward(int cell, int activation, bint reverse,
     a.dWh, a.whstride = ptr2(dWhh_t), dWhh_t.shape[1]
     a.edge, a.estride = ptr2(edge), edge.shape[1]
     a.work, a.wstride, a.wpack = ptr2(work), work.shape[1], ptr1(wpack)
-    a.starts = NULL
-    if block_starts is not None and block_starts.shape[0] > 0:
-        check_block_starts(block_starts, a.B, block_rows,
-                           (a.estride if a.edge != NULL else 0, a.wstride),
-                           "recurrent_backward")
-        a.starts = &block_starts[0]
+    a.starts = read_cut(block_starts, a.B, block_rows, backward_strides(&a),
+                        "recurrent_backward")
     if ((a.dWi != NULL or a.dWh != NULL)
             and a.estride < block_rows * sr_pack_length(1, 1, sizeof(floating))):
         raise ValueError("recurrent_backward: edge must have block_rows * "
@@ -1190,8 +1200,7 @@ def run_backward(BackwardArgs call, floating[:, ::1] X,
     if batch_sizes is not None or offsets is not None:
         n_rows = bind_packing(&a.d, &a.bs, &a.off, &a.starts, a.B, a.block_rows,
                               call.capacity, batch_sizes, offsets, block_starts,
-                              (a.estride if a.edge != NULL else 0, a.wstride),
-                              "run_backward")
+                              backward_strides(&a), "run_backward")
     if a.dWi != NULL:
         # the call sums the input weights' gradient: its placeholder input
         # (empty) gave the width

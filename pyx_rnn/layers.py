@@ -477,6 +477,16 @@ class _ForwardPlan:
         args[at["block_starts"]] = block_starts
         return args
 
+    def ready(self, w, batch_sizes, offsets, n_threads, block_starts=_EMPTY_STARTS,
+              whole=False):
+        """``bind``'s call made ready (``_cells.ForwardArgs``) for
+        ``_cells.run_forward``, which supplies the input and the states;
+        without a mask. Returns it and its buffers of rows (see ``rows``)."""
+        args = self.bind(w, batch_sizes, offsets, n_threads, block_starts, whole)
+        for name in ("mask", "h", "c"):
+            args[self.SLOTS[name]] = _empty(self.dtype)
+        return _cells.ForwardArgs(args), self.rows(args)
+
     @classmethod
     def rows(cls, args):
         """The buffers of rows of ``bind``'s arguments: ``G, H, C, Hprev, aux,

@@ -934,12 +934,9 @@ class _InferencePlan:
         for ((spec, sfx),) in net.specs:
             plan = pool[sfx]["forward_plan"]
             w = net._layer(net.weights, sfx)
-            args = plan.bind(w, batch_sizes, offsets, n_threads, block_starts)
-            # no mask; the input (empty in args) and the states are run's
-            for name in ("mask", "h", "c"):
-                args[plan.SLOTS[name]] = _empty(net.dtype)
-            H = plan.rows(args)[1]     # the outputs, this packing's rows
-            self.layers.append((spec, _cells.ForwardArgs(args), plan, w, H))
+            call, rows = plan.ready(w, batch_sizes, offsets, n_threads, block_starts)
+            H = rows[1]     # the outputs, this packing's rows
+            self.layers.append((spec, call, plan, w, H))
         self.head_pack = pool["head"]["wpack"]
 
     @staticmethod
@@ -1079,12 +1076,8 @@ class _TrainingPlan:
         self.layers = []
         for k, ((spec, sfx), fplan, bplan) in enumerate(zip(specs, fplans, bplans)):
             w, g = net._layer(net.weights, sfx), net._layer(net.grad_views, sfx)
-            args = fplan.bind(w, bs, off, n_threads, starts, whole=True)
-            # no mask; the input (empty in args) and the states are run's
-            for name in ("mask", "h", "c"):
-                args[fplan.SLOTS[name]] = _empty(dtype)
-            forward = _cells.ForwardArgs(args)
-            G, H, C, Hprev, aux, xhat, rstd = fplan.rows(args)
+            forward, rows = fplan.ready(w, bs, off, n_threads, starts, whole=True)
+            G, H, C, Hprev, aux, xhat, rstd = rows
             # the initial states: zeros, read only
             zeros = _aligned((B, spec.hidden), dtype, zero=True)
             cache = LayerCache(
