@@ -64,20 +64,27 @@ def _child(kind):
         packing = Packing.from_lengths(np.full(B, T))
         batches = [(np.ascontiguousarray(X[s:s + B].transpose(1, 0, 2)).reshape(
                         B * T, -1), y[s:s + B]) for s in range(0, 8 * B, B)]
-        net = Network(w["cell"], w["n_features"], (w["hidden"],), 1,
-                      dtype=np.float32)
-        net.init_weights(np.random.default_rng(0))
-        opt = Adam(net.params, 1e-3)
+        # one network per thread count, so that each one's calls follow one
+        # another with the same key and take the training plan, as an
+        # epoch's do; trained on the same batches from the same weights,
+        # the two stay bitwise equal (checked at the end)
+        nets, opts = {}, {}
+        for n_threads in (1, 2):
+            nets[n_threads] = Network(w["cell"], w["n_features"], (w["hidden"],),
+                                      1, dtype=np.float32)
+            nets[n_threads].init_weights(np.random.default_rng(0))
+            opts[n_threads] = Adam(nets[n_threads].params, 1e-3)
 
         def step(rows, targets, n_threads):
+            net = nets[n_threads]
             net.loss_gradient(rows, packing, targets, "squared_error",
                               n_threads=n_threads)
             net.clip_gradients(clip_norm=1.0)
-            opt.step(net.grads)
+            opts[n_threads].step(net.grads)
 
         best = {1: [np.inf] * 8, 2: [np.inf] * 8}
         with threadpool_limits(limits=1, user_api="blas"):
-            for n_threads in (1, 2, 1, 2):   # warm-up: buffers and plans
+            for n_threads in (1, 1, 2, 2):   # warm-up: buffers and plans
                 step(*batches[0], n_threads)
             for _ in range(int(passes)):
                 for i, (rows, targets) in enumerate(batches):
@@ -86,6 +93,8 @@ def _child(kind):
                         step(rows, targets, n_threads)
                         best[n_threads][i] = min(best[n_threads][i],
                                                  time.perf_counter() - t0)
+        if not np.array_equal(nets[1].params, nets[2].params):
+            raise RuntimeError("1 and 2 threads trained different weights")
         print(json.dumps(dict(kind=kind, one=sum(best[1]), two=sum(best[2]))))
         return
     if kind in ("ours", "torch"):
@@ -166,7 +175,10 @@ def main(argv=None):
     lines += ["", "## Threads: training steps, interleaved in one process", "",
               "The same workloads' training step (loss and gradient, clipping, "
               "Adam) on 8 batches, with 1 and 2 threads alternated batch by "
-              f"batch in one process over {2 * args.rounds} passes: each "
+              f"batch in one process over {2 * args.rounds} passes (a network "
+              "per thread count, from the same weights: each takes the "
+              "training plan, as an epoch's batches do, and the two end "
+              "bitwise equal): each "
               "batch's fastest step per thread count, summed (ms for the 8 "
               "batches). A slow spell of the shared machine then hits both "
               "thread counts alike, where whole epochs in separate processes "
