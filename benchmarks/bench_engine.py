@@ -71,17 +71,6 @@ def _fixed_packing(n, T, packings, Packing):
     return packing
 
 
-def _batches_fixed(X, idx, packings, Packing):
-    """Packed rows of the fixed-length sequences ``idx`` (an index array, or
-    a slice of consecutive sequences as the anchors' inference reads them),
-    and their packing (see ``_fixed_packing``)."""
-    batch = X[idx]
-    n, T, n_in = batch.shape
-    packing = _fixed_packing(n, T, packings, Packing)
-    rows = np.ascontiguousarray(batch.transpose(1, 0, 2)).reshape(n * T, n_in)
-    return rows, packing
-
-
 def our_times(workload, n_threads, repeats, variable_length=False, seed=0,
               data=None):
     """Training epoch times and inference times of our engine; ``data`` is
@@ -89,14 +78,17 @@ def our_times(workload, n_threads, repeats, variable_length=False, seed=0,
     threadpool_limits, Network, Adam, Packing, SequenceInput = _our_modules()
     X, y, lengths = data or workload_data(workload, variable_length=variable_length)
     n, batch = len(X), workload["batch"]
-    flat = None
+    # the sequences stored one after another, each batch's steps read where
+    # they lie, as RNNRegressor.fit reads its batches: a SequenceInput,
+    # whose rows the network packs itself (in parallel, no list of arrays
+    # is packed, no (batch, T, features) array is gathered and transposed)
     if variable_length:
-        # stored one sequence after another, read where they lie, as
-        # RNNRegressor.fit reads its batches (a SequenceInput: the first
-        # layer's rows are gathered from it, no list of arrays is packed)
         flat = np.concatenate([X[i, : lengths[i]] for i in range(n)])
         starts = np.zeros(n, np.intp)
         np.cumsum(lengths[:-1], out=starts[1:])
+    else:
+        flat = X.reshape(-1, X.shape[2])
+        starts = X.shape[1] * np.arange(n, dtype=np.intp)
     rng = np.random.default_rng(seed)
     net = Network(workload["cell"], workload["n_features"], (workload["hidden"],), 1,
                   dtype=np.float32)
@@ -106,9 +98,8 @@ def our_times(workload, n_threads, repeats, variable_length=False, seed=0,
     packings = {}
 
     def get_batch(idx):
-        if flat is None:
-            return _batches_fixed(X, idx, packings, Packing)
-        packing = Packing.from_lengths(lengths[idx])
+        packing = (Packing.from_lengths(lengths[idx]) if variable_length
+                   else _fixed_packing(len(idx), X.shape[1], packings, Packing))
         return SequenceInput(flat, starts[idx][packing.order]), packing
 
     def epoch():

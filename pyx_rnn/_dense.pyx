@@ -18,6 +18,7 @@ import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.limits cimport INT_MAX
+from libc.string cimport memcpy
 
 from ._blas cimport (
     add_rows, gemm, outer, pack_b, rgemm, sr_outer_work_length, sr_pack_length,
@@ -486,6 +487,79 @@ def first_sequence_outside(const Py_ssize_t[::1] starts,
     """The first ``b`` whose rows ``starts[b]:starts[b] + lengths[b]`` are
     not all within ``n_rows`` rows, or -1 (``lengths`` are positive)."""
     return first_outside(starts, lengths, n_rows)
+
+
+cdef int pack_step(const floating* data, const Py_ssize_t* starts,
+                   Py_ssize_t n, Py_ssize_t t, Py_ssize_t m,
+                   floating* out) noexcept nogil:
+    """``pack_rows``'s step ``t`` of its ``n`` sequences into ``out``: 1 if a
+    value copied is NaN or infinite, else 0."""
+    cdef Py_ssize_t b, j
+    if m * sizeof(floating) < 64:
+        # short rows (a univariate series): a call of memcpy per row costs
+        # more than the copy
+        for b in range(n):
+            for j in range(m):
+                out[b * m + j] = data[(starts[b] + t) * m + j]
+    else:
+        for b in range(n):
+            memcpy(out + b * m, data + (starts[b] + t) * m, m * sizeof(floating))
+    return 0 if finite_run(out, n * m) else 1
+
+
+def pack_rows(const floating[:, ::1] data, const Py_ssize_t[::1] starts,
+              const Py_ssize_t[::1] batch_sizes, const Py_ssize_t[::1] offsets,
+              floating[:, ::1] out, int n_threads):
+    """Copy a batch's steps from where they lie into its packed rows: row
+    ``offsets[t] + b`` of ``out`` receives row ``starts[b] + t`` of ``data``
+    (step ``t`` of the sequence at packed position ``b``, as a
+    ``SequenceInput`` reads it), for the packing ``batch_sizes``,
+    ``offsets``. Returns whether every value copied is finite, checked on
+    the copy in the same pass. The steps are shared out among ``n_threads``
+    threads (one for a small batch). Raises ValueError where the sizes do
+    not agree or a sequence's rows are not all in ``data``."""
+    cdef Py_ssize_t T = batch_sizes.shape[0], B = starts.shape[0]
+    cdef Py_ssize_t m = data.shape[1], t, b
+    cdef int bad = 0
+    if n_threads < 1:
+        raise ValueError(f"pack_rows: n_threads must be at least 1, got {n_threads}")
+    if (offsets.shape[0] != T + 1 or out.shape[1] != m or T == 0
+            or batch_sizes[0] != B or offsets[0] != 0
+            or offsets[T] != out.shape[0]):
+        raise ValueError(f"pack_rows: {B} starts, {T} batch sizes, "
+                         f"{offsets.shape[0]} offsets and out of shape "
+                         f"({out.shape[0]}, {out.shape[1]}) do not make one packing of "
+                         f"rows of {m} values")
+    for t in range(T):
+        if (batch_sizes[t] < 1 or batch_sizes[t] > (batch_sizes[t - 1] if t else B)
+                or offsets[t + 1] - offsets[t] != batch_sizes[t]):
+            raise ValueError("pack_rows: batch_sizes must be positive and "
+                             "non-increasing, and offsets their running sum")
+    # the sequence at packed position b has as many steps as batch sizes
+    # above b; they must lie in data
+    t = T
+    for b in range(B):
+        while batch_sizes[t - 1] <= b:
+            t -= 1
+        if starts[b] < 0 or starts[b] > data.shape[0] - t:
+            raise ValueError(f"pack_rows: sequence {b} needs rows {starts[b]}.."
+                             f"{starts[b] + t - 1} of data, which has "
+                             f"{data.shape[0]} rows")
+    if m == 0:
+        return True
+    if offsets[T] * m <= 65536:
+        # one thread for a small batch: a team costs more than it saves
+        with nogil:
+            for t in range(T):
+                bad += pack_step(&data[0, 0], &starts[0], batch_sizes[t], t, m,
+                                 &out[offsets[t], 0])
+        return bad == 0
+    # steps in turn, 8 at a time: variable-length batches' steps shrink
+    for t in prange(T, nogil=True, schedule="static", chunksize=8,
+                    num_threads=n_threads):
+        bad += pack_step(&data[0, 0], &starts[0], batch_sizes[t], t, m,
+                         &out[offsets[t], 0])
+    return bad == 0
 
 
 def all_finite_rows(const floating[:, ::1] x, const Py_ssize_t[::1] starts,

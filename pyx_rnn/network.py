@@ -678,10 +678,8 @@ class Network:
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if isinstance(X, SequenceInput):
-            X = self._read_in_place(X, packing)
-            if isinstance(X, SequenceInput):
-                # the backward pass reads the input again, packed
-                X = X.packed(packing)
+            # the backward pass reads the input again: packed rows
+            X = self._read_in_place(X, packing, pack_threads=n_threads)
         else:
             self._check_input(X)
         # batches like the last ones skip the checks and the setup that hold
@@ -709,10 +707,15 @@ class Network:
             self._pool["training_key"] = key
         return out
 
-    def _read_in_place(self, X, packing):
+    def _read_in_place(self, X, packing, pack_threads=None):
         """A ``SequenceInput`` X, checked (finite values included), if the
         first layer may read it in place (see ``_input_checked``), else its
-        packed rows, which ``_check_input`` then checks."""
+        packed rows, which ``_check_input`` then checks. With
+        ``pack_threads`` (training) the packed rows in any case: where the
+        rows are of the network's dtype and width and C-contiguous, copied
+        by that many
+        threads into a buffer of the pool, reused by every call, and checked
+        in the same pass (``_dense.pack_rows``)."""
         if self.token_input:
             raise TypeError("this network reads token input: pass a TokenInput, "
                             "not a SequenceInput")
@@ -740,6 +743,17 @@ class Network:
                 f"which has {len(data)} rows; starts are in packed order, and "
                 f"each sequence must lie wholly in data")
         X = SequenceInput(data, starts)
+        if (pack_threads is not None and data.dtype == self.dtype
+                and data.shape[1] == self.n_input and data.flags.c_contiguous):
+            where = "Network.loss_gradient"
+            _checks._check_n_threads(pack_threads, where)
+            bs, off = _checks._check_packing(packing.batch_sizes, packing.offsets,
+                                             where)
+            rows = _take(self._pool, "input", (int(off[-1]), data.shape[1]),
+                         self.dtype)
+            if not _dense.pack_rows(data, starts, bs, off, rows, pack_threads):
+                _not_finite()
+            return rows
         if not (self.jordan is None and self._rows_as_they_are(data)):
             # in the network's dtype, as the layers would convert packed rows
             X = X.packed(packing).astype(self.dtype, copy=False)

@@ -475,18 +475,19 @@ class BaseRNN(BaseEstimator):
         return value, float(len(b) if sw is None else sw.sum())
 
     def _batch_arrays(self, seqs, targets, sample_weight, b, limit=None):
-        """Packed inputs, targets and weights of the sequences ``b`` (None
+        """The network's input (``Sequences.network_input``), packing,
+        targets and weights of the sequences ``b`` (None
         without sample weights: the engine's default, all ones); with a
         curriculum ``limit``, only their last ``limit`` steps."""
         b = np.asarray(b)
         if limit is None:
-            X, packing = seqs.batch(b, self._dtype)
+            X, packing = seqs.network_input(b, self._dtype)
             if self.return_sequences:
                 rows = seqs.step_rows(b, packing)
         else:
             part, source_rows = _suffixes(seqs, b, limit)
             local = np.arange(len(b))
-            X, packing = part.batch(local, self._dtype)
+            X, packing = part.network_input(local, self._dtype)
             if self.return_sequences:
                 rows = source_rows[part.step_rows(local, packing)]
         chosen = b[packing.order]
@@ -573,8 +574,7 @@ class BaseRNN(BaseEstimator):
             for s in range(0, n, PREDICT_CHUNK):
                 idx = order[s:s + PREDICT_CHUNK]
                 # dense steps are read where they lie: no packed copy
-                X, packing = (seqs.batch(idx, net.dtype) if seqs.tokens
-                              else seqs.in_place(idx))
+                X, packing = seqs.network_input(idx, net.dtype)
                 _, Y, _ = net.forward(X, packing,
                                       return_sequences=self.return_sequences,
                                       n_threads=n_threads)

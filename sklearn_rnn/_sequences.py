@@ -99,6 +99,13 @@ class Sequences:
         packing = self._packing(idx)
         return SequenceInput(self.data, self.starts[idx[packing.order]]), packing
 
+    def network_input(self, idx, dtype):
+        """The sequences ``idx`` as the network reads them, and their packing:
+        dense steps as a ``SequenceInput`` (``in_place``: the network
+        packs or reads them itself), token sequences as a ``TokenInput``
+        of their packed ids and weights of ``dtype`` (``batch``)."""
+        return self.batch(idx, dtype) if self.tokens else self.in_place(idx)
+
     def _packing(self, idx):
         packing = self._packings.get(len(idx)) if self.fixed_length else None
         if packing is None:

@@ -1444,6 +1444,67 @@ def test_all_finite_finds_every_nan_and_infinity(shape, dtype):
             assert _dense.all_finite(y) == np.isfinite(y).all()
 
 
+@DTYPES
+@pytest.mark.parametrize("n_in", [1, 5, 40])
+def test_pack_rows_copies_and_checks_the_rows_read(n_in, dtype):
+    """``_dense.pack_rows`` (a training batch read where it lies) gives the
+    rows NumPy's gather gives, at any thread count, for variable lengths
+    with rows that no sequence reads between the sequences (also a batch
+    big enough for a team of threads); it finds a NaN or an infinity in
+    any row read (the first, a middle and the last steps of a sequence)
+    and ignores those of the rows not read; it refuses sizes that do not
+    make one packing and sequences whose rows are not all in the data."""
+    from pyx_rnn import _dense
+    from pyx_rnn.packing import Packing, SequenceInput
+    rng = np.random.default_rng(n_in)
+    for n_seq in (3, 700):
+        lengths = rng.integers(1, 30, n_seq)
+        gaps = rng.integers(0, 3, n_seq)
+        first = np.cumsum(gaps) + np.concatenate([[0], np.cumsum(lengths[:-1])])
+        data = np.full((first[-1] + lengths[-1] + 2, n_in), np.nan, dtype)
+        for i in range(n_seq):
+            data[first[i]:first[i] + lengths[i]] = rng.standard_normal(
+                (lengths[i], n_in))
+        pk = Packing.from_lengths(lengths)
+        starts = first[pk.order].astype(np.intp)
+        want = SequenceInput(data, starts).packed(pk)
+        assert np.isfinite(want).all() and np.isnan(data).any()
+        for n_threads in (1, 2, 3):
+            out = np.full_like(want, 7.0)
+            assert _dense.pack_rows(data, starts, pk.batch_sizes, pk.offsets,
+                                    out, n_threads) is True
+            assert_array_equal(out, want)
+    b = n_seq // 2                      # a sequence of the last batch
+    for bad in (np.nan, np.inf, -np.inf):
+        for step in sorted({0, pk.lengths[b] // 2, pk.lengths[b] - 1}):
+            y = data.copy()
+            y[starts[b] + step, n_in - 1] = bad
+            for n_threads in (1, 2):
+                assert _dense.pack_rows(y, starts, pk.batch_sizes, pk.offsets,
+                                        out, n_threads) is False
+    bs, off = pk.batch_sizes, pk.offsets
+    wrong = [
+        (data, starts[:-1], bs, off, out, "do not make one packing"),
+        (data, starts, bs, off[:-1], out, "do not make one packing"),
+        (data, starts, bs, off, out[:-1], "do not make one packing"),
+        (data[:, :0], starts, bs, off, out, "do not make one packing"),
+        (data, starts, np.where(np.arange(len(bs)) == len(bs) - 1, 0, bs), off,
+         out, "positive and non-increasing"),
+        (data, starts, bs, off + (np.arange(len(off)) == 1), out,
+         "offsets their running sum"),
+        (data, np.where(np.arange(n_seq) == b, -1, starts), bs, off, out,
+         f"sequence {b} needs rows -1"),
+        (data, np.where(np.arange(n_seq) == b, len(data) - pk.lengths[b] + 1,
+                        starts), bs, off, out,
+         f"sequence {b} needs rows {len(data) - pk.lengths[b] + 1}"),
+    ]
+    for args in wrong:
+        with pytest.raises(ValueError, match=args[-1]):
+            _dense.pack_rows(*args[:-1], 1)
+    with pytest.raises(ValueError, match="n_threads must be at least 1"):
+        _dense.pack_rows(data, starts, bs, off, out, 0)
+
+
 # ---------------------------------------------------------------------------
 # 8. weight gradients over all steps: pyx_rnn._dense.accumulate_outer
 # ---------------------------------------------------------------------------

@@ -1099,6 +1099,39 @@ def test_predict_reads_the_steps_in_place(dtype, return_sequences, monkeypatch):
         assert_array_equal(got[packing.order], Y[:, 0].astype(np.float64))
 
 
+@pytest.mark.parametrize("kw", [
+    pytest.param(dict(dtype="float32"), id="float32"),
+    pytest.param(dict(dtype="float64", n_threads=2), id="float64-2-threads"),
+    pytest.param(dict(curriculum=2, max_iter=4), id="curriculum"),
+    pytest.param(dict(return_sequences=True), id="sequences"),
+])
+def test_fit_reads_the_steps_in_place(kw, monkeypatch):
+    """fit gives the network its batches' steps where they lie (a
+    SequenceInput, which the network packs itself), with the bits of
+    packed rows: the same model as when fed the packed rows."""
+    from pyx_rnn.packing import SequenceInput
+    from sklearn_rnn._sequences import Sequences
+    X, y = variable_length_data(50)
+    if kw.get("return_sequences"):
+        y = [np.cumsum(s[:, 0]) for s in X]
+    seen = set()
+    loss_gradient = Network.loss_gradient
+
+    def spy(self, X, *args, **kwargs):
+        seen.add(type(X))
+        return loss_gradient(self, X, *args, **kwargs)
+
+    monkeypatch.setattr(Network, "loss_gradient", spy)
+    model = small_regressor(cell="lstm", batch_size=16, **kw).fit(X, y)
+    assert seen == {SequenceInput}
+    monkeypatch.setattr(Sequences, "network_input", Sequences.batch)
+    seen.clear()
+    packed = small_regressor(cell="lstm", batch_size=16, **kw).fit(X, y)
+    assert seen == {np.ndarray}
+    assert_array_equal(model._network.params, packed._network.params)
+    assert model.loss_curve_ == packed.loss_curve_
+
+
 def test_predict_after_partial_fit_reads_the_new_weights(monkeypatch):
     """predict's batches of one shape run the network's inference plan; a
     partial_fit in between (the weights change in place) is seen: the next

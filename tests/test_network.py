@@ -1410,9 +1410,13 @@ def test_sequence_input_gives_the_same_bits(cell, kw, rs, dtype):
     T = np.ones((n_targets(pk, rs), 2), dtype)
     l1, _ = net.loss_gradient(X, pk, T, "squared_error", return_sequences=rs)
     g1 = net.grads.copy()
-    l2, _ = net.loss_gradient(inp, pk, T, "squared_error", return_sequences=rs)
-    assert l1 == l2
-    assert_array_equal(g1, net.grads)
+    for n_threads in (1, 2, 1):
+        l2, _ = net.loss_gradient(inp, pk, T, "squared_error", return_sequences=rs,
+                                  n_threads=n_threads)
+        assert l1 == l2
+        assert_array_equal(g1, net.grads)
+    # packed by _dense.pack_rows, into the pool's buffer
+    assert net._pool["input"].size >= X.size
 
 
 @pytest.mark.parametrize("cell", ["jordan", "lstm"])
@@ -1430,9 +1434,17 @@ def test_sequence_input_packed_where_not_read_in_place(cell, monkeypatch):
     others = [inp, SequenceInput(inp.data.astype(np.float32), inp.starts),
               SequenceInput(np.asfortranarray(inp.data), inp.starts),
               SequenceInput(read_only, inp.starts)]
+    T = np.ones((3, 2))
+    loss, _ = net.loss_gradient(X, pk, T, "squared_error")
+    grads = net.grads.copy()
     for other in others:
         assert_allclose(net.forward(other, pk)[1], Y,
                         rtol=0 if other.data.dtype == np.float64 else 1e-6)
+        exact = other.data.dtype == np.float64
+        got, _ = net.loss_gradient(other, pk, T, "squared_error")
+        assert got == loss if exact else np.isclose(got, loss, rtol=1e-6)
+        if exact:
+            assert_array_equal(net.grads, grads)
     if cell == "jordan":
         return
     h0 = [[(np.zeros((3, 5)), np.zeros((3, 5)))]]
@@ -1473,6 +1485,13 @@ def test_sequence_input_checked():
         data[inp.starts[2] + 1, 1] = value
         with pytest.raises(ValueError, match="NaN or infinity"):
             net.forward(SequenceInput(data, inp.starts), pk)
+        for n_threads in (1, 2):
+            with pytest.raises(ValueError, match="NaN or infinity"):
+                net.loss_gradient(SequenceInput(data, inp.starts), pk,
+                                  np.zeros((3, 2)), "squared_error",
+                                  n_threads=n_threads)
+    with pytest.raises(ValueError, match="n_threads"):
+        net.loss_gradient(inp, pk, np.zeros((3, 2)), "squared_error", n_threads=0)
     tokens = Network("lstm", 4, (3,), 1, token_input=True)
     with pytest.raises(TypeError, match="TokenInput"):
         tokens.forward(SequenceInput(np.zeros((12, 4)), [0, 4, 8]), pk)
