@@ -72,9 +72,10 @@ def _fixed_packing(n, T, packings, Packing):
 
 
 def our_times(workload, n_threads, repeats, variable_length=False, seed=0,
-              data=None):
-    """Training epoch times and inference times of our engine; ``data`` is
-    the workload's ``(X, y, lengths)`` if already made."""
+              data=None, inference=True):
+    """Training epoch times and (fixed length, unless not ``inference``)
+    inference times of our engine; ``data`` is the workload's ``(X, y,
+    lengths)`` if already made."""
     threadpool_limits, Network, Adam, Packing, SequenceInput = _our_modules()
     X, y, lengths = data or workload_data(workload, variable_length=variable_length)
     n, batch = len(X), workload["batch"]
@@ -112,7 +113,7 @@ def our_times(workload, n_threads, repeats, variable_length=False, seed=0,
             net.clip_gradients(clip_norm=1.0)
             opt.step(net.grads)
 
-    def inference():
+    def run_inference():
         # the steps read where they lie, as RNNRegressor.predict does: the
         # chunk of the (n, T, n_features) array as consecutive rows
         T = X.shape[1]
@@ -132,38 +133,52 @@ def our_times(workload, n_threads, repeats, variable_length=False, seed=0,
             epoch()
             times.append(time.perf_counter() - t0)
         result["packed_train_epoch_s" if variable_length else "train_epoch_s"] = times
-        if not variable_length:
-            inference()
+        if inference and not variable_length:
+            run_inference()
             times = []
             for _ in range(max(repeats, 3)):
                 t0 = time.perf_counter()
-                inference()
+                run_inference()
                 times.append(time.perf_counter() - t0)
             result["inference_s"] = times
     return result
 
 
 def estimator_epoch_times(workload, n_threads, repeats):
-    """Seconds per epoch of RNNRegressor.fit on the workload (fixed length)."""
+    """Seconds per epoch of RNNRegressor.fit on the workload (fixed length),
+    ``estimator_epoch_s``, each beside an epoch of the raw engine
+    (``our_times``) run just before or just after it, in turns:
+    ``estimator_engine_epoch_s``. A pair samples the same spell of the
+    shared machine, whose speed can change within a second."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
 
     from sklearn_rnn import RNNRegressor
-    X, y, _ = workload_data(workload)
-    times = []
-    for r in range(repeats + 1):
+    data = workload_data(workload)
+    X, y, _ = data
+    fits, engine = [], []
+
+    def fit(seed):
         est = RNNRegressor(cell=workload["cell"],
                            hidden_layer_sizes=(workload["hidden"],),
                            batch_size=workload["batch"], max_iter=1, clip_norm=1.0,
-                           random_state=r, n_threads=n_threads, tol=0)
+                           random_state=seed, n_threads=n_threads, tol=0)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             est.fit(X, y[:, 0])
-        if r:
-            times.append(time.perf_counter() - t0)
-    return times
+        return time.perf_counter() - t0
+
+    fit(0)   # warm-up
+    for r in range(repeats):
+        if r % 2:
+            fits.append(fit(r + 1))
+        engine.append(our_times(workload, n_threads, 1, data=data,
+                                inference=False)["train_epoch_s"][0])
+        if not r % 2:
+            fits.append(fit(r + 1))
+    return dict(estimator_epoch_s=fits, estimator_engine_epoch_s=engine)
 
 
 def torch_times(name, n_threads, repeats, packed, onnx):
@@ -230,8 +245,7 @@ def run(names, n_threads, repeats, packed, onnx, estimator, rounds=1):
                 _collect(round_ours, our_times(w, n_threads, repeats,
                                                variable_length=True))
             if estimator and name == "small-lstm":
-                _collect(round_ours, {"estimator_epoch_s": estimator_epoch_times(
-                    w, n_threads, repeats)})
+                _collect(round_ours, estimator_epoch_times(w, n_threads, repeats))
             _collect(round_theirs, torch_times(name, n_threads, repeats, packed,
                                                onnx) or {})
             per_round.append((round_ours, round_theirs))
@@ -262,11 +276,12 @@ def run(names, n_threads, repeats, packed, onnx, estimator, rounds=1):
         if row.get("torch_train_epoch_s"):
             row["torch_train_gflops"] = flops / row["torch_train_epoch_s"] / 1e9
         if "estimator_epoch_s" in row:
-            # within each round too: the estimator's epochs run right after
-            # the engine's
-            row["estimator_overhead"] = 1 / _round_ratio(
-                [(r_ours, r_ours) for r_ours, _ in per_round],
-                ["train_epoch_s"], "estimator_epoch_s") - 1
+            # each fit against the raw engine's epoch beside it, the median
+            # over the pairs of all the rounds
+            pairs = [e / r for r_ours, _ in per_round for e, r in zip(
+                r_ours["estimator_epoch_s"], r_ours["estimator_engine_epoch_s"])]
+            row["estimator_overhead"] = _median(pairs) - 1
+            row["estimator_overhead_per_pair"] = [p - 1 for p in pairs]
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -398,7 +413,11 @@ def markdown_table(rows, peak=None):
     for r in est:
         lines += ["", f"`RNNRegressor.fit` on {r['workload']}: "
                   f"{_fmt(r['estimator_epoch_s'])} s/epoch, "
-                  f"{100 * r['estimator_overhead']:+.0f}% against the raw engine."]
+                  f"{100 * r['estimator_overhead']:+.0f}% against the raw engine "
+                  "(the median over fits each timed beside an epoch of the "
+                  "raw engine; each pair: "
+                  + ", ".join(f"{100 * v:+.0f}%"
+                              for v in r["estimator_overhead_per_pair"]) + ")."]
     return "\n".join(lines)
 
 
