@@ -528,15 +528,15 @@ def pack_rows(const floating[:, ::1] data, const Py_ssize_t[::1] starts,
             or offsets[T] != out.shape[0]):
         raise ValueError(f"pack_rows: {B} starts, {T} batch sizes, "
                          f"{offsets.shape[0]} offsets and out of shape "
-                         f"({out.shape[0]}, {out.shape[1]}) do not make one packing of "
-                         f"rows of {m} values")
+                         f"({out.shape[0]}, {out.shape[1]}) do not make one "
+                         f"packing of rows of {m} values")
     for t in range(T):
         if (batch_sizes[t] < 1 or batch_sizes[t] > (batch_sizes[t - 1] if t else B)
                 or offsets[t + 1] - offsets[t] != batch_sizes[t]):
             raise ValueError("pack_rows: batch_sizes must be positive and "
                              "non-increasing, and offsets their running sum")
     # the sequence at packed position b has as many steps as batch sizes
-    # above b; they must lie in data
+    # above b; they must lie in data (t stays >= 1: batch_sizes[0] = B > b)
     t = T
     for b in range(B):
         while batch_sizes[t - 1] <= b:

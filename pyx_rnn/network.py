@@ -713,9 +713,8 @@ class Network:
         packed rows, which ``_check_input`` then checks. With
         ``pack_threads`` (training) the packed rows in any case: where the
         rows are of the network's dtype and width and C-contiguous, copied
-        by that many
-        threads into a buffer of the pool, reused by every call, and checked
-        in the same pass (``_dense.pack_rows``)."""
+        by that many threads into a buffer of the pool, reused by every
+        call, and checked in the same pass (``_dense.pack_rows``)."""
         if self.token_input:
             raise TypeError("this network reads token input: pass a TokenInput, "
                             "not a SequenceInput")
