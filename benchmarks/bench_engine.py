@@ -144,12 +144,16 @@ def our_times(workload, n_threads, repeats, variable_length=False, seed=0,
     return result
 
 
-def estimator_epoch_times(workload, n_threads, repeats):
+def estimator_epoch_times(workload, n_threads, repeats, min_pairs=5):
     """Seconds per epoch of RNNRegressor.fit on the workload (fixed length),
     ``estimator_epoch_s``, each beside an epoch of the raw engine
     (``our_times``) run just before or just after it, in turns:
-    ``estimator_engine_epoch_s``. A pair samples the same spell of the
-    shared machine, whose speed can change within a second."""
+    ``estimator_engine_epoch_s``; ``repeats`` pairs, at least
+    ``min_pairs``. A pair samples the same spell of the shared machine,
+    whose speed can change within a second; a pair is a fraction of a
+    second, so a few more of them cost little, and a spike that hits one
+    side of a pair (+57, +68 and +91% in 3 of run 36's 9 pairs, +1 to
+    +25% in the others) moves their median less."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
@@ -171,7 +175,7 @@ def estimator_epoch_times(workload, n_threads, repeats):
         return time.perf_counter() - t0
 
     fit(0)   # warm-up
-    for r in range(repeats):
+    for r in range(max(repeats, min_pairs)):
         if r % 2:
             fits.append(fit(r + 1))
         engine.append(our_times(workload, n_threads, 1, data=data,
