@@ -832,7 +832,7 @@ cdef class ForwardArgs:
     """
     cdef ForwardCall a
     cdef readonly tuple args
-    cdef Py_ssize_t itemsize, n_rows, capacity
+    cdef Py_ssize_t itemsize, n_rows, capacity, g_rows
     cdef int n_input
 
     def __init__(self, args):
@@ -928,6 +928,7 @@ def recurrent_forward(int cell, int activation, bint reverse, bint reset_after,
     prepare.itemsize = sizeof(floating)
     prepare.n_input = <int> W_ih.shape[1]
     prepare.n_rows = offsets[n_steps]
+    prepare.g_rows = G.shape[0]
     prepare.capacity = least_rows((G.shape[0], H_out.shape[0], C_out.shape[0],
                                    Hprev.shape[0], aux.shape[0], xhat.shape[0],
                                    rstd.shape[0]))
@@ -946,9 +947,13 @@ def run_forward(ForwardArgs call, floating[:, ::1] X,
     first rows), cut by ``block_starts`` as ``recurrent_forward`` takes it.
     Checks the sizes it reads; the caller makes sure, as for
     ``recurrent_forward``, that the packing is valid and that every row
-    ``x_starts`` points the sequences at lies in ``X``."""
+    ``x_starts`` points the sequences at lies in ``X``. A call whose input
+    projection is in ``G`` on entry (one made ready without a packed input
+    weight: token input, whose rows the caller gathers into ``G`` first)
+    takes an ``X`` of no rows, and empty starts."""
     cdef ForwardCall a = call.a
     cdef Py_ssize_t B = a.B, H = a.d.hidden, n_rows = call.n_rows
+    cdef bint in_g = a.Pih == NULL and X.shape[0] == 0 and x_starts.shape[0] == 0
     if sizeof(floating) != call.itemsize:
         raise TypeError(f"run_forward: arrays of {sizeof(floating)}-byte "
                         f"floats, for a call of {call.itemsize}-byte ones")
@@ -956,7 +961,13 @@ def run_forward(ForwardArgs call, floating[:, ::1] X,
         n_rows = bind_packing(&a.d, &a.bs, &a.off, &a.starts, B, a.block_rows,
                               call.capacity, batch_sizes, offsets, block_starts,
                               forward_strides(&a), "run_forward")
-    if X.shape[1] != call.n_input or (
+    if in_g:
+        # the kernel reads the input projection from G, of at least n_rows
+        # rows (the call's own buffer)
+        if call.g_rows < n_rows:
+            raise ValueError(f"run_forward: no input, and a G of {call.g_rows} "
+                             f"rows for {n_rows} packed rows")
+    elif X.shape[1] != call.n_input or (
             X.shape[0] < n_rows if x_starts.shape[0] == 0
             else x_starts.shape[0] != B):
         raise ValueError(f"run_forward: X of shape {(X.shape[0], X.shape[1])} and "
@@ -968,8 +979,11 @@ def run_forward(ForwardArgs call, floating[:, ::1] X,
         raise ValueError(f"run_forward: states of shapes {(h.shape[0], h.shape[1])} "
                          f"and {(c.shape[0], c.shape[1])} for {B} sequences of {H} "
                          f"units")
-    a.X, a.n_in = ptr2(X), <int> X.shape[1]
-    a.xs = &x_starts[0] if x_starts.shape[0] > 0 else NULL
+    if in_g:
+        a.X, a.n_in, a.xs = NULL, 0, NULL
+    else:
+        a.X, a.n_in = ptr2(X), <int> X.shape[1]
+        a.xs = &x_starts[0] if x_starts.shape[0] > 0 else NULL
     a.h, a.c = ptr2(h), ptr2(c)
     if a.d.n_steps > 0:
         run_call(&a, <floating*> NULL)

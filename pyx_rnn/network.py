@@ -27,6 +27,7 @@ from .layers import (
     LayerSpec,
     _aligned,
     _empty,
+    _input_product,
     _layer_backward,
     _layer_forward,
     _new_states,
@@ -295,12 +296,13 @@ class Network:
         own checks (about 20 µs per layer in the forward pass and 50 in the
         backward pass, several percent of a small training batch). False
         where the layers must check for themselves: a Jordan network, initial
-        states given, a packing or a thread count they would refuse, or
-        parameters (or, with ``training``, gradients) replaced by arrays of
-        another shape, dtype or layout; they then name the problem. The
-        first layer's input is checked by ``_input_checked``; everything
-        else the layers receive is built by the network itself."""
-        if self.jordan is not None or initial_state is not None:
+        states in another form than ``_states_as_they_are``'s, a packing or
+        a thread count they would refuse, or parameters (or, with
+        ``training``, gradients) replaced by arrays of another shape, dtype
+        or layout; they then name the problem. The first layer's input is
+        checked by ``_input_checked``; everything else the layers receive
+        is built by the network itself."""
+        if self.jordan is not None:
             return False
         where = "Network"
         bs, off = packing.batch_sizes, packing.offsets
@@ -313,6 +315,9 @@ class Network:
             _checks._check_block_rows(block_rows, bs, where)
         except (TypeError, ValueError, OverflowError):
             return False
+        if initial_state is not None and not self._states_as_they_are(
+                initial_state, int(bs[0])):
+            return False
         good, dtype = _checks._good_param, self.dtype
         for v in (self.weights, self.grad_views) if training else (self.weights,):
             if len(v) != len(self.shapes):
@@ -322,11 +327,46 @@ class Network:
                     return False
         return True
 
+    def _states_as_they_are(self, states, B):
+        """Whether initial states are what every layer would accept without
+        a copy (see ``_layer_args_checked``): for each layer and direction a
+        pair ``(h0, c0)`` of C-contiguous arrays of the network's dtype, of
+        ``B`` rows of the layer's width (``c0`` for the LSTM only: the other
+        cells ignore it), as ``forward`` and ``loss_gradient`` return them.
+        Their values are checked by ``_check_states_finite``."""
+        if type(states) not in (list, tuple) or len(states) != len(self.specs):
+            return False
+        for layer, pairs in zip(self.specs, states):
+            if type(pairs) not in (list, tuple) or len(pairs) != len(layer):
+                return False
+            for (spec, _), pair in zip(layer, pairs):
+                if type(pair) not in (list, tuple) or len(pair) != 2:
+                    return False
+                for a in pair if spec.cell == "lstm" else pair[:1]:
+                    if not (type(a) is np.ndarray and a.dtype == self.dtype
+                            and a.shape == (B, spec.hidden)
+                            and a.flags.c_contiguous):
+                        return False
+        return True
+
     def _input_checked(self, X, packing):
         """Whether the first layer's input is what the layers would accept
-        without a copy (see ``_layer_args_checked``)."""
+        without a copy (see ``_layer_args_checked``): token ids and weights
+        too, for a token network without an embedding (the ids within the
+        vocabulary: the layer's row gather does not check them)."""
         if isinstance(X, SequenceInput):
             return True     # as _read_in_place made it
+        if type(X) is TokenInput:
+            if not self.token_input or self.embedding_dim is not None:
+                return False
+            ids, weights, n = X.ids, X.weights, packing.n_rows
+            return (type(ids) is np.ndarray and ids.dtype == np.intp
+                    and ids.shape == (n,) and ids.flags.c_contiguous
+                    and type(weights) is np.ndarray and weights.dtype == self.dtype
+                    and weights.shape == (n,) and weights.flags.c_contiguous
+                    and weights.flags.writeable
+                    and (n == 0 or (int(ids.min()) >= 0 and int(ids.max())
+                                    < self.specs[0][0][0].n_input)))
         return (type(X) is np.ndarray and X.shape[:1] == (packing.n_rows,)
                 and self._rows_as_they_are(X))
 
@@ -406,7 +446,8 @@ class Network:
                     _checks.check_layer_forward_sizes(
                         spec, int(off[-1]), int(bs[0]),
                         block_rows or default_block_rows(bs),
-                        self.dtype, mask=mask is not None, where="Network")
+                        self.dtype, mask=mask is not None,
+                        tokens=isinstance(inp, TokenInput), where="Network")
                     H, h_n, c_n, cache = _layer_forward(
                         spec, w, inp, bs, off, h0, c0, mask, n_threads,
                         block_rows, layer_pool, keep_cache,
@@ -606,14 +647,15 @@ class Network:
         key = _InferencePlan.key_of(self, X, packing, n_threads, block_rows,
                                     return_sequences)
         ready = pool.get("inference")
-        if ready is not None and ready.key == key and initial_state is None:
-            out = ready.run(X, packing)
+        if ready is not None and ready.key == key:
+            out = ready.run(X, packing, initial_state)
             if out is not None:
                 return out
         if isinstance(X, SequenceInput):
             X = self._read_in_place(X, packing)
         else:
             self._check_input(X)
+        _check_states_finite(initial_state)
         checked = self._layer_args_checked(packing, initial_state, n_threads,
                                            block_rows, training=False)
         # the output layer reads each sequence's last step only: the final
@@ -631,7 +673,7 @@ class Network:
         # row of the same key, so that calls alternating between two batch
         # shapes do not make one at every call
         if key is not None and _InferencePlan.possible(self, pool, X, key,
-                                                       initial_state, checked):
+                                                       checked):
             if pool.get("inference_key") == key:
                 pool["inference"] = _InferencePlan(self, pool, packing, key)
             pool["inference_key"] = key
@@ -682,6 +724,7 @@ class Network:
             X = self._read_in_place(X, packing, pack_threads=n_threads)
         else:
             self._check_input(X)
+        _check_states_finite(initial_state)
         # batches like the last ones skip the checks and the setup that hold
         # for them too (see _TrainingPlan)
         key = _TrainingPlan.key_of(self, packing, n_threads, block_rows,
@@ -914,22 +957,25 @@ class Network:
 
 class _InferencePlan:
     """A forward pass made ready for repeated inference calls on batches of
-    one shape (``predict``'s batches, a forecaster's windows): the kernel's
-    arguments for each layer of a unidirectional stack (not Jordan, not token
-    input) but the input and the states, read once (``_cells.ForwardArgs``),
-    and the output layer's.
+    one shape (``predict``'s batches, a forecaster's windows, a symbol
+    model's steps as it generates): the kernel's arguments for each layer of
+    a unidirectional stack (not Jordan, no embedding) but the input and the
+    states, read once (``_cells.ForwardArgs``), and the output layer's. A
+    token network's first layer gathers its input projection from the
+    tokens into its ``G`` first, as the general path does.
 
     ``Network.forward`` makes one after the second call in a row of the same
     ``key`` (``key_of``) whose arguments it checked in full
     (``_layer_args_checked``, ``_input_checked``), from the layers'
-    ``_ForwardPlan`` of that call. It uses it for the calls of that key
-    without initial states while the parameters are the same arrays, of
-    the same shapes, dtype and strides (their values may change); ``run``
-    checks those and this call's input, as ``forward`` would (its type,
-    dtype, layout, bounds and finite values), and returns None where
-    anything differs: ``forward`` then takes its general path, which raises
-    the error if there is one. The results are the same bits: the same
-    kernels with the same arguments.
+    ``_ForwardPlan`` of that call. It uses it for the calls of that key,
+    with initial states or without, while the parameters are the same
+    arrays, of the same shapes, dtype and strides (their values may
+    change); ``run`` checks those, this call's input and its initial
+    states, as ``forward`` would (their type, dtype, layout, bounds and
+    finite values), and returns None where anything differs: ``forward``
+    then takes its general path, which raises the error if there is one.
+    The results are the same bits: the same kernels with the same
+    arguments.
     """
 
     def __init__(self, net, pool, packing, key):
@@ -948,8 +994,11 @@ class _InferencePlan:
             plan = pool[sfx]["forward_plan"]
             w = net._layer(net.weights, sfx)
             call, rows = plan.ready(w, batch_sizes, offsets, n_threads, block_starts)
-            H = rows[1]     # the outputs, this packing's rows
-            self.layers.append((spec, call, plan, w, H))
+            # the input projection's rows where the layer does not compute
+            # it (token input), and the outputs: this packing's rows
+            G, H = rows[0], rows[1]
+            self.layers.append((spec, call, plan, w, G, H))
+        self.n_threads = n_threads
         self.head_pack = pool["head"]["wpack"]
 
     @staticmethod
@@ -960,7 +1009,7 @@ class _InferencePlan:
         network the plans do not cover (see ``possible``), or a packing
         whose arrays are not of intp, as the checks require."""
         if (net.jordan is not None or net.embedding_dim is not None
-                or net.token_input or net.bidirectional):
+                or net.bidirectional):
             return None
         arrays = [getattr(packing, name, None)
                   for name in ("lengths", "batch_sizes", "offsets")]
@@ -970,24 +1019,31 @@ class _InferencePlan:
                 return_sequences, isinstance(X, SequenceInput))
 
     @staticmethod
-    def possible(net, pool, X, key, initial_state, checked):
+    def possible(net, pool, X, key, checked):
         """Whether the call of ``key`` (not None: a network ``key_of``
         covers) that ``forward`` has just made, its input ``X`` as the first
         layer read it (``checked``: see above), may be made ready: every
-        layer computes its input product step by step (not token input),
-        and the input was read in the form it was given (in place for a
-        ``SequenceInput``, not a packed copy of it)."""
-        if not checked or initial_state is not None:
+        layer computes its input product step by step, but a token
+        network's first (from the tokens), and the input was read in the
+        form it was given (in place for a ``SequenceInput``, not a packed
+        copy of it)."""
+        if not checked:
             return False
         plans = [pool[sfx]["forward_plan"] for ((_, sfx),) in net.specs]
         in_place = key[4]   # the form the call gave its input in (key_of)
-        return (all(plan.fuse_input for plan in plans)
+        return (all(plan.fuse_input for plan in plans[1:])
+                and plans[0].fuse_input != net.token_input
                 and isinstance(X, SequenceInput) == in_place == plans[0].in_place)
 
     def _input(self, X, packing):
         """This call's input and its starts, if the first layer reads it as it
         read the checked call's (values checked), else None."""
         net = self.net
+        if net.token_input:
+            if not (type(X) is TokenInput and net._input_checked(X, packing)
+                    and np.isfinite(X.weights).all()):
+                return None
+            return X, _EMPTY_STARTS
         if self.in_place:
             if type(X) is not SequenceInput:
                 return None
@@ -1005,10 +1061,9 @@ class _InferencePlan:
             return None
         return X, _EMPTY_STARTS
 
-    def run(self, X, packing):
+    def run(self, X, packing, initial_state=None):
         """``Network.forward``'s ``(Z, Y, states)`` for a call of this plan's
-        key without initial states, or None where what was checked no
-        longer holds."""
+        key, or None where what was checked no longer holds."""
         net = self.net
         if (net.weights is not self.weights
                 or len(net.weights) != len(self.arrays)
@@ -1019,11 +1074,30 @@ class _InferencePlan:
         if inp is None:
             return None
         B, dtype = self.n_sequences, net.dtype
+        if initial_state is not None:
+            if not net._states_as_they_are(initial_state, B):
+                return None
+            try:
+                _check_states_finite(initial_state)
+            except ValueError:
+                return None
         X, starts = inp
         states = []
-        for spec, call, plan, w, H in self.layers:
-            plan.add_biases(w)
+        for k, (spec, call, plan, w, G, H) in enumerate(self.layers):
+            if plan.fuse_input:
+                plan.add_biases(w)
+            else:
+                # token input: the gathered rows of W_ih and their bias, in
+                # G, as _layer_forward puts them there
+                _input_product(X, w["weight_ih"], G, self.n_threads)
+                G += w["bias_ih"]
+                X = _empty(dtype)
             h, c = _new_states(spec, B, dtype)
+            if initial_state is not None:
+                h0, c0 = initial_state[k][0]
+                h[...] = h0
+                if spec.cell == "lstm":
+                    c[...] = c0
             _cells.run_forward(call, X, starts, h, c)
             states.append([(h, c)])
             # the next layer reads this one's outputs, packed
@@ -1252,6 +1326,26 @@ class _PlanLayer(NamedTuple):
 def _not_finite():
     raise ValueError("X contains NaN or infinity; remove or impute those values "
                      "first")
+
+
+def _check_states_finite(states):
+    """Raise ValueError if an array of the initial states (nested lists of
+    arrays; None: zeros) holds NaN or infinity, before any kernel reads
+    them: the layers' own finite checks are off in ``forward`` and
+    ``loss_gradient`` (see ``_check_input``), and a NaN state would
+    otherwise come out as NaN outputs. What is not an array of floats is
+    left to the layers' checks."""
+    if states is None:
+        return
+    if isinstance(states, (list, tuple)):
+        for s in states:
+            _check_states_finite(s)
+        return
+    if (isinstance(states, np.ndarray) and states.dtype.kind == "f"
+            and not np.isfinite(states).all()):
+        raise ValueError("initial_state contains NaN or infinity; pass the "
+                         "states a previous call returned, or None to start "
+                         "from zeros")
 
 
 def _is_int(value):

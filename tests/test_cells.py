@@ -1159,6 +1159,10 @@ def test_forward_made_ready(c):
                               (X, starts)):
         with pytest.raises(ValueError, match="run_forward: X of shape"):
             _cells.run_forward(call, bad_x, bad_starts, h, cc)
+    if plan.fuse_input:
+        # no input is for calls whose input projection is in G (token input)
+        with pytest.raises(ValueError, match="run_forward: X of shape"):
+            _cells.run_forward(call, empty, layers._EMPTY_STARTS, h, cc)
     with pytest.raises(ValueError, match="run_forward: states"):
         _cells.run_forward(call, X, layers._EMPTY_STARTS, h[:-1], cc)
     with pytest.raises(ValueError, match="run_forward: states"):

@@ -1296,6 +1296,67 @@ def test_network_checked_layers_give_the_same_bits(cell, kw, tbptt, dtype,
         assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("tbptt", [None, (2, 3)])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_network_checked_states_and_tokens_give_the_same_bits(cell, tbptt,
+                                                             monkeypatch):
+    """Initial states in the layers' own form, and token input, are checked
+    once by the network too: the same losses, gradients, outputs and states
+    as with the layers checking them."""
+    from pyx_rnn.tokens import TokenInput
+    rng = np.random.default_rng(4)
+    X, pk = make_batch([5, 3, 4])
+    T = np.eye(2)[rng.integers(0, 2, pk.n_rows)]
+    net = make_net(cell, (5, 4), 2, output_activation="softmax")
+    states = net.forward(X, pk)[2]
+    tokens = Network(cell, 6, (4,), 2, token_input=True,
+                     output_activation="softmax", dtype=np.float64)
+    tokens.init_weights(np.random.default_rng(1))
+    ids = TokenInput(rng.integers(0, 6, pk.n_rows).astype(np.intp),
+                     rng.uniform(0.5, 1.5, pk.n_rows))
+    token_states = tokens.forward(ids, pk)[2]
+
+    cases = ((net, X, states), (tokens, ids, token_states))
+    for model, x, given in cases:
+        assert model._layer_args_checked(pk, given, 2, None, training=True)
+        assert model._input_checked(x, pk)
+
+    def run():
+        out = []
+        for model, x, given in cases:
+            value, final = model.loss_gradient(
+                x, pk, T, "log_loss", return_sequences=True, tbptt=tbptt,
+                initial_state=given, n_threads=2)
+            out.append((value, model.grads.copy(), flat_states(final, model),
+                        model.forward(x, pk, initial_state=given, n_threads=2)))
+        return out
+
+    checked = run()
+    monkeypatch.setattr(Network, "_layer_args_checked",
+                        lambda self, *args, **kwargs: False)
+    for model, a, b in zip((net, tokens), checked, run()):
+        assert a[0] == b[0]
+        assert_array_equal(a[1], b[1])
+        for x, y in zip(a[2], b[2], strict=True):
+            assert_array_equal(x, y)
+        _assert_same_outputs(a[3], b[3], model)
+
+
+def test_initial_state_must_be_finite():
+    """NaN or infinite initial states are refused before any kernel runs,
+    by forward and loss_gradient alike (the layers' own finite checks are
+    off there), rather than coming out as NaN outputs."""
+    net = make_net("lstm", (5,), 2)
+    X, pk = make_batch([4, 2, 3])
+    good = np.zeros((3, 5))
+    for h0, c0 in ((np.full((3, 5), np.nan), good), (good, np.full((3, 5), -np.inf))):
+        with pytest.raises(ValueError, match="initial_state contains NaN"):
+            net.forward(X, pk, initial_state=[[(h0, c0)]])
+        with pytest.raises(ValueError, match="initial_state contains NaN"):
+            net.loss_gradient(X, pk, np.zeros((3, 2)), "squared_error",
+                              initial_state=[[(h0, c0)]])
+
+
 def test_network_checks_what_the_layers_skip():
     """The layers skip their checks only when the network has checked
     everything they would; otherwise they check, and name the problem."""
@@ -1304,10 +1365,17 @@ def test_network_checks_what_the_layers_skip():
     T = np.zeros((3, 2))
     assert net._layer_args_checked(pk, None, 1, None, training=True)
     assert net._input_checked(X, pk)
-    # initial states given, a Jordan network, a strided or invalid packing, a
-    # thread count or block size the layers refuse
-    assert not net._layer_args_checked(pk, [[(np.zeros((3, 5)), None)]], 1, None,
-                                       training=False)
+    # initial states as the layers take them without a copy; not in another
+    # form (an LSTM without its cell state, another layout or dtype, another
+    # number of sequences or layers)
+    state = np.zeros((3, 5))
+    assert net._layer_args_checked(pk, [[(state, state)]], 1, None, training=True)
+    for bad in ([[(state, None)]], [[(np.asfortranarray(state[:, :3]), state)]],
+                [[(state.astype(np.float32), state)]], [[(state[:2], state[:2])]],
+                [[(state, state)], [(state, state)]], [(state, state)], "states"):
+        assert not net._layer_args_checked(pk, bad, 1, None, training=False)
+    # a Jordan network, a strided or invalid packing, a thread count or block
+    # size the layers refuse
     assert not make_net("jordan", (5,), 2)._layer_args_checked(
         pk, None, 1, None, training=False)
     strided = Packing(pk.lengths, pk.order, np.repeat(pk.batch_sizes, 2)[::2],
@@ -1328,6 +1396,21 @@ def test_network_checks_what_the_layers_skip():
     assert not net._input_checked(read_only, pk)
     # ... and the layers' own checks then take such input as before
     assert_array_equal(net.forward(read_only, pk)[1], net.forward(X, pk)[1])
+    # token input: ids of intp within the vocabulary, weights of the dtype
+    from pyx_rnn.tokens import TokenInput
+    tokens = Network("gru", 4, (3,), 2, token_input=True, dtype=np.float64)
+    ids, weights = np.array([0, 3, 1, 2, 3, 0, 1, 2, 3]), np.ones(9)
+    assert tokens._input_checked(TokenInput(ids, weights), pk)
+    fixed = weights.copy()
+    fixed.flags.writeable = False
+    for bad in (TokenInput(np.where(ids == 3, 4, ids), weights),
+                TokenInput(np.where(ids == 3, -1, ids), weights),
+                TokenInput(ids, weights.astype(np.float32)),
+                TokenInput(ids, fixed), TokenInput(ids[:-1], weights[:-1])):
+        assert not tokens._input_checked(bad, pk)
+    assert not Network("gru", 4, (3,), 2, embedding_dim=2,
+                       dtype=np.float64)._input_checked(
+        TokenInput(ids, weights), pk)
     assert_array_equal(net.forward(np.asfortranarray(X), pk)[1],
                        net.forward(X, pk)[1])
     assert not net._input_checked(X[:-1], pk)
@@ -1450,6 +1533,8 @@ def test_sequence_input_packed_where_not_read_in_place(cell, monkeypatch):
     h0 = [[(np.zeros((3, 5)), np.zeros((3, 5)))]]
     assert_array_equal(net.forward(inp, pk, initial_state=h0)[1], Y)
     monkeypatch.setattr(layers, "RECURRENT_PRODUCT", "blas")
+    # (the switch is read when buffers and plans are made: none kept)
+    net._local.pool = {}
     assert_array_equal(net.forward(inp, pk)[1], net.forward(X, pk)[1])
     assert not any(_plans_in_place(net))
 
@@ -1657,10 +1742,8 @@ def test_inference_plan_checks_each_input(monkeypatch):
     monkeypatch.setattr(Network, "_layer_args_checked",
                         lambda *a, _f=Network._layer_args_checked, **k:
                         general.append(1) or _f(*a, **k))
-    h0 = [[(np.zeros((3, 5)), np.zeros((3, 5)))]]
     other_pk = Packing.from_lengths([3, 6, 2])   # rows within inp's
     calls = [
-        (lambda: net.forward(inp, pk, initial_state=h0), Y),
         (lambda: net.forward(inp, pk, n_threads=2), Y),
         (lambda: net.forward(X, pk), Y),
         (lambda: net.forward(SequenceInput(inp.data.astype(np.float32),
@@ -1679,11 +1762,28 @@ def test_inference_plan_checks_each_input(monkeypatch):
     general.clear()
     assert_array_equal(net.forward(inp, pk)[1], Y)
     assert general == []
+    # initial states: the plan takes them as the layers would, with the
+    # general path's bits; in another form, or not finite, the general path
+    # (its copy, its error)
+    rng = np.random.default_rng(3)
+    h0 = [[(rng.standard_normal((3, 5)), rng.standard_normal((3, 5)))]]
+    want = make_net("lstm", (5,), 2).forward(inp, pk, initial_state=h0)
+    general.clear()
+    _assert_same_outputs(net.forward(inp, pk, initial_state=h0), want, net)
+    assert general == []
+    fortran = [[tuple(np.asfortranarray(a) for a in h0[0][0])]]
+    _assert_same_outputs(net.forward(inp, pk, initial_state=fortran), want, net)
+    assert general == [1]
+    bad = [[(h0[0][0][0], np.where(np.eye(3, 5) > 0, np.nan, 0.0))]]
+    with pytest.raises(ValueError, match="initial_state contains NaN"):
+        net.forward(inp, pk, initial_state=bad)
+    assert net._local.pool["inference"] is plan
 
 
 def test_inference_plan_only_where_it_applies():
     """No plan for calls alternating between two batch shapes (it would be
-    made at every call), nor for a bidirectional, Jordan or token network."""
+    made at every call), nor for a bidirectional or Jordan network, nor one
+    with an embedding; a token network has one."""
     X, pk, inp = _in_place_problem([4, 6, 2], N_IN, np.float64)
     X2, pk2, inp2 = _in_place_problem([3, 5], N_IN, np.float64)
     net = make_net("gru", (5,), 2)
@@ -1696,12 +1796,69 @@ def test_inference_plan_only_where_it_applies():
         for _ in range(3):
             other.forward(inp, pk)
         assert other._local.pool.get("inference") is None
-    tokens = Network("lstm", 4, (3,), 1, token_input=True)
     from pyx_rnn.tokens import TokenInput
     ids = TokenInput(np.zeros(pk.n_rows, np.intp), np.ones(pk.n_rows))
-    for _ in range(3):
-        tokens.forward(ids, pk)
-    assert tokens._local.pool.get("inference") is None
+    for kw, made in ((dict(token_input=True), True), (dict(embedding_dim=2), False)):
+        tokens = Network("lstm", 4, (3,), 1, **kw)
+        for _ in range(3):
+            tokens.forward(ids, pk)
+        assert (tokens._local.pool.get("inference") is not None) == made
+
+
+TOKEN_CASES = [
+    pytest.param("lstm", (8,), {}, id="lstm"),
+    pytest.param("gru", (8, 6), {}, id="gru-2-layers"),
+    pytest.param("rnn", (8,), dict(layer_norm=True), id="rnn-ln"),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell, hidden, kw", TOKEN_CASES)
+def test_inference_plan_takes_tokens_and_states(cell, hidden, kw, dtype,
+                                                monkeypatch):
+    """A token network's plan gathers its first layer's input from the
+    tokens, and any plan starts from the initial states given (a symbol
+    model generating, one step a call): the general path's bits (a fresh
+    network's), at 1 and 2 threads, with outputs at every step or the last;
+    tokens out of the vocabulary, or weights not finite, take the general
+    path and its error."""
+    from pyx_rnn.tokens import TokenInput
+    rng = np.random.default_rng(8)
+    V, lengths = 6, [4, 1, 3]
+    pk = Packing.from_lengths(lengths)
+
+    def tokens():
+        return TokenInput(rng.integers(0, V, pk.n_rows).astype(np.intp),
+                          rng.uniform(0.5, 1.5, pk.n_rows).astype(dtype))
+
+    def network():
+        net = Network(cell, V, hidden, 3, dtype=dtype, token_input=True, **kw)
+        net.init_weights(np.random.default_rng(2))
+        return net
+
+    for n_threads in (1, 2):
+        for rs in (False, True):
+            net = network()
+            how = dict(return_sequences=rs, n_threads=n_threads)
+            X = tokens()
+            states = net.forward(X, pk, **how)[2]
+            net.forward(X, pk, initial_state=states, **how)
+            assert net._local.pool["inference"] is not None
+            for given in (None, states):
+                X = tokens()
+                got = _forward_ready(net, monkeypatch, X, pk,
+                                     initial_state=given, **how)
+                want = network().forward(X, pk, initial_state=given, **how)
+                _assert_same_outputs(got, want, net)
+    plan = net._local.pool["inference"]
+    outside = TokenInput(np.full(pk.n_rows, V, np.intp), np.ones(pk.n_rows, dtype))
+    with pytest.raises(ValueError, match="X.ids"):
+        net.forward(outside, pk)
+    bad = tokens()
+    bad.weights[0] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        net.forward(bad, pk)
+    assert net._local.pool["inference"] is plan
 
 
 # ---------------------------------------------------------------------------
