@@ -944,14 +944,17 @@ n_iter_
             msg += f", validation {-val_score:.4f} bits/symbol"
         return msg
 
-    def _step_distributions(self, ids, state, n_threads):
+    def _step_distributions(self, ids, state, n_threads, packing=None):
         """Next-symbol log-probabilities after every symbol of ``ids`` (one
-        sequence, read from ``state``), and the final state."""
+        sequence, read from ``state``), and the final state; ``packing``,
+        if given, is that sequence's (a caller stepping one symbol at a time
+        makes it once)."""
         net = self._network
         X = TokenInput(ids, np.ones(len(ids), net.dtype))
-        Z, Y, state = net.forward(X, Packing.from_lengths([len(ids)]),
-                                  return_sequences=True, initial_state=state,
-                                  n_threads=n_threads)
+        if packing is None:
+            packing = Packing.from_lengths([len(ids)])
+        Z, Y, state = net.forward(X, packing, return_sequences=True,
+                                  initial_state=state, n_threads=n_threads)
         if Z is not None:
             Z = Z.astype(np.float64)
             zmax = Z.max(axis=1, keepdims=True)
@@ -1047,6 +1050,7 @@ n_iter_
                 prompt = [np.asarray(prompt)]
             ids = self._encode(prompt, fitting=False)[0]
         state = None
+        one_step = Packing.from_lengths([1])
         with single_threaded_blas(), finite_checks(False):
             logp, state = self._step_distributions(ids, state, n_threads)
             logp = logp[-1]
@@ -1055,8 +1059,8 @@ n_iter_
                 out.append(nxt)
                 if len(out) == n_steps:
                     break
-                logp, state = self._step_distributions(np.array([nxt], np.intp),
-                                                       state, n_threads)
+                logp, state = self._step_distributions(
+                    np.array([nxt], np.intp), state, n_threads, one_step)
                 logp = logp[-1]
         symbols = self.symbols_[np.asarray(out)]
         return "".join(symbols) if self._alphabet == "chars" else symbols
