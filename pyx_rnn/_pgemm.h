@@ -51,7 +51,10 @@ static inline long sr_pack_length(long n, long k, long itemsize) {
 
 /* B(k, n) = trans ? B[n * ldb + k] : B[k * ldb + n], for k < K, n < N. The
  * *2 versions pack two matrices stacked along k: B1 (K1 rows) then B2 (K2),
- * for a product with [A1 | A2]. */
+ * for a product with [A1 | A2]. Each source run is read in the order it lies
+ * in memory: with trans, column n of a panel is row n of B, contiguous in k
+ * (a weight matrix packed for x @ W.T); without, row k of a panel is a run
+ * of row k of B. Columns past N are zeros. */
 #define SR_DEFINE_PACK(NAME, T)                                               \
 static void NAME##2(const T *B1, int ldb1, int K1, const T *B2, int ldb2,     \
                     int K2, int trans, int N, T *P) {                         \
@@ -59,15 +62,27 @@ static void NAME##2(const T *B1, int ldb1, int K1, const T *B2, int ldb2,     \
     const int K = K1 + K2;                                                    \
     for (int p = 0; p * nr < N; p++) {                                        \
         T *panel = P + (long) p * K * nr;                                     \
-        for (int k = 0; k < K; k++) {                                         \
-            const T *B = k < K1 ? B1 : B2;                                    \
-            const int ldb = k < K1 ? ldb1 : ldb2, kk = k < K1 ? k : k - K1;   \
-            for (int j = 0; j < nr; j++) {                                    \
-                int n = p * nr + j;                                           \
-                panel[(long) k * nr + j] = n >= N ? (T) 0                     \
-                    : trans ? B[(long) n * ldb + kk] : B[(long) kk * ldb + n];\
+        const int nj = N - p * nr < nr ? N - p * nr : nr;                     \
+        if (trans) {                                                          \
+            for (int j = 0; j < nj; j++) {                                    \
+                const long n = (long) p * nr + j;                             \
+                const T *b1 = B1 + n * ldb1, *b2 = B2 + n * ldb2;             \
+                for (int k = 0; k < K1; k++)                                  \
+                    panel[(long) k * nr + j] = b1[k];                         \
+                for (int k = 0; k < K2; k++)                                  \
+                    panel[(long) (K1 + k) * nr + j] = b2[k];                  \
+            }                                                                 \
+        } else {                                                              \
+            for (int k = 0; k < K; k++) {                                     \
+                const T *b = k < K1 ? B1 + (long) k * ldb1                    \
+                                    : B2 + (long) (k - K1) * ldb2;            \
+                memcpy(panel + (long) k * nr, b + (long) p * nr,              \
+                       sizeof(T) * nj);                                       \
             }                                                                 \
         }                                                                     \
+        for (int k = 0; nj < nr && k < K; k++)                                \
+            for (int j = nj; j < nr; j++)                                     \
+                panel[(long) k * nr + j] = (T) 0;                             \
     }                                                                         \
 }                                                                             \
 static void NAME(const T *B, int ldb, int trans, int K, int N, T *P) {        \

@@ -1666,6 +1666,28 @@ def test_packed_product_sums_in_order_of_k(n_rows):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N", [1, 16, 45, 64])
+def test_weights_packed_in_panels(N, dtype):
+    """A weight matrix W (N x K) packed for ``x @ W.T`` (here by
+    ``_dense.linear``): panels of 128 bytes of columns, one after the other,
+    each K rows of its columns, column n of the packing being row n of W,
+    and zeros past the last column. Every element of the buffer is written."""
+    from pyx_rnn import _dense
+    rng = np.random.default_rng(N)
+    K, nr = 7, 128 // np.dtype(dtype).itemsize
+    W = rng.standard_normal((N, K)).astype(dtype)
+    n_panels = -(-N // nr)
+    wpack = np.full(_dense.linear_pack_length(N, K, W.itemsize), np.nan, dtype)
+    assert len(wpack) == n_panels * K * nr
+    _dense.linear(np.ones((1, K), dtype), W, np.zeros(N, dtype),
+                  np.empty((1, N), dtype), wpack, 1)
+    padded = np.zeros((n_panels * nr, K), dtype)
+    padded[:N] = W
+    want = padded.reshape(n_panels, nr, K).transpose(0, 2, 1).ravel()
+    assert_array_equal(wpack, want, strict=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("hidden", [5, 8])
 @pytest.mark.parametrize("peephole", [False, True])
 def test_lstm_cache_keeps_tanh_of_the_cell_state(peephole, hidden, dtype):
