@@ -1329,23 +1329,24 @@ def _not_finite():
 
 
 def _check_states_finite(states):
-    """Raise ValueError if an array of the initial states (nested lists of
-    arrays; None: zeros) holds NaN or infinity, before any kernel reads
+    """Raise ValueError if the initial states (nested lists of arrays or
+    of numbers; None: zeros) hold NaN or infinity, before any kernel reads
     them: the layers' own finite checks are off in ``forward`` and
     ``loss_gradient`` (see ``_check_input``), and a NaN state would
-    otherwise come out as NaN outputs. What is not an array of floats is
-    left to the layers' checks."""
+    otherwise come out as NaN outputs. Anything else (other types, shapes)
+    is left to the layers' checks."""
     if states is None:
         return
     if isinstance(states, (list, tuple)):
         for s in states:
             _check_states_finite(s)
         return
-    if (isinstance(states, np.ndarray) and states.dtype.kind == "f"
-            and not np.isfinite(states).all()):
-        raise ValueError("initial_state contains NaN or infinity; pass the "
-                         "states a previous call returned, or None to start "
-                         "from zeros")
+    if isinstance(states, (np.ndarray, float, np.floating)):
+        values = np.asarray(states)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise ValueError("initial_state contains NaN or infinity; pass "
+                             "the states a previous call returned, or None "
+                             "to start from zeros")
 
 
 def _is_int(value):

@@ -1355,6 +1355,9 @@ def test_initial_state_must_be_finite():
         with pytest.raises(ValueError, match="initial_state contains NaN"):
             net.loss_gradient(X, pk, np.zeros((3, 2)), "squared_error",
                               initial_state=[[(h0, c0)]])
+        # nested lists of numbers too
+        with pytest.raises(ValueError, match="initial_state contains NaN"):
+            net.forward(X, pk, initial_state=[[(h0.tolist(), c0.tolist())]])
 
 
 def test_network_checks_what_the_layers_skip():
