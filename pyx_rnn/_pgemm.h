@@ -80,9 +80,10 @@ static void NAME##2(const T *B1, int ldb1, int K1, const T *B2, int ldb2,     \
                        sizeof(T) * nj);                                       \
             }                                                                 \
         }                                                                     \
-        for (int k = 0; nj < nr && k < K; k++)                                \
-            for (int j = nj; j < nr; j++)                                     \
-                panel[(long) k * nr + j] = (T) 0;                             \
+        if (nj < nr)                                                          \
+            for (int k = 0; k < K; k++)                                       \
+                for (int j = nj; j < nr; j++)                                 \
+                    panel[(long) k * nr + j] = (T) 0;                         \
     }                                                                         \
 }                                                                             \
 static void NAME(const T *B, int ldb, int trans, int K, int N, T *P) {        \

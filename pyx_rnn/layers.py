@@ -499,13 +499,32 @@ class _ForwardPlan:
         if self.bias_sum is not None:
             np.add(w["bias_ih"], w["bias_hh"], out=self.bias_sum)
 
+    def put_input(self, w, X, G, n_threads):
+        """What a call puts in place before the kernel runs: where the
+        kernel computes the input projection, the sum of the biases
+        (``add_biases``); else the projection of the input ``X`` (token
+        input) and its bias, in the rows ``G`` the kernel reads it from."""
+        if self.fuse_input:
+            self.add_biases(w)
+        else:
+            _input_product(X, w["weight_ih"], G, n_threads)
+            G += w["bias_ih"]
 
-def _new_states(spec, B, dtype):
-    """Zeroed states ``h`` and ``c`` (empty but for the LSTM) of B sequences,
-    as the kernels update them in place: aligned (see ``_aligned``)."""
+
+def _new_states(spec, B, dtype, h0=None, c0=None):
+    """New states ``h`` and ``c`` (empty but for the LSTM) of B sequences,
+    as the kernels update them in place: aligned (see ``_aligned``), and
+    zero or a copy of the initial states ``h0`` and ``c0`` (the LSTM's
+    only) where given."""
     if spec.cell == "lstm":
-        return _aligned_pair((B, spec.hidden), dtype)
-    return _aligned((B, spec.hidden), dtype, zero=True), _empty(dtype)
+        h, c = _aligned_pair((B, spec.hidden), dtype)
+        if c0 is not None:
+            c[...] = c0
+    else:
+        h, c = _aligned((B, spec.hidden), dtype, zero=True), _empty(dtype)
+    if h0 is not None:
+        h[...] = h0
+    return h, c
 
 
 def _layer_forward(spec, w, X, batch_sizes, offsets, h0, c0, mask, n_threads,
@@ -530,18 +549,10 @@ def _layer_forward(spec, w, X, batch_sizes, offsets, h0, c0, mask, n_threads,
         X = X.data[rows_from(X.starts, batch_sizes, offsets)]
     args = plan.bind(w, batch_sizes, offsets, n_threads, block_starts)
     G, H, C, Hprev, aux, xhat, rstd = plan.rows(args)
-    if plan.fuse_input:
-        plan.add_biases(w)
-    else:
-        _input_product(X, w["weight_ih"], G, n_threads)
-        G += w["bias_ih"]
-    h, c = _new_states(spec, B, dtype)
-    if h0 is not None:
-        h[...] = h0
+    plan.put_input(w, X, G, n_threads)
+    h, c = _new_states(spec, B, dtype, h0, c0)
     h0 = h.copy() if keep_cache else None
     if spec.cell == "lstm":
-        if c0 is not None:
-            c[...] = c0
         c0 = c.copy() if keep_cache else None
     else:
         c0 = c

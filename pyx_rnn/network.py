@@ -27,7 +27,6 @@ from .layers import (
     LayerSpec,
     _aligned,
     _empty,
-    _input_product,
     _layer_backward,
     _layer_forward,
     _new_states,
@@ -1084,20 +1083,11 @@ class _InferencePlan:
         X, starts = inp
         states = []
         for k, (spec, call, plan, w, G, H) in enumerate(self.layers):
-            if plan.fuse_input:
-                plan.add_biases(w)
-            else:
-                # token input: the gathered rows of W_ih and their bias, in
-                # G, as _layer_forward puts them there
-                _input_product(X, w["weight_ih"], G, self.n_threads)
-                G += w["bias_ih"]
-                X = _empty(dtype)
-            h, c = _new_states(spec, B, dtype)
-            if initial_state is not None:
-                h0, c0 = initial_state[k][0]
-                h[...] = h0
-                if spec.cell == "lstm":
-                    c[...] = c0
+            plan.put_input(w, X, G, self.n_threads)
+            if not plan.fuse_input:
+                X = _empty(dtype)   # token input: the kernel reads G
+            h, c = _new_states(spec, B, dtype, *(
+                (None, None) if initial_state is None else initial_state[k][0]))
             _cells.run_forward(call, X, starts, h, c)
             states.append([(h, c)])
             # the next layer reads this one's outputs, packed
