@@ -36,6 +36,7 @@ from collections.abc import Mapping, MutableMapping, Sequence
 
 import numpy as np
 
+from . import _bookkeeping
 from ._cells import panel_columns
 
 __all__ = [
@@ -331,27 +332,17 @@ def _index_array(a, name, where):
     return np.ascontiguousarray(a)
 
 
-# Packings already found valid, by content (a packing is checked at every
-# call of every layer and direction; the key costs one copy of the arrays).
-_VALID_PACKINGS = {}
-_MEMO_STEPS = 4096   # longer packings are checked every time
-_MEMO_SIZE = 256
-
-
 def _check_packing(batch_sizes, offsets, where):
-    """Validated, contiguous ``(batch_sizes, offsets)``; see docs/engine.md."""
+    """Validated, contiguous ``(batch_sizes, offsets)``; see docs/engine.md.
+    One compiled pass over them (a training batch of variable lengths
+    brings a new packing); where it finds them wrong, ``_validate_packing``
+    names what is."""
     bs = _index_array(batch_sizes, "batch_sizes", where)
     off = _index_array(offsets, "offsets", where)
-    key = None
-    if 0 < bs.size <= _MEMO_STEPS:
-        key = (bs.tobytes(), off.tobytes())
-        if key in _VALID_PACKINGS:
-            return bs, off
-    _validate_packing(bs, off, where)
-    if key is not None:
-        if len(_VALID_PACKINGS) >= _MEMO_SIZE:
-            _VALID_PACKINGS.clear()
-        _VALID_PACKINGS[key] = True
+    if not _bookkeeping.packing_is_valid(bs, off, INT32_MAX):
+        _validate_packing(bs, off, where)
+        raise AssertionError(f"{where}: packing_is_valid refused a packing "
+                             f"_validate_packing accepts")   # pragma: no cover
     return bs, off
 
 
@@ -459,6 +450,7 @@ def _check_memory(n_elements, itemsize, where, detail):
 # Specs already found valid (specs are frozen dataclasses: hashable, and
 # one that compares equal to a valid spec describes the same layer).
 _VALID_SPECS = {}
+_MEMO_SIZE = 256
 
 
 def _check_layer_spec(spec, where):

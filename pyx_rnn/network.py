@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _cells, _checks, _dense
+from . import _bookkeeping, _cells, _checks, _dense
 from .layers import (
     _EMPTY_STARTS,
     OUTPUT_ACTIVATIONS,
@@ -985,8 +985,9 @@ class _InferencePlan:
         batch_sizes, offsets = packing.batch_sizes.copy(), packing.offsets.copy()
         block_starts = block_cut(batch_sizes, block_rows)[1]
         self.weights = net.weights
+        # held, so that their addresses stay theirs (see run)
         self.arrays = tuple(net.weights.values())
-        self.layout = [(a.shape, a.dtype, a.strides) for a in self.arrays]
+        self.layout = _bookkeeping.layout(self.arrays)
         self.n_sequences = packing.n_sequences
         self.layers = []
         for ((spec, sfx),) in net.specs:
@@ -1065,9 +1066,7 @@ class _InferencePlan:
         key, or None where what was checked no longer holds."""
         net = self.net
         if (net.weights is not self.weights
-                or len(net.weights) != len(self.arrays)
-                or any(a is not b for a, b in zip(net.weights.values(), self.arrays))
-                or [(a.shape, a.dtype, a.strides) for a in self.arrays] != self.layout):
+                or _bookkeeping.layout(tuple(net.weights.values())) != self.layout):
             return None
         inp = self._input(X, packing)
         if inp is None:
@@ -1139,8 +1138,9 @@ class _TrainingPlan:
         bs, off = packing.batch_sizes, packing.offsets
         self.block_rows, starts = block_cut(bs, block_rows)
         self.weights, self.grad_views = net.weights, net.grad_views
-        self.arrays = (tuple(net.weights.values()), tuple(net.grad_views.values()))
-        self.layout = self._layout()
+        # held, so that their addresses stay theirs (see _same_arrays)
+        self.arrays = tuple(net.weights.values()) + tuple(net.grad_views.values())
+        self.layout = _bookkeeping.layout(self.arrays)
         dtype, B = net.dtype, self.B
         slot, back = net._pool[("forward", 0)], net._pool["backward"]
         specs = [spec_sfx for (spec_sfx,) in net.specs]
@@ -1177,21 +1177,14 @@ class _TrainingPlan:
             self.layers.append(_PlanLayer(spec, w, g, fplan, bplan, forward,
                                           backward, H, dH, dh, dc, d_in[k]))
 
-    def _layout(self):
-        return [(a.shape, a.dtype, a.strides, a.flags.writeable)
-                for arrays in self.arrays for a in arrays]
-
     def _same_arrays(self):
         """Whether the network's parameters and gradients are still the
         arrays the calls were made ready with, laid out as they were."""
         net = self.net
-        if net.weights is not self.weights or net.grad_views is not self.grad_views:
-            return False
-        for views, arrays in zip((net.weights, net.grad_views), self.arrays):
-            if len(views) != len(arrays) or any(
-                    a is not b for a, b in zip(views.values(), arrays)):
-                return False
-        return self._layout() == self.layout
+        return (net.weights is self.weights and net.grad_views is self.grad_views
+                and _bookkeeping.layout(tuple(net.weights.values())
+                                        + tuple(net.grad_views.values()))
+                == self.layout)
 
     @staticmethod
     def key_of(net, packing, n_threads, block_rows, return_sequences, dropout,

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _bookkeeping
+
 # The kernels count steps with 32-bit ints.
 _MAX_STEPS = 2**31 - 1
 
@@ -64,16 +66,14 @@ class Packing:
     @classmethod
     def from_lengths(cls, lengths):
         """Sort sequences of the given lengths longest first (stable)."""
-        lengths = _check_lengths(lengths)
-        order = np.argsort(-lengths, kind="stable").astype(np.intp)
-        sorted_lengths = lengths[order]
-        n_steps = int(sorted_lengths[0])
-        # batch_sizes[t] = number of sequences longer than t
-        counts = np.bincount(sorted_lengths, minlength=n_steps + 1)
-        batch_sizes = (len(lengths) - np.cumsum(counts)[:n_steps]).astype(np.intp)
-        offsets = np.zeros(n_steps + 1, dtype=np.intp)
-        np.cumsum(batch_sizes, out=offsets[1:])
-        return cls(sorted_lengths, order, batch_sizes, offsets)
+        if not (type(lengths) is np.ndarray and lengths.dtype == np.intp
+                and lengths.ndim == 1 and lengths.flags.c_contiguous):
+            lengths = _check_lengths(lengths)
+        # one compiled pass; None for lengths _check_lengths refuses
+        arrays = _bookkeeping.sort_lengths(lengths, _MAX_STEPS)
+        if arrays is None:
+            _check_lengths(lengths)   # raises, naming the bad length
+        return cls(*arrays)
 
     @property
     def n_sequences(self):

@@ -48,7 +48,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_array_equal
 
-from pyx_rnn import _checks
+from pyx_rnn import _bookkeeping, _checks
 from pyx_rnn.layers import (
     JordanSpec,
     LayerSpec,
@@ -1802,6 +1802,51 @@ def test_from_lengths_accepts_whole_floats_and_unsigned():
     p = Packing.from_lengths(np.array([1, 3], np.uint8))
     assert p.batch_sizes.dtype == np.intp
     assert_array_equal(p.order, [1, 0])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=60), st.booleans())
+def test_from_lengths_sorts_longest_first_stably(lengths, strided):
+    # the compiled counting sort against its NumPy definition
+    raw = np.array(lengths, dtype=np.intp)
+    given_ = np.repeat(raw, 2)[::2] if strided else raw   # a strided view too
+    p = Packing.from_lengths(given_)
+    order = np.argsort(-raw, kind="stable")
+    counts = np.bincount(raw[order], minlength=raw.max() + 1)
+    batch_sizes = len(raw) - np.cumsum(counts)[: raw.max()]
+    for got, want in [(p.order, order), (p.lengths, raw[order]),
+                      (p.batch_sizes, batch_sizes),
+                      (p.offsets, np.concatenate(([0], np.cumsum(batch_sizes))))]:
+        assert got.dtype == np.intp
+        assert_array_equal(got, want)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(1, 12), min_size=1, max_size=12),
+       st.integers(0, 30), st.integers(-3, 3), st.booleans())
+def test_compiled_packing_check_agrees_with_the_messages(lengths, at, by, in_offsets):
+    # packings valid, or made wrong by one entry: the compiled check
+    # accepts exactly those _validate_packing finds nothing wrong with
+    p = Packing.from_lengths(lengths)
+    bs, off = p.batch_sizes.copy(), p.offsets.copy()
+    a = off if in_offsets else bs
+    a[at % len(a)] += by
+    try:
+        _checks._validate_packing(bs, off, "test")
+        valid = True
+    except ValueError:
+        valid = False
+    assert _bookkeeping.packing_is_valid(bs, off, _checks.INT32_MAX) == valid
+    if valid:
+        # the bound on steps and sequences (the kernels' 32-bit ints)
+        bound = max(len(bs), int(bs[0]))
+        assert _bookkeeping.packing_is_valid(bs, off, bound)
+        assert not _bookkeeping.packing_is_valid(bs, off, bound - 1)
+    else:
+        with pytest.raises(ValueError, match="test: "):
+            _checks._check_packing(bs, off, "test")
+    for cut in (bs[:0], bs[:-1]):   # no steps; one entry too few for offsets
+        assert not _bookkeeping.packing_is_valid(cut, off, _checks.INT32_MAX)
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ import pytest
 from _shared import numerical_gradient
 from numpy.testing import assert_allclose, assert_array_equal
 
+from pyx_rnn import _bookkeeping
 from pyx_rnn import reference as ref
 from pyx_rnn.layers import _take, default_block_rows, default_block_starts
 from pyx_rnn.network import Network
@@ -1709,6 +1710,31 @@ def test_inference_plan_follows_the_parameters(monkeypatch):
             w.dtype = np.int64
         with pytest.raises((ValueError, TypeError), match="weight_hh"):
             other.forward(inp, pk)
+
+
+def test_plans_tell_arrays_and_layouts_apart():
+    """What the plans compare at each call (``_bookkeeping.layout``): the
+    same arrays laid out the same give the same bytes; another array of
+    the same layout, or the same one reshaped, made read-only, byte-swapped
+    or not contiguous, gives others."""
+    a, b = np.zeros((4, 6)), np.zeros(5, np.float32)
+    same = _bookkeeping.layout((a, b))
+    assert _bookkeeping.layout((a, b)) == same
+    assert _bookkeeping.layout((a.copy(), b)) != same
+    assert _bookkeeping.layout((b, a)) != same
+    assert _bookkeeping.layout((a,)) != same
+    assert _bookkeeping.layout((a, b, b)) != same
+    assert _bookkeeping.layout((a, [0.0])) is None
+    a.shape = (6, 4)
+    assert _bookkeeping.layout((a, b)) != same
+    a.shape = (4, 6)
+    assert _bookkeeping.layout((a, b)) == same
+    b.flags.writeable = False
+    assert _bookkeeping.layout((a, b)) != same
+    b.flags.writeable = True
+    for other in (a.view(a.dtype.newbyteorder()), a[:, ::2], a.T):
+        assert _bookkeeping.layout((other, b)) != _bookkeeping.layout((a, b))
+    assert _bookkeeping.layout((a, b)) == same
 
 
 def test_inference_plan_checks_each_input(monkeypatch):
