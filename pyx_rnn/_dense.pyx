@@ -304,6 +304,12 @@ def accumulate_column_sums(floating[:, :] A, floating[::1] out):
             r0 += rows
 
 
+# the side of add_block_sums's tiles: 16 x 16 totals stay in L1 with the
+# 16 rows of out that a transposed tile writes
+cdef enum:
+    SUM_TILE = 16
+
+
 def add_block_sums(const floating[:, ::1] parts, floating[:, :] out,
                    bint transposed):
     """``out += parts.sum(axis=0)``, with NumPy's bits: each entry's partial
@@ -323,21 +329,40 @@ def add_block_sums(const floating[:, ::1] parts, floating[:, :] out,
     cdef Py_ssize_t N = R * C
     # the parts' layout: n_a rows of n_b entries
     cdef Py_ssize_t n_a = C if transposed else R, n_b = R if transposed else C
-    cdef Py_ssize_t a, b, k, at
+    cdef Py_ssize_t a0, b0, a1, b1, a, b, k, side = SUM_TILE
     cdef const floating* P = &parts[0, 0]
+    cdef const floating* row
     cdef floating* Out = &out[0, 0]
-    cdef floating total
+    cdef floating* t_row
+    # a tile's totals: summed along the parts' rows (contiguous, in
+    # vectors), then added to out along either of its axes
+    cdef floating tile[SUM_TILE * SUM_TILE]
     with nogil:
-        for a in range(n_a):
-            for b in range(n_b):
-                at = a * n_b + b
-                total = P[at]
-                for k in range(1, K):
-                    total = total + P[k * N + at]
+        a0 = 0
+        while a0 < n_a:
+            a1 = min(a0 + side, n_a)
+            b0 = 0
+            while b0 < n_b:
+                b1 = min(b0 + side, n_b)
+                for a in range(a0, a1):
+                    t_row = tile + (a - a0) * side - b0
+                    row = P + a * n_b
+                    for b in range(b0, b1):
+                        t_row[b] = row[b]
+                    for k in range(1, K):
+                        row = P + k * N + a * n_b
+                        for b in range(b0, b1):
+                            t_row[b] += row[b]
                 if transposed:
-                    Out[b * ldo + a] = Out[b * ldo + a] + total
+                    for b in range(b0, b1):
+                        for a in range(a0, a1):
+                            Out[b * ldo + a] += tile[(a - a0) * side + b - b0]
                 else:
-                    Out[a * ldo + b] = Out[a * ldo + b] + total
+                    for a in range(a0, a1):
+                        for b in range(b0, b1):
+                            Out[a * ldo + b] += tile[(a - a0) * side + b - b0]
+                b0 = b1
+            a0 = a1
 
 
 def gather_rows(const Py_ssize_t[::1] ids, floating[::1] weights,
