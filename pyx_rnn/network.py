@@ -1147,6 +1147,15 @@ class _TrainingPlan:
         fplans = [slot[sfx]["forward_plan"] for _, sfx in specs]
         bplans = [back[sfx]["backward_plan"] for _, sfx in specs]
         self.capacity = min(p.n_rows for p in fplans + bplans)
+        # the output layer's weights and packing buffer (those of _head), its
+        # outputs' buffer, and the loss terms' weights without sample_weight
+        self.W_out = net.weights["output.weight"]
+        self.b_out = net.weights["output.bias"]
+        self.head_pack = net._pool["head"]["wpack"]
+        self.Z = np.empty((self.capacity if self.return_sequences else B,
+                           net.n_output), dtype)
+        self.unit_weights = np.ones(B, dtype)
+        self.unit_weights.flags.writeable = False
         # dL/d(input) of each layer above the first: the dL/dH of the one below
         d_in = [None] + [_take(back[sfx], "dX", (self.capacity, spec.n_input), dtype)
                          for spec, sfx in specs[1:]]
@@ -1234,9 +1243,8 @@ class _TrainingPlan:
         if not (type(off) is np.ndarray and off.dtype == np.intp and off.ndim == 1
                 and bs.flags.c_contiguous and off.flags.c_contiguous):
             return None
-        try:
-            _checks._check_packing(bs, off, "Network")
-        except (TypeError, ValueError, OverflowError):
+        # (key_of took batch_sizes of intp, 1-D)
+        if not _bookkeeping.packing_is_valid(bs, off, _checks.INT32_MAX):
             return None
         n_rows = int(off[-1])
         if int(bs[0]) != self.B or n_rows > self.capacity:
@@ -1247,8 +1255,11 @@ class _TrainingPlan:
             return None
         dtype, n_threads = net.dtype, self.n_threads
         net.grads[:] = 0
-        row_weight, total_weight = _row_weights(packing, sample_weight,
-                                                self.return_sequences, dtype)
+        if sample_weight is None and not self.return_sequences:
+            row_weight, total_weight = self.unit_weights, float(self.B)
+        else:
+            row_weight, total_weight = _row_weights(packing, sample_weight,
+                                                    self.return_sequences, dtype)
         states, inp = [], X
         for layer in self.layers:
             layer.fplan.add_biases(layer.w)
@@ -1259,7 +1270,9 @@ class _TrainingPlan:
             inp = layer.H
         top = self.layers[-1]
         feats = top.H[:n_rows] if self.return_sequences else h
-        Z, Y, _ = net._head(feats, None, net._pool)
+        Z = self.Z[:len(feats)]
+        _dense.linear(feats, self.W_out, self.b_out, Z, self.head_pack, 1)
+        Y = _activate(Z, net.output_activation)
         value, dZ = loss_and_gradient(loss, net.output_activation, Z, Y, targets,
                                       row_weight, total_weight)
         d_feats = net._head_gradient(feats, dZ)
