@@ -731,7 +731,8 @@ class Network:
                                    tbptt, initial_state)
         ready = self._pool.get("training")
         if key is not None and ready is not None and ready.key == key:
-            out = ready.run(X, packing, targets, loss, sample_weight, alpha)
+            out = ready.run(X, packing, targets, loss, sample_weight, alpha,
+                            dropout, rng)
             if out is not None:
                 return out
         checked = self._layer_args_checked(packing, initial_state, n_threads,
@@ -1113,9 +1114,9 @@ class _TrainingPlan:
     It covers a unidirectional stack (not Jordan, no embedding or token
     input) whose layers compute their input product step by step and sum
     their weights' gradients in the backward kernel (the sizes below
-    ``layers.FUSED_WEIGHT_GRADIENT_BYTES``), trained without dropout,
-    truncation or initial states: the benchmark's and the estimators'
-    usual batches. ``loss_gradient`` makes one after the second call in a
+    ``layers.FUSED_WEIGHT_GRADIENT_BYTES``), trained without recurrent
+    dropout, truncation or initial states: the benchmark's and the
+    estimators' usual batches, dropout between layers included. ``loss_gradient`` makes one after the second call in a
     row of the same key whose arguments it checked in full, and uses it
     while the parameters and gradients are the same arrays, of the same
     shapes, dtype and strides, for packings of as many sequences and
@@ -1205,7 +1206,7 @@ class _TrainingPlan:
         above), or a packing whose ``batch_sizes`` is not a non-empty array
         of intp."""
         if (net.jordan is not None or net.token_input or net.bidirectional
-                or dropout or recurrent_dropout or tbptt is not None
+                or recurrent_dropout or tbptt is not None
                 or initial_state is not None):
             return None
         bs = getattr(packing, "batch_sizes", None)
@@ -1232,10 +1233,13 @@ class _TrainingPlan:
                 return False
         return True
 
-    def run(self, X, packing, targets, loss, sample_weight, alpha):
+    def run(self, X, packing, targets, loss, sample_weight, alpha, dropout=0.0,
+            rng=None):
         """``loss_gradient``'s ``(loss, final_state)`` for a call of this
         plan's key on the checked, packed input ``X`` (finite), or None
-        where what the plan needs does not hold (see above)."""
+        where what the plan needs does not hold (see above). Dropout
+        between layers as the general path applies it: a mask drawn from
+        ``rng`` for each layer's input above the first, in layer order."""
         net = self.net
         if not self._same_arrays():
             return None
@@ -1260,14 +1264,21 @@ class _TrainingPlan:
         else:
             row_weight, total_weight = _row_weights(packing, sample_weight,
                                                     self.return_sequences, dtype)
-        states, inp = [], X
-        for layer in self.layers:
+        states, inputs, drops, inp = [], [], [], X
+        keep = 1.0 - dropout
+        for k, layer in enumerate(self.layers):
+            drop = None
+            if k > 0 and dropout and rng is not None:
+                drop = (rng.random(inp.shape) < keep).astype(dtype) / keep
+                inp = inp * drop
+            inputs.append(inp)
+            drops.append(drop)
             layer.fplan.add_biases(layer.w)
             h, c = _new_states(layer.spec, self.B, dtype)
             _cells.run_forward(layer.forward, inp, _EMPTY_STARTS, h, c, bs, off,
                                starts)
             states.append([(h, c)])
-            inp = layer.H
+            inp = layer.H[:n_rows]
         top = self.layers[-1]
         feats = top.H[:n_rows] if self.return_sequences else h
         Z = self.Z[:len(feats)]
@@ -1288,12 +1299,14 @@ class _TrainingPlan:
             layer.dc.fill(0)
             for a in layer.bplan.partials:
                 a.fill(0)
-            _cells.run_backward(layer.backward, X if k == 0 else self.layers[k - 1].H,
-                                bs, off, starts)
+            _cells.run_backward(layer.backward, inputs[k], bs, off, starts)
             layer.bplan.add_sums(layer.spec, layer.g)
             if k > 0:
+                d_in = layer.d_in[:n_rows]
                 _dense.matmul(layer.bplan.dG[:n_rows], layer.w["weight_ih"],
-                              layer.d_in[:n_rows], False, 0.0, n_threads)
+                              d_in, False, 0.0, n_threads)
+                if drops[k] is not None:
+                    d_in *= drops[k]
         value += net._penalty(alpha, total_weight)
         return value, states
 

@@ -1940,7 +1940,9 @@ def test_training_plan_gives_the_same_bits(cell, hidden, kw, rs, dtype,
     batches of that size with other lengths (fewer rows, equal lengths),
     with and without sample weights, with the L2 penalty, after the
     parameters changed in place, at 1 and 2 threads and with a given block
-    size; the states are new arrays at each call."""
+    size, with dropout between layers (the same masks: the random stream
+    is left where the general path leaves it); the states are new arrays
+    at each call."""
     rng = np.random.default_rng(5)
     batches = [make_batch(lengths, seed=s, dtype=dtype, n_in=5)
                for s, lengths in enumerate(PLAN_LENGTHS)]
@@ -1958,14 +1960,17 @@ def test_training_plan_gives_the_same_bits(cell, hidden, kw, rs, dtype,
             net.loss_gradient(X, pk, T, "squared_error", **how)
         assert net._pool["training"] is not None
         last = None
-        for i in (0, 1, 2, 0):
+        for i, dropout in ((0, 0.0), (1, 0.0), (2, 0.3), (0, 0.5)):
             (X, pk), T = batches[i], targets[i]
             sw = weights if i % 2 else None
             args = (X, pk, T, "squared_error")
+            streams = [np.random.default_rng(i) for _ in range(2)]
             got = _loss_gradient_ready(net, monkeypatch, *args, sample_weight=sw,
-                                       **how)
-            _assert_same_training(got, _fresh_result(net, *args, sample_weight=sw,
-                                                     **how), net)
+                                       dropout=dropout, rng=streams[0], **how)
+            _assert_same_training(got, _fresh_result(
+                net, *args, sample_weight=sw, dropout=dropout, rng=streams[1],
+                **how), net)
+            assert streams[0].random() == streams[1].random()
             if last is not None:
                 assert not np.shares_memory(got[1][-1][0][0], last)
             last = got[1][-1][0][0]
@@ -1996,7 +2001,7 @@ def test_training_plan_takes_every_loss(loss, activation, rs, monkeypatch):
 
 
 def test_training_plan_only_where_it_applies(monkeypatch):
-    """No plan for calls alternating between two batch sizes, with dropout,
+    """No plan for calls alternating between two batch sizes, with
     recurrent dropout, truncated BPTT or initial states, nor for a
     bidirectional, Jordan or token network; a plan serves only calls of
     its kind."""
@@ -2009,8 +2014,7 @@ def test_training_plan_only_where_it_applies(monkeypatch):
         net.loss_gradient(X2, pk2, T2, "squared_error")
     assert net._pool.get("training") is None
     h0 = [[(np.zeros((3, 5)), np.zeros((3, 5)))]] * 2
-    for kw in (dict(dropout=0.1, rng=np.random.default_rng(0)),
-               dict(recurrent_dropout=0.1, rng=np.random.default_rng(0)),
+    for kw in (dict(recurrent_dropout=0.1, rng=np.random.default_rng(0)),
                dict(tbptt=(2, 3)), dict(initial_state=h0)):
         other = make_net("lstm", (5, 5), 2)
         for _ in range(3):
@@ -2033,7 +2037,7 @@ def test_training_plan_only_where_it_applies(monkeypatch):
     assert net._pool.get("training") is not None
     with pytest.raises(AssertionError, match="general path"):
         _loss_gradient_ready(net, monkeypatch, X, pk, T, "squared_error",
-                             dropout=0.1, rng=np.random.default_rng(0))
+                             recurrent_dropout=0.1, rng=np.random.default_rng(0))
 
 
 def test_training_plan_checks_each_call(monkeypatch):
