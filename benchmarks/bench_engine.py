@@ -71,11 +71,12 @@ def _fixed_packing(n, T, packings, Packing):
     return packing
 
 
-def our_times(workload, n_threads, repeats, variable_length=False, seed=0,
-              data=None, inference=True):
-    """Training epoch times and (fixed length, unless not ``inference``)
-    inference times of our engine; ``data`` is the workload's ``(X, y,
-    lengths)`` if already made."""
+def _training_epoch(workload, n_threads, variable_length=False, seed=0,
+                    data=None):
+    """``(epoch, inference, threadpool_limits)``: functions that run one
+    training epoch of our engine on the workload (fixed or variable
+    length; ``data`` is its ``(X, y, lengths)`` if already made) and one
+    pass of inference over the fixed-length data, on one network."""
     threadpool_limits, Network, Adam, Packing, SequenceInput = _our_modules()
     X, y, lengths = data or workload_data(workload, variable_length=variable_length)
     n, batch = len(X), workload["batch"]
@@ -113,7 +114,7 @@ def our_times(workload, n_threads, repeats, variable_length=False, seed=0,
             net.clip_gradients(clip_norm=1.0)
             opt.step(net.grads)
 
-    def run_inference():
+    def inference():
         # the steps read where they lie, as RNNRegressor.predict does: the
         # chunk of the (n, T, n_features) array as consecutive rows
         T = X.shape[1]
@@ -124,24 +125,55 @@ def our_times(workload, n_threads, repeats, variable_length=False, seed=0,
                                       T * packing.order),
                         packing, n_threads=n_threads)
 
+    return epoch, inference, threadpool_limits
+
+
+def _timed(function):
+    t0 = time.perf_counter()
+    function()
+    return time.perf_counter() - t0
+
+
+def our_times(workload, n_threads, repeats, variable_length=False, seed=0,
+              data=None, inference=True):
+    """Training epoch times and (fixed length, unless not ``inference``)
+    inference times of our engine; ``data`` is the workload's ``(X, y,
+    lengths)`` if already made."""
+    epoch, run_inference, threadpool_limits = _training_epoch(
+        workload, n_threads, variable_length, seed, data)
     result = {}
     with threadpool_limits(limits=1, user_api="blas"):
         epoch()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            epoch()
-            times.append(time.perf_counter() - t0)
+        times = [_timed(epoch) for _ in range(repeats)]
         result["packed_train_epoch_s" if variable_length else "train_epoch_s"] = times
         if inference and not variable_length:
             run_inference()
-            times = []
-            for _ in range(max(repeats, 3)):
-                t0 = time.perf_counter()
-                run_inference()
-                times.append(time.perf_counter() - t0)
-            result["inference_s"] = times
+            result["inference_s"] = [_timed(run_inference)
+                                     for _ in range(max(repeats, 3))]
     return result
+
+
+def variable_over_fixed_times(workload, n_threads, repeats, min_pairs=5):
+    """Our variable-length epoch, each beside a fixed-length epoch run just
+    before or just after it, in turns (``paired_packed_epoch_s``,
+    ``paired_fixed_epoch_s``): ``repeats`` pairs, at least ``min_pairs``.
+    Their ratio is how far the cost follows the real steps; timed minutes
+    apart, as the two epochs of ``our_times`` are, it also measures how
+    the shared machine's speed moved in between (run 39, small-lstm: 0.95
+    from the medians of the rounds; 0.75-0.78 in epochs alternated in one
+    process within the hour before)."""
+    fixed, _, threadpool_limits = _training_epoch(workload, n_threads)
+    variable, _, _ = _training_epoch(workload, n_threads, variable_length=True)
+    times = {"paired_fixed_epoch_s": [], "paired_packed_epoch_s": []}
+    with threadpool_limits(limits=1, user_api="blas"):
+        fixed()
+        variable()
+        for r in range(max(repeats, min_pairs)):
+            for key, epoch in sorted(
+                    (("paired_fixed_epoch_s", fixed),
+                     ("paired_packed_epoch_s", variable)), reverse=bool(r % 2)):
+                times[key].append(_timed(epoch))
+    return times
 
 
 def estimator_epoch_times(workload, n_threads, repeats, min_pairs=5):
@@ -248,6 +280,8 @@ def run(names, n_threads, repeats, packed, onnx, estimator, rounds=1):
             if packed:
                 _collect(round_ours, our_times(w, n_threads, repeats,
                                                variable_length=True))
+                _collect(round_ours, variable_over_fixed_times(w, n_threads,
+                                                               repeats))
             if estimator and name == "small-lstm":
                 _collect(round_ours, estimator_epoch_times(w, n_threads, repeats))
             _collect(round_theirs, torch_times(name, n_threads, repeats, packed,
@@ -275,6 +309,12 @@ def run(names, n_threads, repeats, packed, onnx, estimator, rounds=1):
             row[name + "_per_round"] = per
         if packed:
             row["packed_steps_fraction"] = packed_steps_fraction(w)
+            # each variable-length epoch over the fixed-length one beside
+            # it, the median over the pairs of all the rounds
+            pairs = [v / f for r_ours, _ in per_round for v, f in zip(
+                r_ours["paired_packed_epoch_s"], r_ours["paired_fixed_epoch_s"])]
+            row["packed_over_fixed"] = _median(pairs)
+            row["packed_over_fixed_per_pair"] = pairs
         flops = train_flops_per_epoch(w)
         row["train_gflops"] = flops / row["train_epoch_s"] / 1e9
         if row.get("torch_train_epoch_s"):
@@ -362,6 +402,15 @@ def _fmt(value, digits=3, suffix=""):
     return "n/a" if value is None else f"{value:.{digits}f}{suffix}"
 
 
+def _packed_over_fixed(row):
+    """Our variable-length epoch over our fixed-length one: paired (see
+    ``variable_over_fixed_times``), or from the medians in results of
+    runs that did not pair them."""
+    if row.get("packed_over_fixed") is not None:
+        return row["packed_over_fixed"]
+    return row["packed_train_epoch_s"] / row["train_epoch_s"]
+
+
 def markdown_table(rows, peak=None):
     lines = [
         "| workload | ours train s/epoch | PyTorch train | train ratio "
@@ -380,16 +429,17 @@ def markdown_table(rows, peak=None):
     if packed:
         lines += ["", "Variable-length batches (lengths uniform in 10..100, at most "
                   "the workload's steps: 10..50 for small-lstm), training "
-                  "s/epoch; ours against our fixed-length epoch, beside the real "
-                  "steps against the padded ones (the cost if it followed the "
-                  "real steps exactly):", "",
+                  "s/epoch; ours against our fixed-length epoch (the median "
+                  "over pairs of epochs run one beside the other), beside the "
+                  "real steps against the padded ones (the cost if it followed "
+                  "the real steps exactly):", "",
                   "| workload | ours | PyTorch (packed) | ratio | ours / fixed "
                   "| real / padded steps |", "|---|---|---|---|---|---|"]
         for r in packed:
             lines.append(f"| {r['workload']} | {_fmt(r['packed_train_epoch_s'])} | "
                          f"{_fmt(r.get('torch_packed_train_epoch_s'))} | "
                          f"{_fmt(r.get('packed_train_ratio'), 2, '×')} | "
-                         f"{_fmt(r['packed_train_epoch_s'] / r['train_epoch_s'], 2)} | "
+                         f"{_fmt(_packed_over_fixed(r), 2)} | "
                          f"{_fmt(r.get('packed_steps_fraction'), 2)} |")
     if peak:
         lines += ["", f"Training throughput, GFLOP/s (GEMM operations counted "
