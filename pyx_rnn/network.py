@@ -1116,8 +1116,9 @@ class _TrainingPlan:
     their weights' gradients in the backward kernel (the sizes below
     ``layers.FUSED_WEIGHT_GRADIENT_BYTES``), trained without recurrent
     dropout, truncation or initial states: the benchmark's and the
-    estimators' usual batches, dropout between layers included. ``loss_gradient`` makes one after the second call in a
-    row of the same key whose arguments it checked in full, and uses it
+    estimators' usual batches, dropout between layers included.
+    ``loss_gradient`` makes one after the second call in a row of the same
+    key whose arguments it checked in full, and uses it
     while the parameters and gradients are the same arrays, of the same
     shapes, dtype and strides, for packings of as many sequences and
     blocks and at most as many rows as its buffers hold; ``run`` returns
