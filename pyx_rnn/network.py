@@ -1118,10 +1118,10 @@ class _TrainingPlan:
     dropout, truncation or initial states: the benchmark's and the
     estimators' usual batches, dropout between layers included.
     ``loss_gradient`` makes one after the second call in a row of the same
-    key whose arguments it checked in full, and uses it
-    while the parameters and gradients are the same arrays, of the same
-    shapes, dtype and strides, for packings of as many sequences and
-    blocks and at most as many rows as its buffers hold; ``run`` returns
+    key whose arguments it checked in full, and uses it while the
+    parameters and gradients are the same arrays, of the same shapes,
+    dtype and strides, for packings of as many sequences and blocks and
+    at most as many rows as its buffers hold; ``run`` returns
     None where any of that fails, and ``loss_gradient`` takes its general
     path, which raises the error if there is one.
 
