@@ -1715,8 +1715,8 @@ def test_inference_plan_follows_the_parameters(monkeypatch):
 def test_plans_tell_arrays_and_layouts_apart():
     """What the plans compare at each call (``_bookkeeping.layout``): the
     same arrays laid out the same give the same bytes; another array of
-    the same layout, or the same one reshaped, made read-only, byte-swapped
-    or not contiguous, gives others."""
+    the same layout, the same one reshaped or made read-only, or a view of
+    it (byte-swapped, strided, transposed) give others."""
     a, b = np.zeros((4, 6)), np.zeros(5, np.float32)
     same = _bookkeeping.layout((a, b))
     assert _bookkeeping.layout((a, b)) == same
