@@ -280,12 +280,11 @@ class Network:
         masks = []
         if self.jordan is not None:
             for f in self.jordan.fed:
-                masks.append((rng.random((B, f)) < keep).astype(self.dtype) / keep)
+                masks.append(_dropout_mask(rng, (B, f), keep, self.dtype))
             return masks
         for layer in self.specs:
-            masks.append([
-                (rng.random((B, spec.hidden)) < keep).astype(self.dtype) / keep
-                for spec, _ in layer])
+            masks.append([_dropout_mask(rng, (B, spec.hidden), keep, self.dtype)
+                          for spec, _ in layer])
         return masks
 
     def _layer_args_checked(self, packing, initial_state, n_threads, block_rows,
@@ -417,9 +416,8 @@ class Network:
         if self.jordan is not None:
             drop = None
             if dropout and rng is not None:
-                drop = [None] + [
-                    (rng.random((X.shape[0], h)) < keep).astype(self.dtype) / keep
-                    for h in self.hidden_sizes[:-1]]
+                drop = [None] + [_dropout_mask(rng, (X.shape[0], h), keep, self.dtype)
+                                 for h in self.hidden_sizes[:-1]]
             ws = [self._layer(self.weights, f"_l{k}")
                   for k in range(len(self.hidden_sizes))]
             Y, f_n, cache = jordan_forward(
@@ -433,7 +431,7 @@ class Network:
         for k, layer in enumerate(self.specs):
             drop = None
             if k > 0 and dropout and rng is not None:
-                drop = (rng.random(inp.shape) < keep).astype(self.dtype) / keep
+                drop = _dropout_mask(rng, inp.shape, keep, self.dtype)
                 inp = inp * drop
             outs, layer_states, layer_caches = [], [], []
             for d, (spec, sfx) in enumerate(layer):
@@ -543,17 +541,24 @@ class Network:
         keeps the packed weights' buffer from call to call."""
         if self.jordan is not None:
             return None, top[rows], None
-        W, b = self.weights["output.weight"], self.weights["output.bias"]
+        W = self.weights["output.weight"]
         # C-contiguous either way
         X = top if rows is None else top.take(rows, axis=0)
         Z = np.empty((len(X), len(W)), self.dtype)
-        # the packed kernel, not BLAS: a row's output does not depend on
-        # the other rows (sklearn's subset and sample-order checks)
         wpack = _take(pool.setdefault("head", {}), "wpack", (
             _dense.linear_pack_length(W.shape[0], W.shape[1], Z.itemsize),),
             self.dtype)
-        _dense.linear(X, W, b, Z, wpack, 1)
-        return Z, _activate(Z, self.output_activation), X
+        return (*self._output(X, Z, wpack), X)
+
+    def _output(self, X, Z, wpack):
+        """The output layer (not Jordan) on the rows ``X``: its
+        pre-activation into ``Z`` and its output, ``(Z, Y)``; ``wpack``
+        holds its packed weights (``_dense.linear_pack_length``). The packed
+        kernel, not BLAS: a row's output does not depend on the other rows
+        (sklearn's subset and sample-order checks)."""
+        _dense.linear(X, self.weights["output.weight"],
+                      self.weights["output.bias"], Z, wpack, 1)
+        return Z, _activate(Z, self.output_activation)
 
     def _head_backward(self, X, rows, dZ, n_top_rows):
         """Gradient of the output layer, whose input ``X`` (from ``_head``)
@@ -1093,10 +1098,8 @@ class _InferencePlan:
             # the next layer reads this one's outputs, packed
             X, starts = H, _EMPTY_STARTS
         top = H if self.return_sequences else h
-        W, b = net.weights["output.weight"], net.weights["output.bias"]
-        Z = np.empty((len(top), len(W)), dtype)
-        _dense.linear(top, W, b, Z, self.head_pack, 1)
-        return Z, _activate(Z, net.output_activation), states
+        Z = np.empty((len(top), net.n_output), dtype)
+        return (*net._output(top, Z, self.head_pack), states)
 
 
 class _TrainingPlan:
@@ -1149,10 +1152,8 @@ class _TrainingPlan:
         fplans = [slot[sfx]["forward_plan"] for _, sfx in specs]
         bplans = [back[sfx]["backward_plan"] for _, sfx in specs]
         self.capacity = min(p.n_rows for p in fplans + bplans)
-        # the output layer's weights and packing buffer (those of _head), its
-        # outputs' buffer, and the loss terms' weights without sample_weight
-        self.W_out = net.weights["output.weight"]
-        self.b_out = net.weights["output.bias"]
+        # the output layer's packing buffer (_head's), its outputs' buffer,
+        # and the loss terms' weights without sample_weight
         self.head_pack = net._pool["head"]["wpack"]
         self.Z = np.empty((self.capacity if self.return_sequences else B,
                            net.n_output), dtype)
@@ -1270,7 +1271,7 @@ class _TrainingPlan:
         for k, layer in enumerate(self.layers):
             drop = None
             if k > 0 and dropout and rng is not None:
-                drop = (rng.random(inp.shape) < keep).astype(dtype) / keep
+                drop = _dropout_mask(rng, inp.shape, keep, dtype)
                 inp = inp * drop
             inputs.append(inp)
             drops.append(drop)
@@ -1282,9 +1283,7 @@ class _TrainingPlan:
             inp = layer.H[:n_rows]
         top = self.layers[-1]
         feats = top.H[:n_rows] if self.return_sequences else h
-        Z = self.Z[:len(feats)]
-        _dense.linear(feats, self.W_out, self.b_out, Z, self.head_pack, 1)
-        Y = _activate(Z, net.output_activation)
+        Z, Y = net._output(feats, self.Z[:len(feats)], self.head_pack)
         value, dZ = loss_and_gradient(loss, net.output_activation, Z, Y, targets,
                                       row_weight, total_weight)
         d_feats = net._head_gradient(feats, dZ)
@@ -1357,6 +1356,12 @@ def _check_states_finite(states):
             raise ValueError("initial_state contains NaN or infinity; pass "
                              "the states a previous call returned, or None "
                              "to start from zeros")
+
+
+def _dropout_mask(rng, shape, keep, dtype):
+    """A dropout mask drawn from ``rng``: each entry ``1 / keep`` with
+    probability ``keep``, else 0."""
+    return (rng.random(shape) < keep).astype(dtype) / keep
 
 
 def _is_int(value):
