@@ -2,7 +2,8 @@
 
 * **Threads.** Our training epoch on the 128-unit workloads with 1 and with
   2 OpenMP threads (``bench_engine.our_times``), alternated, each in a fresh
-  process; and their training steps on 8 batches with 1 and 2 threads
+  process; the same epochs in pairs, 1 and 2 threads one after the other in
+  one process; and their training steps on 8 batches with 1 and 2 threads
   alternated batch by batch in one process (each batch's fastest step).
 * **Peak memory.** One training epoch of medium-lstm, ours and PyTorch's,
   each in a fresh process: the growth of the peak resident set size
@@ -45,6 +46,30 @@ def _child(kind):
         _, name, n_threads = kind.split(":")
         seconds = our_times(get_workload(name), int(n_threads), 1)["train_epoch_s"]
         print(json.dumps(dict(kind=kind, seconds=seconds[0])))
+        return
+    if kind.startswith("pairs-"):
+        # whole training epochs with 1 and 2 threads alternated in this one
+        # process (two networks from the same weights, on the same data),
+        # the order swapped each round: a slow spell of the shared machine
+        # then falls on both members of a pair, and the ratio of each pair
+        # shows how far it moved them apart
+        from bench_engine import _timed, _training_epoch
+        from bench_torch import get_workload, workload_data
+        _, name, rounds = kind.split(":")
+        w = get_workload(name)
+        data = workload_data(w)
+        epochs = {}
+        for n_threads in (1, 2):
+            epochs[n_threads], _, threadpool_limits = _training_epoch(
+                w, n_threads, data=data)
+        times = {1: [], 2: []}
+        with threadpool_limits(limits=1, user_api="blas"):
+            for n_threads in (1, 2):   # warm-up: buffers and plans
+                epochs[n_threads]()
+            for r in range(int(rounds)):
+                for n_threads in ((2, 1) if r % 2 else (1, 2)):
+                    times[n_threads].append(_timed(epochs[n_threads]))
+        print(json.dumps(dict(kind=kind, one=times[1], two=times[2])))
         return
     if kind.startswith("steps-"):
         # training steps (loss_gradient, clipping, Adam) on 8 batches of a
@@ -170,6 +195,22 @@ def main(argv=None):
                 times[n_threads].append(r["seconds"])
         one, two = (statistics.median(times[n]) for n in (1, 2))
         lines.append(f"| {name} | {one:.3f} | {two:.3f} | {one / two:.2f}× |")
+        print(lines[-1], flush=True)
+
+    lines += ["", "## Threads: training epochs, alternated in one process", "",
+              f"The same epochs, {args.rounds} pairs in one fresh process per "
+              "workload (a network per thread count, from the same weights, "
+              "on the same data), 1 and 2 threads one after the other, the "
+              "order swapped each round. Speed-up: the median of the pairs' "
+              "ratios (their range in brackets); the times are medians.", "",
+              "| workload | 1 thread | 2 threads | speed-up |", "|---|---|---|---|"]
+    for name in ("medium-lstm", "medium-gru", "medium-rnn"):
+        r = _in_child(f"pairs-:{name}:{args.rounds}")
+        ratios = sorted(a / b for a, b in zip(r["one"], r["two"]))
+        lines.append(f"| {name} | {statistics.median(r['one']):.3f} | "
+                     f"{statistics.median(r['two']):.3f} | "
+                     f"{statistics.median(ratios):.2f}× "
+                     f"({ratios[0]:.2f}-{ratios[-1]:.2f}) |")
         print(lines[-1], flush=True)
 
     lines += ["", "## Threads: training steps, interleaved in one process", "",
