@@ -18,7 +18,8 @@ import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.limits cimport INT_MAX
-from libc.string cimport memcpy
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.string cimport memcpy, memset
 
 from ._blas cimport (
     add_rows, gemm, outer, pack_b, rgemm, sr_outer_work_length, sr_pack_length,
@@ -310,6 +311,56 @@ cdef enum:
     SUM_TILE = 16
 
 
+cdef void block_sums(const floating* P, Py_ssize_t K, floating* Out,
+                     Py_ssize_t ldo, Py_ssize_t R, Py_ssize_t C,
+                     bint transposed) noexcept nogil:
+    """``add_block_sums`` on addresses: the ``K`` rows of ``P`` (``R * C``
+    entries each) into ``Out`` (``R`` rows of ``C``, ``ldo`` apart)."""
+    cdef Py_ssize_t N = R * C
+    # the parts' layout: n_a rows of n_b entries
+    cdef Py_ssize_t n_a = C if transposed else R, n_b = R if transposed else C
+    cdef Py_ssize_t a0, b0, a1, b1, a, b, k, side = SUM_TILE
+    cdef const floating* row
+    cdef floating* t_row
+    # a tile's totals: summed along the parts' rows (contiguous, in
+    # vectors), then added to out along either of its axes
+    cdef floating tile[SUM_TILE * SUM_TILE]
+    a0 = 0
+    while a0 < n_a:
+        a1 = min(a0 + side, n_a)
+        b0 = 0
+        while b0 < n_b:
+            b1 = min(b0 + side, n_b)
+            for a in range(a0, a1):
+                t_row = tile + (a - a0) * side - b0
+                row = P + a * n_b
+                for b in range(b0, b1):
+                    t_row[b] = row[b]
+                for k in range(1, K):
+                    row = P + k * N + a * n_b
+                    for b in range(b0, b1):
+                        t_row[b] += row[b]
+            if transposed:
+                for b in range(b0, b1):
+                    for a in range(a0, a1):
+                        Out[b * ldo + a] += tile[(a - a0) * side + b - b0]
+            else:
+                for a in range(a0, a1):
+                    for b in range(b0, b1):
+                        Out[a * ldo + b] += tile[(a - a0) * side + b - b0]
+            b0 = b1
+        a0 = a1
+
+
+cdef void check_block_sums(const floating[:, ::1] parts, floating[:, :] out):
+    cdef Py_ssize_t R = out.shape[0], C = out.shape[1]
+    if parts.shape[1] != R * C:
+        raise ValueError(f"parts must hold out's {R * C} entries a row, got "
+                         f"{parts.shape[1]}")
+    if C > 1 and out.strides[1] != sizeof(floating):
+        raise ValueError("out must have contiguous rows")
+
+
 def add_block_sums(const floating[:, ::1] parts, floating[:, :] out,
                    bint transposed):
     """``out += parts.sum(axis=0)``, with NumPy's bits: each entry's partial
@@ -317,52 +368,90 @@ def add_block_sums(const floating[:, ::1] parts, floating[:, :] out,
     then the total added to ``out``. A row of ``parts`` holds ``out`` in
     row-major order or, with ``transposed``, ``out.T`` (the backward kernel
     sums ``W.T``'s gradient). ``out`` may be a view with contiguous rows."""
-    cdef Py_ssize_t K = parts.shape[0], R = out.shape[0], C = out.shape[1]
-    if parts.shape[1] != R * C:
-        raise ValueError(f"parts must hold out's {R * C} entries a row, got "
-                         f"{parts.shape[1]}")
-    if C > 1 and out.strides[1] != sizeof(floating):
-        raise ValueError("out must have contiguous rows")
-    if K == 0 or R == 0 or C == 0:
+    check_block_sums(parts, out)
+    if parts.shape[0] == 0 or out.shape[0] == 0 or out.shape[1] == 0:
         return
-    cdef Py_ssize_t ldo = out.strides[0] // sizeof(floating)
-    cdef Py_ssize_t N = R * C
-    # the parts' layout: n_a rows of n_b entries
-    cdef Py_ssize_t n_a = C if transposed else R, n_b = R if transposed else C
-    cdef Py_ssize_t a0, b0, a1, b1, a, b, k, side = SUM_TILE
-    cdef const floating* P = &parts[0, 0]
-    cdef const floating* row
-    cdef floating* Out = &out[0, 0]
-    cdef floating* t_row
-    # a tile's totals: summed along the parts' rows (contiguous, in
-    # vectors), then added to out along either of its axes
-    cdef floating tile[SUM_TILE * SUM_TILE]
     with nogil:
-        a0 = 0
-        while a0 < n_a:
-            a1 = min(a0 + side, n_a)
-            b0 = 0
-            while b0 < n_b:
-                b1 = min(b0 + side, n_b)
-                for a in range(a0, a1):
-                    t_row = tile + (a - a0) * side - b0
-                    row = P + a * n_b
-                    for b in range(b0, b1):
-                        t_row[b] = row[b]
-                    for k in range(1, K):
-                        row = P + k * N + a * n_b
-                        for b in range(b0, b1):
-                            t_row[b] += row[b]
-                if transposed:
-                    for b in range(b0, b1):
-                        for a in range(a0, a1):
-                            Out[b * ldo + a] += tile[(a - a0) * side + b - b0]
+        block_sums(&parts[0, 0], parts.shape[0], &out[0, 0],
+                   out.strides[0] // sizeof(floating), out.shape[0],
+                   out.shape[1], transposed)
+
+
+cdef struct BlockSum:
+    # one add_block_sums call on addresses (of floats or doubles)
+    void* parts
+    void* out
+    Py_ssize_t K, ldo, R, C
+    bint transposed
+
+
+cdef class BlockSums:
+    """Some ``add_block_sums`` calls made ready for repeated use on the same
+    arrays (a training plan's partial sums and gradients), and the zeroing
+    of their partial sums: each call's arrays checked and their addresses
+    read once. A call's ``out`` may be 1-D (one row).
+
+    ``BlockSums(calls)``, ``calls`` a list of ``(parts, out, transposed)``
+    of one dtype; it keeps them alive. The arrays must keep their shapes
+    and their data (their values may change).
+    """
+    cdef BlockSum* calls
+    cdef Py_ssize_t n_calls, itemsize
+    cdef readonly tuple arrays
+
+    def __cinit__(self, calls):
+        calls = [(parts, out.reshape(1, -1) if out.ndim == 1 else out, bool(t))
+                 for parts, out, t in calls]
+        self.arrays = tuple(calls)
+        self.itemsize = calls[0][0].itemsize if calls else 8
+        self.calls = <BlockSum*> PyMem_Malloc(max(1, len(calls)) * sizeof(BlockSum))
+        if self.calls == NULL:
+            raise MemoryError()
+        self.n_calls = 0
+        for parts, out, transposed in calls:
+            if parts.dtype != out.dtype or parts.itemsize != self.itemsize:
+                raise TypeError("BlockSums: every array must have one dtype")
+            if self.itemsize == sizeof(float):
+                self._add_call[float](parts, out, transposed)
+            else:
+                self._add_call[double](parts, out, transposed)
+
+    cdef void _add_call(self, floating[:, ::1] parts, floating[:, :] out,
+                        bint transposed) except *:
+        check_block_sums(parts, out)
+        cdef BlockSum* c = &self.calls[self.n_calls]
+        if parts.shape[0] == 0 or out.shape[0] == 0 or out.shape[1] == 0:
+            return
+        c.parts, c.out = &parts[0, 0], &out[0, 0]
+        c.K, c.R, c.C = parts.shape[0], out.shape[0], out.shape[1]
+        c.ldo = out.strides[0] // sizeof(floating)
+        c.transposed = transposed
+        self.n_calls += 1
+
+    def __dealloc__(self):
+        PyMem_Free(self.calls)
+
+    def zero_parts(self):
+        """Set every partial sum to zero."""
+        cdef Py_ssize_t i
+        cdef BlockSum* c
+        for i in range(self.n_calls):
+            c = &self.calls[i]
+            memset(c.parts, 0, c.K * c.R * c.C * self.itemsize)
+
+    def add(self):
+        """Add each call's partial sums to its ``out``, in the order given."""
+        cdef Py_ssize_t i
+        cdef BlockSum* c
+        with nogil:
+            for i in range(self.n_calls):
+                c = &self.calls[i]
+                if self.itemsize == sizeof(float):
+                    block_sums(<const float*> c.parts, c.K, <float*> c.out,
+                               c.ldo, c.R, c.C, c.transposed)
                 else:
-                    for a in range(a0, a1):
-                        for b in range(b0, b1):
-                            Out[a * ldo + b] += tile[(a - a0) * side + b - b0]
-                b0 = b1
-            a0 = a1
+                    block_sums(<const double*> c.parts, c.K, <double*> c.out,
+                               c.ldo, c.R, c.C, c.transposed)
 
 
 def gather_rows(const Py_ssize_t[::1] ids, floating[::1] weights,

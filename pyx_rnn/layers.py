@@ -669,24 +669,34 @@ class _BackwardPlan:
             self.dWih_t, self.dWhh_t, self.edge, self.work, self.wpack,
             cache.block_rows, n_threads, cache.block_starts]
 
+    def sum_calls(self, spec, grads, input_weights=True):
+        """The ``_dense.add_block_sums`` calls, ``(parts, out,
+        transposed)``, that add the kernel's partial sums per block to
+        ``grads``, in this order (those of the weights transposed): the
+        biases', and where the kernel sums the weights' gradients
+        (``fused``), the recurrent weights' and, with ``input_weights``,
+        the input weights'; then the peephole's and the layer norm's.
+        Every partial sum is in one of them where ``input_weights``."""
+        calls = [(self.dbias_ih, grads["bias_ih"], False),
+                 (self.dbias_hh if self.separate_dgh else self.dbias_ih,
+                  grads["bias_hh"], False)]
+        if self.fused:
+            calls.append((self.dWhh_t, grads["weight_hh"], True))
+            if input_weights:
+                calls.append((self.dWih_t, grads["weight_ih"], True))
+        if spec.peephole:
+            calls.append((self.dpeep, grads["peephole"], False))
+        if spec.layer_norm:
+            calls += [(self.dln_w, grads["ln_weight"], False),
+                      (self.dln_b, grads["ln_bias"], False)]
+        return calls
+
     def add_sums(self, spec, grads, input_weights=True):
         """Add the kernel's partial sums per block to ``grads``, in block
-        order (those of the weights are transposed): the biases', the
-        peephole's and the layer norm's, and where the kernel sums the
-        weights' gradients (``fused``), the recurrent weights' and, with
-        ``input_weights``, the input weights'."""
-        _add_block_sums(self.dbias_ih, grads["bias_ih"])
-        _add_block_sums(self.dbias_hh if self.separate_dgh else self.dbias_ih,
-                        grads["bias_hh"])
-        if self.fused:
-            _dense.add_block_sums(self.dWhh_t, grads["weight_hh"], True)
-            if input_weights:
-                _dense.add_block_sums(self.dWih_t, grads["weight_ih"], True)
-        if spec.peephole:
-            _add_block_sums(self.dpeep, grads["peephole"])
-        if spec.layer_norm:
-            _add_block_sums(self.dln_w, grads["ln_weight"])
-            _add_block_sums(self.dln_b, grads["ln_bias"])
+        order (see ``sum_calls``)."""
+        for parts, out, transposed in self.sum_calls(spec, grads, input_weights):
+            _dense.add_block_sums(parts, out if out.ndim == 2 else out.reshape(1, -1),
+                                  transposed)
 
 
 def _layer_backward(spec, w, grads, cache, dH, dh_n, dc_n, t_stop, need_dx,
@@ -732,12 +742,6 @@ def _layer_backward(spec, w, grads, cache, dH, dh_n, dc_n, t_stop, need_dx,
         dX = _take(pool, "dX", (n_rows, spec.n_input), dtype)
         _dense.matmul(dG, w["weight_ih"], dX, False, 0.0, n_threads)
     return dX, dh, dc
-
-
-def _add_block_sums(parts, out):
-    """``out += parts.sum(axis=0)`` for a 1-D ``out`` (see
-    ``_dense.add_block_sums``)."""
-    _dense.add_block_sums(parts, out.reshape(1, -1), False)
 
 
 # --------------------------------------------------------------------------

@@ -1186,8 +1186,15 @@ class _TrainingPlan:
             backward = _cells.BackwardArgs(bplan.args(
                 spec, w, cache, cache.X if len(bplan.dWih_t) else _empty(dtype),
                 dH, dh, dc, bplan.dG, bplan.dGh, np.empty(0, np.intp), n_threads))
+            # the partial sums' additions to the gradients, and their zeroing
+            # before each batch: every partial sum is in one of the calls
+            calls = bplan.sum_calls(spec, g)
+            if ({id(a) for a in bplan.partials}
+                    != {id(parts) for parts, _, _ in calls}):  # pragma: no cover
+                raise AssertionError("sum_calls must cover every partial sum")
             self.layers.append(_PlanLayer(spec, w, g, fplan, bplan, forward,
-                                          backward, H, dH, dh, dc, d_in[k]))
+                                          backward, _dense.BlockSums(calls), H,
+                                          dH, dh, dc, d_in[k]))
 
     def _same_arrays(self):
         """Whether the network's parameters and gradients are still the
@@ -1297,10 +1304,9 @@ class _TrainingPlan:
             if layer is not top:
                 layer.dh.fill(0)
             layer.dc.fill(0)
-            for a in layer.bplan.partials:
-                a.fill(0)
+            layer.sums.zero_parts()
             _cells.run_backward(layer.backward, inputs[k], bs, off, starts)
-            layer.bplan.add_sums(layer.spec, layer.g)
+            layer.sums.add()
             if k > 0:
                 d_in = layer.d_in[:n_rows]
                 _dense.matmul(layer.bplan.dG[:n_rows], layer.w["weight_ih"],
@@ -1313,7 +1319,8 @@ class _TrainingPlan:
 
 class _PlanLayer(NamedTuple):
     """One layer of a ``_TrainingPlan``: its spec, parameters and gradients,
-    plans and prepared calls, and the buffers the plan reads or fills: the
+    plans and prepared calls (the kernels', and ``sums``, the additions of
+    the partial sums per block), and the buffers the plan reads or fills: the
     outputs ``H``, dL/dH from above ``dH`` (empty: none but through the
     final states), dL/d(final states) ``dh`` and ``dc`` (overwritten by the
     initial states'), and dL/d(input) ``d_in`` (None for the first layer)."""
@@ -1325,6 +1332,7 @@ class _PlanLayer(NamedTuple):
     bplan: object
     forward: object
     backward: object
+    sums: object
     H: np.ndarray
     dH: np.ndarray
     dh: np.ndarray

@@ -1378,6 +1378,47 @@ def test_add_block_sums_has_numpys_bits(n_blocks, dtype):
 
 
 @DTYPES
+def test_block_sums_made_ready_give_the_same_bits(dtype):
+    """``_dense.BlockSums`` (the training plan's additions of the partial
+    sums): each prepared call, run again and again, gives the bits of
+    ``add_block_sums`` on the arrays' values of the time (a 2-D ``out``,
+    transposed or not, a view with a row stride, a 1-D bias), in the order
+    given (a second call on the same ``out`` adds to the first's result);
+    ``zero_parts`` zeroes every partial sum and nothing else. Arrays of
+    another dtype, or of the wrong size, are refused."""
+    from pyx_rnn import _dense
+    rng = np.random.default_rng(3)
+
+    def parts(width):
+        return (rng.standard_normal((3, width))
+                * 10.0 ** rng.integers(-4, 5, size=(3, 1))).astype(dtype)
+    grads = rng.standard_normal((6, 9)).astype(dtype)
+    bias = rng.standard_normal(9).astype(dtype)
+    p1, p2, p3, p4 = parts(42), parts(42), parts(9), parts(9)
+    sums = _dense.BlockSums([(p1, grads[:, 2:], True), (p2, grads[:, 2:], False),
+                             (p3, bias, False), (p4, bias, False)])
+    for _ in range(2):
+        want_grads, want_bias = grads.copy(), bias.copy()
+        _dense.add_block_sums(p1, want_grads[:, 2:], True)
+        _dense.add_block_sums(p2, want_grads[:, 2:], False)
+        _dense.add_block_sums(p3, want_bias.reshape(1, -1), False)
+        _dense.add_block_sums(p4, want_bias.reshape(1, -1), False)
+        sums.add()
+        assert_array_equal(grads, want_grads, strict=True)
+        assert_array_equal(bias, want_bias, strict=True)
+        p1 *= 3   # new values in the same arrays
+    sums.zero_parts()
+    for p in (p1, p2, p3, p4):
+        assert_array_equal(p, np.zeros_like(p), strict=True)
+    assert np.isfinite(grads).all() and np.any(grads != 0)
+    other = np.float32 if dtype == np.float64 else np.float64
+    with pytest.raises(TypeError, match="one dtype"):
+        _dense.BlockSums([(p1, grads.astype(other), False)])
+    with pytest.raises(ValueError, match="54 entries a row, got 42"):
+        _dense.BlockSums([(p1, grads, False)])
+
+
+@DTYPES
 @pytest.mark.parametrize("n_rows", [0, 1, 7, 300])
 def test_accumulate_column_sums_adds_rows_in_order(n_rows, dtype):
     """``_dense.accumulate_column_sums`` (the Jordan kernel's bias
@@ -1636,15 +1677,17 @@ def test_linear_rows_do_not_depend_on_each_other(n_out, dtype):
     assert_array_equal(linear(order[:7], n_threads=3), full[order[:7]], strict=True)
 
 
-@pytest.mark.parametrize("n_rows", [1, 5, 23, 40])
+@pytest.mark.parametrize("n_rows", [*range(1, 14), 23, 40])
 def test_packed_product_sums_in_order_of_k(n_rows):
     """The packed product's order of summation, bit for bit (float32,
     through ``_dense.linear``): each output summed from zero in order of k,
     one rounding per multiply-add, then the bias added. 45 columns are a
     whole panel and part of one (of which the AVX2 kernel's second half is
-    skipped); 23 rows go through tiles of 6 (AVX2) or 12 (AVX-512) and
-    every smaller one. A micro-kernel that kept half of its sums elsewhere,
-    or stored a partial panel's columns out of place, fails."""
+    skipped). Up to 12 rows (AVX-512; 6 for AVX2) are one tile of as many
+    rows, so that 1 to 13 rows call every micro-kernel; 23 and 40 rows are
+    tiles of sizes that differ by one. A micro-kernel that kept half of its
+    sums elsewhere, or stored a partial panel's columns out of place, or a
+    tiling that skipped or repeated a row, fails."""
     from pyx_rnn import _cells, _dense
     if _cells.PGEMM_ISA == 0:
         pytest.skip("the baseline kernel's rounding (multiply-adds fused or "
