@@ -400,6 +400,10 @@ cdef class BlockSums:
     cdef readonly tuple arrays
 
     def __cinit__(self, calls):
+        for _, out, _ in calls:
+            if out.ndim == 1 and not out.flags.c_contiguous:
+                # its reshape would be a copy
+                raise ValueError("BlockSums: a 1-D out must be contiguous")
         calls = [(parts, out.reshape(1, -1) if out.ndim == 1 else out, bool(t))
                  for parts, out, t in calls]
         self.arrays = tuple(calls)

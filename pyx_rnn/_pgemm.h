@@ -10,12 +10,13 @@
  *     P[p * K * NR + k * NR + j] = B(k, p * NR + j)     (0 past the last column)
  *
  * and sr_pgemm_* computes C (=, or +=) A @ B from it with a register-blocked
- * micro-kernel: MR rows of A times one panel, accumulated in MR * NV vector
- * registers (AVX-512: 12 x 2 zmm; AVX2: 6 x 2 ymm, each half of the panel's
- * 4 ymm in turn; baseline: 1 x 4 xmm, each half of 8 in turn), then 8, 4, 2
- * and 1 rows for the rest of the block. Twelve rows rather than eight read
- * each panel fewer times: 1.15-1.2x the throughput on one core from 16 x
- * 128 x 32 to 64 x 2048 x 512 (benchmarks/OPTIMISATIONS.md).
+ * micro-kernel: up to MR rows of A times one panel, accumulated in MR * NV
+ * vector registers (AVX-512: 12 x 2 zmm; AVX2: 6 x 2 ymm, each half of the
+ * panel's 4 ymm in turn; baseline: 1 x 4 xmm, each half of 8 in turn), a
+ * block's rows cut into the fewest such tiles, of sizes that differ by one
+ * at most (SR_ROW_TILES). Twelve rows rather than eight read each panel
+ * fewer times: 1.15-1.2x the throughput on one core from 16 x 128 x 32 to
+ * 64 x 2048 x 512 (benchmarks/OPTIMISATIONS.md).
  *
  * sr_pgemm2_* multiplies [A1 | A2], two row-major matrices side by side, by
  * B1 and B2 packed one below the other (sr_pack_*2): the lstm's and the rnn's
@@ -305,7 +306,7 @@ DEFINE(NAME##_m12, T, V, 12, NREG, ATTR)
     } while (0)
 
 #define SR_DEFINE_GEMM(NAME, T, V, MR, NREG, ATTR)                            \
-SR_DEFINE_MICROS(SR_DEFINE_MICRO, NAME, T, V, NREG, ATTR)                 \
+SR_DEFINE_MICROS(SR_DEFINE_MICRO, NAME, T, V, NREG, ATTR)                     \
 ATTR static void NAME(int m, int n, int K1, const T *A1, int lda1, int K2,    \
                       const T *A2, int lda2, const T *P, T *C, int ldc,       \
                       int accumulate) {                                       \
@@ -326,7 +327,7 @@ ATTR static void NAME(int m, int n, int K1, const T *A1, int lda1, int K2,    \
 #define SR_MICRO_TN_CALL(NAME, i, rows)                                       \
     NAME(K, A + (i), lda, Bp, ldp, Cp + (long) (i) * ldc, ldc, ncols)
 #define SR_DEFINE_GEMM_TN(NAME, T, V, MR, NREG, ATTR)                         \
-SR_DEFINE_MICROS(SR_DEFINE_MICRO_TN, NAME, T, V, NREG, ATTR)              \
+SR_DEFINE_MICROS(SR_DEFINE_MICRO_TN, NAME, T, V, NREG, ATTR)                  \
 ATTR static void NAME(int m, int n, int K, const T *A, int lda, const T *B,   \
                       int ldb, T *C, int ldc, T *edge) {                      \
     enum { NR = SR_PANEL_BYTES / sizeof(T) };                                 \

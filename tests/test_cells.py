@@ -1385,7 +1385,8 @@ def test_block_sums_made_ready_give_the_same_bits(dtype):
     transposed or not, a view with a row stride, a 1-D bias), in the order
     given (a second call on the same ``out`` adds to the first's result);
     ``zero_parts`` zeroes every partial sum and nothing else. Arrays of
-    another dtype, or of the wrong size, are refused."""
+    another dtype or of the wrong size, and a 1-D ``out`` with a stride
+    (whose reshape to one row would be a copy), are refused."""
     from pyx_rnn import _dense
     rng = np.random.default_rng(3)
 
@@ -1416,6 +1417,8 @@ def test_block_sums_made_ready_give_the_same_bits(dtype):
         _dense.BlockSums([(p1, grads.astype(other), False)])
     with pytest.raises(ValueError, match="54 entries a row, got 42"):
         _dense.BlockSums([(p1, grads, False)])
+    with pytest.raises(ValueError, match="1-D out must be contiguous"):
+        _dense.BlockSums([(p3, grads[0, ::2], False)])
 
 
 @DTYPES
