@@ -478,13 +478,17 @@ class _ForwardPlan:
         return args
 
     def ready(self, w, batch_sizes, offsets, n_threads, block_starts=_EMPTY_STARTS,
-              whole=False):
+              whole=False, mask=None):
         """``bind``'s call made ready (``_cells.ForwardArgs``) for
         ``_cells.run_forward``, which supplies the input and the states;
-        without a mask. Returns it and its buffers of rows (see ``rows``)."""
+        without a mask, or with ``mask`` (B x hidden, aligned), whose values
+        the caller may change between calls. Returns it and its buffers of
+        rows (see ``rows``)."""
         args = self.bind(w, batch_sizes, offsets, n_threads, block_starts, whole)
         for name in ("mask", "h", "c"):
             args[self.SLOTS[name]] = _empty(self.dtype)
+        if mask is not None:
+            args[self.SLOTS["mask"]] = mask
         return _cells.ForwardArgs(args), self.rows(args)
 
     @classmethod

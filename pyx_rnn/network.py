@@ -706,9 +706,10 @@ class Network:
         alpha : float
             L2 penalty ``alpha / 2 * ||W||^2`` on the weight matrices,
             divided by the batch's total sample weight, as sklearn's MLP does.
-        dropout, recurrent_dropout : float
+        dropout, recurrent_dropout : float in [0, 1)
             Dropout between layers, and on the recurrent state (same mask at
-            every step), with masks drawn from ``rng``.
+            every step), with masks drawn from ``rng`` (a
+            ``numpy.random.Generator``, needed where either is not 0).
         tbptt : (k1, k2) or None
             Truncated BPTT (docs/engine.md). None is full BPTT.
         initial_state : list, optional
@@ -723,6 +724,8 @@ class Network:
         """
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if dropout or recurrent_dropout:
+            _check_dropout(dropout, recurrent_dropout, rng)
         if isinstance(X, SequenceInput):
             # the backward pass reads the input again: packed rows
             X = self._read_in_place(X, packing, pack_threads=n_threads)
@@ -737,7 +740,7 @@ class Network:
         ready = self._pool.get("training")
         if key is not None and ready is not None and ready.key == key:
             out = ready.run(X, packing, targets, loss, sample_weight, alpha,
-                            dropout, rng)
+                            dropout, recurrent_dropout, rng)
             if out is not None:
                 return out
         checked = self._layer_args_checked(packing, initial_state, n_threads,
@@ -1117,9 +1120,12 @@ class _TrainingPlan:
     It covers a unidirectional stack (not Jordan, no embedding or token
     input) whose layers compute their input product step by step and sum
     their weights' gradients in the backward kernel (the sizes below
-    ``layers.FUSED_WEIGHT_GRADIENT_BYTES``), trained without recurrent
-    dropout, truncation or initial states: the benchmark's and the
-    estimators' usual batches, dropout between layers included.
+    ``layers.FUSED_WEIGHT_GRADIENT_BYTES``), trained without truncation
+    or initial states: the benchmark's and the estimators' usual batches,
+    dropout between layers and recurrent dropout included (the key tells
+    calls with recurrent dropout from calls without: the plan binds a mask
+    buffer per layer into its kernel calls and draws into it at each
+    batch).
     ``loss_gradient`` makes one after the second call in a row of the same
     key whose arguments it checked in full, and uses it while the
     parameters and gradients are the same arrays, of the same shapes,
@@ -1138,7 +1144,8 @@ class _TrainingPlan:
 
     def __init__(self, net, key, packing):
         self.net, self.key = net, key
-        self.B, (_, n_threads), (_, block_rows), self.return_sequences = key
+        (self.B, (_, n_threads), (_, block_rows), self.return_sequences,
+         self.masked) = key
         self.n_threads, self.block_rows_arg = n_threads, block_rows
         bs, off = packing.batch_sizes, packing.offsets
         self.block_rows, starts = block_cut(bs, block_rows)
@@ -1165,14 +1172,18 @@ class _TrainingPlan:
         self.layers = []
         for k, ((spec, sfx), fplan, bplan) in enumerate(zip(specs, fplans, bplans)):
             w, g = net._layer(net.weights, sfx), net._layer(net.grad_views, sfx)
-            forward, rows = fplan.ready(w, bs, off, n_threads, starts, whole=True)
+            # the recurrent-dropout mask, drawn into at each batch
+            rmask = _aligned((B, spec.hidden), dtype) if self.masked else None
+            forward, rows = fplan.ready(w, bs, off, n_threads, starts, whole=True,
+                                        mask=rmask)
             G, H, C, Hprev, aux, xhat, rstd = rows
             # the initial states: zeros, read only
             zeros = _aligned((B, spec.hidden), dtype, zero=True)
             cache = LayerCache(
                 np.empty((0, spec.n_input), dtype), G, H, C, Hprev, aux, xhat,
                 rstd, zeros, zeros if spec.cell == "lstm" else _empty(dtype),
-                _empty(dtype), bs, off, self.block_rows, starts)
+                _empty(dtype) if rmask is None else rmask, bs, off,
+                self.block_rows, starts)
             if k + 1 < len(specs):
                 dH = d_in[k + 1]
             elif self.return_sequences:
@@ -1194,7 +1205,7 @@ class _TrainingPlan:
                 raise AssertionError("sum_calls must cover every partial sum")
             self.layers.append(_PlanLayer(spec, w, g, fplan, bplan, forward,
                                           backward, _dense.BlockSums(calls), H,
-                                          dH, dh, dc, d_in[k]))
+                                          dH, dh, dc, d_in[k], rmask))
 
     def _same_arrays(self):
         """Whether the network's parameters and gradients are still the
@@ -1210,20 +1221,21 @@ class _TrainingPlan:
                recurrent_dropout, tbptt, initial_state):
         """What a call has to share with the checked one for a plan to
         apply: the number of sequences, thread count, block size (their
-        types too: the checks tell 2 from 2.0) and output rows. None where
+        types too: the checks tell 2 from 2.0), output rows and whether it
+        has recurrent dropout. None where
         no plan can apply: a network or a call the plans do not cover (see
         above), or a packing whose ``batch_sizes`` is not a non-empty array
         of intp."""
         if (net.jordan is not None or net.token_input or net.bidirectional
-                or recurrent_dropout or tbptt is not None
-                or initial_state is not None):
+                or tbptt is not None or initial_state is not None):
             return None
         bs = getattr(packing, "batch_sizes", None)
         if not (type(bs) is np.ndarray and bs.dtype == np.intp and bs.ndim == 1
                 and bs.size):
             return None
         return (int(bs[0]), (type(n_threads), n_threads),
-                (type(block_rows), block_rows), bool(return_sequences))
+                (type(block_rows), block_rows), bool(return_sequences),
+                bool(recurrent_dropout))
 
     @staticmethod
     def possible(net, X, packing, checked):
@@ -1243,12 +1255,13 @@ class _TrainingPlan:
         return True
 
     def run(self, X, packing, targets, loss, sample_weight, alpha, dropout=0.0,
-            rng=None):
+            recurrent_dropout=0.0, rng=None):
         """``loss_gradient``'s ``(loss, final_state)`` for a call of this
         plan's key on the checked, packed input ``X`` (finite), or None
-        where what the plan needs does not hold (see above). Dropout
-        between layers as the general path applies it: a mask drawn from
-        ``rng`` for each layer's input above the first, in layer order."""
+        where what the plan needs does not hold (see above). Dropout as the
+        general path applies it, masks drawn from ``rng`` in its order: the
+        recurrent-dropout mask of each layer (the key tells whether there
+        are any), then the mask of each layer's input above the first."""
         net = self.net
         if not self._same_arrays():
             return None
@@ -1273,6 +1286,10 @@ class _TrainingPlan:
         else:
             row_weight, total_weight = _row_weights(packing, sample_weight,
                                                     self.return_sequences, dtype)
+        if self.masked:
+            for layer in self.layers:
+                layer.rmask[...] = _dropout_mask(rng, layer.rmask.shape,
+                                                 1.0 - recurrent_dropout, dtype)
         states, inputs, drops, inp = [], [], [], X
         keep = 1.0 - dropout
         for k, layer in enumerate(self.layers):
@@ -1323,7 +1340,8 @@ class _PlanLayer(NamedTuple):
     the partial sums per block), and the buffers the plan reads or fills: the
     outputs ``H``, dL/dH from above ``dH`` (empty: none but through the
     final states), dL/d(final states) ``dh`` and ``dc`` (overwritten by the
-    initial states'), and dL/d(input) ``d_in`` (None for the first layer)."""
+    initial states'), dL/d(input) ``d_in`` (None for the first layer), and
+    the recurrent-dropout mask ``rmask`` (None without)."""
 
     spec: LayerSpec
     w: dict
@@ -1338,6 +1356,7 @@ class _PlanLayer(NamedTuple):
     dh: np.ndarray
     dc: np.ndarray
     d_in: object
+    rmask: object
 
 
 def _not_finite():
@@ -1364,6 +1383,17 @@ def _check_states_finite(states):
             raise ValueError("initial_state contains NaN or infinity; pass "
                              "the states a previous call returned, or None "
                              "to start from zeros")
+
+
+def _check_dropout(dropout, recurrent_dropout, rng):
+    """Dropout rates in [0, 1), and a generator to draw their masks from."""
+    for name, rate in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
+        if not (isinstance(rate, numbers.Real) and 0.0 <= rate < 1.0):
+            raise ValueError(f"{name} must be a number in [0, 1), got {rate!r}")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError("dropout draws its masks from rng: pass a "
+                        "numpy.random.Generator (np.random.default_rng(seed)), "
+                        f"got {type(rng).__name__}")
 
 
 def _dropout_mask(rng, shape, keep, dtype):

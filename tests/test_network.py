@@ -1940,9 +1940,9 @@ def test_training_plan_gives_the_same_bits(cell, hidden, kw, rs, dtype,
     batches of that size with other lengths (fewer rows, equal lengths),
     with and without sample weights, with the L2 penalty, after the
     parameters changed in place, at 1 and 2 threads and with a given block
-    size, with dropout between layers (the same masks: the random stream
-    is left where the general path leaves it); the states are new arrays
-    at each call."""
+    size, with dropout between layers and with recurrent dropout (the same
+    masks: the random stream is left where the general path leaves it);
+    the states are new arrays at each call."""
     rng = np.random.default_rng(5)
     batches = [make_batch(lengths, seed=s, dtype=dtype, n_in=5)
                for s, lengths in enumerate(PLAN_LENGTHS)]
@@ -1951,13 +1951,16 @@ def test_training_plan_gives_the_same_bits(cell, hidden, kw, rs, dtype,
     weights = rng.random(10) + 0.5
     net = Network(cell, 5, hidden, 2, dtype=dtype, **kw)
     net.init_weights(rng)
-    for n_threads, block_rows in ((1, None), (2, None), (2, 3)):
+    for n_threads, block_rows, recurrent in ((1, None, 0.0), (2, None, 0.0),
+                                             (2, 3, 0.0), (1, None, 0.25),
+                                             (2, 3, 0.4)):
         how = dict(return_sequences=rs, alpha=1e-3, n_threads=n_threads,
-                   block_rows=block_rows)
+                   block_rows=block_rows, recurrent_dropout=recurrent)
         net._pool = {}
         (X, pk), T = batches[0], targets[0]
         for _ in range(2):
-            net.loss_gradient(X, pk, T, "squared_error", **how)
+            net.loss_gradient(X, pk, T, "squared_error",
+                              rng=np.random.default_rng(9), **how)
         assert net._pool["training"] is not None
         last = None
         for i, dropout in ((0, 0.0), (1, 0.0), (2, 0.3), (0, 0.5)):
@@ -2002,9 +2005,9 @@ def test_training_plan_takes_every_loss(loss, activation, rs, monkeypatch):
 
 def test_training_plan_only_where_it_applies(monkeypatch):
     """No plan for calls alternating between two batch sizes, with
-    recurrent dropout, truncated BPTT or initial states, nor for a
-    bidirectional, Jordan or token network; a plan serves only calls of
-    its kind."""
+    truncated BPTT or initial states, nor for a bidirectional, Jordan or
+    token network; a plan serves only calls of its kind (with recurrent
+    dropout or without)."""
     X, pk = make_batch([4, 6, 2])
     X2, pk2 = make_batch([3, 5])
     T, T2 = np.zeros((3, 2)), np.zeros((2, 2))
@@ -2014,8 +2017,7 @@ def test_training_plan_only_where_it_applies(monkeypatch):
         net.loss_gradient(X2, pk2, T2, "squared_error")
     assert net._pool.get("training") is None
     h0 = [[(np.zeros((3, 5)), np.zeros((3, 5)))]] * 2
-    for kw in (dict(recurrent_dropout=0.1, rng=np.random.default_rng(0)),
-               dict(tbptt=(2, 3)), dict(initial_state=h0)):
+    for kw in (dict(tbptt=(2, 3)), dict(initial_state=h0)):
         other = make_net("lstm", (5, 5), 2)
         for _ in range(3):
             other.loss_gradient(X, pk, T, "squared_error", **kw)
@@ -2038,6 +2040,35 @@ def test_training_plan_only_where_it_applies(monkeypatch):
     with pytest.raises(AssertionError, match="general path"):
         _loss_gradient_ready(net, monkeypatch, X, pk, T, "squared_error",
                              recurrent_dropout=0.1, rng=np.random.default_rng(0))
+    masked = dict(recurrent_dropout=0.1, rng=np.random.default_rng(0))
+    for _ in range(2):
+        net.loss_gradient(X, pk, T, "squared_error", **masked)
+    _loss_gradient_ready(net, monkeypatch, X, pk, T, "squared_error", **masked)
+    with pytest.raises(AssertionError, match="general path"):
+        _loss_gradient_ready(net, monkeypatch, X, pk, T, "squared_error")
+
+
+def test_dropout_needs_a_rate_below_one_and_a_generator():
+    """``loss_gradient`` with dropout refuses a rate outside [0, 1) (a rate
+    of 1 would scale the kept units by 1/0) and a missing generator (which
+    used to fail with an AttributeError from inside the mask draw, for
+    recurrent dropout), naming the fix, before any kernel runs and
+    leaving the gradients as they were; without dropout no generator is
+    needed."""
+    X, pk = make_batch([4, 6, 2])
+    T = np.zeros((3, 2))
+    net = make_net("lstm", (5,), 2)
+    net.loss_gradient(X, pk, T, "squared_error")
+    grads = net.grads.copy()
+    rng = np.random.default_rng(0)
+    for kw in (dict(dropout=1.0), dict(dropout=-0.1), dict(recurrent_dropout=1.0),
+               dict(recurrent_dropout="0.5"), dict(dropout=np.nan)):
+        with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+            net.loss_gradient(X, pk, T, "squared_error", rng=rng, **kw)
+    for kw in (dict(dropout=0.2), dict(recurrent_dropout=0.2, rng=0)):
+        with pytest.raises(TypeError, match="numpy.random.Generator"):
+            net.loss_gradient(X, pk, T, "squared_error", **kw)
+    assert_array_equal(net.grads, grads, strict=True)
 
 
 def test_training_plan_checks_each_call(monkeypatch):
