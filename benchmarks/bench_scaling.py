@@ -176,11 +176,19 @@ def main(argv=None):
     lines = ["# Thread scaling and memory", "",
              f"Measured {time.strftime('%Y-%m-%d')} with "
              "`python benchmarks/bench_scaling.py --write`, float32, on the "
-             "2-core machine of `RESULTS.md`.", "",
-             f"## Threads: training s/epoch (median of {args.rounds}, "
-             "alternated, each in a fresh process)", "",
-             "| workload | 1 thread | 2 threads | speed-up |", "|---|---|---|---|"]
-    for name in ("medium-lstm", "medium-gru", "medium-rnn"):
+             "2-core machine of `RESULTS.md`."]
+
+    def thread_table(title, prose, row):
+        """A section of ``lines``: a table of 1 and 2 threads, one row
+        (``row(name)``: its cells after the workload's) per workload."""
+        lines.extend(["", title, ""] + ([prose, ""] if prose else [])
+                     + ["| workload | 1 thread | 2 threads | speed-up |",
+                        "|---|---|---|---|"])
+        for name in ("medium-lstm", "medium-gru", "medium-rnn"):
+            lines.append(f"| {name} | {row(name)} |")
+            print(lines[-1], flush=True)
+
+    def fresh_processes(name):
         # The thread counts alternate (1, 2, 1, 2, ...), so that both see the
         # same spells of a busy machine, each in a fresh process: on the AMD
         # guest of session 5, a 2-thread GRU epoch took 1.35 s in a fresh
@@ -194,42 +202,41 @@ def main(argv=None):
                 r = _in_child(f"epoch-:{name}:{n_threads}")
                 times[n_threads].append(r["seconds"])
         one, two = (statistics.median(times[n]) for n in (1, 2))
-        lines.append(f"| {name} | {one:.3f} | {two:.3f} | {one / two:.2f}× |")
-        print(lines[-1], flush=True)
+        return f"{one:.3f} | {two:.3f} | {one / two:.2f}×"
 
-    lines += ["", "## Threads: training epochs, alternated in one process", "",
-              f"The same epochs, {args.rounds} pairs in one fresh process per "
-              "workload (a network per thread count, from the same weights, "
-              "on the same data), 1 and 2 threads one after the other, the "
-              "order swapped each round. Speed-up: the median of the pairs' "
-              "ratios (their range in brackets); the times are medians.", "",
-              "| workload | 1 thread | 2 threads | speed-up |", "|---|---|---|---|"]
-    for name in ("medium-lstm", "medium-gru", "medium-rnn"):
+    def pairs(name):
         r = _in_child(f"pairs-:{name}:{args.rounds}")
         ratios = sorted(a / b for a, b in zip(r["one"], r["two"]))
-        lines.append(f"| {name} | {statistics.median(r['one']):.3f} | "
-                     f"{statistics.median(r['two']):.3f} | "
-                     f"{statistics.median(ratios):.2f}× "
-                     f"({ratios[0]:.2f}-{ratios[-1]:.2f}) |")
-        print(lines[-1], flush=True)
+        return (f"{statistics.median(r['one']):.3f} | "
+                f"{statistics.median(r['two']):.3f} | "
+                f"{statistics.median(ratios):.2f}× "
+                f"({ratios[0]:.2f}-{ratios[-1]:.2f})")
 
-    lines += ["", "## Threads: training steps, interleaved in one process", "",
-              "The same workloads' training step (loss and gradient, clipping, "
-              "Adam) on 8 batches, with 1 and 2 threads alternated batch by "
-              f"batch in one process over {2 * args.rounds} passes (a network "
-              "per thread count, from the same weights: each takes the "
-              "training plan, as an epoch's batches do, and the two end "
-              "bitwise equal): each "
-              "batch's fastest step per thread count, summed (ms for the 8 "
-              "batches). A slow spell of the shared machine then hits both "
-              "thread counts alike, where whole epochs in separate processes "
-              "can each land in a different one.", "",
-              "| workload | 1 thread | 2 threads | speed-up |", "|---|---|---|---|"]
-    for name in ("medium-lstm", "medium-gru", "medium-rnn"):
+    def interleaved(name):
         r = _in_child(f"steps-:{name}:{2 * args.rounds}")
-        lines.append(f"| {name} | {1e3 * r['one']:.1f} | {1e3 * r['two']:.1f} | "
-                     f"{r['one'] / r['two']:.2f}× |")
-        print(lines[-1], flush=True)
+        return (f"{1e3 * r['one']:.1f} | {1e3 * r['two']:.1f} | "
+                f"{r['one'] / r['two']:.2f}×")
+
+    thread_table(f"## Threads: training s/epoch (median of {args.rounds}, "
+                 "alternated, each in a fresh process)", None, fresh_processes)
+    thread_table(
+        "## Threads: training epochs, alternated in one process",
+        f"The same epochs, {args.rounds} pairs in one fresh process per "
+        "workload (a network per thread count, from the same weights, on "
+        "the same data), 1 and 2 threads one after the other, the order "
+        "swapped each round. Speed-up: the median of the pairs' ratios "
+        "(their range in brackets); the times are medians.", pairs)
+    thread_table(
+        "## Threads: training steps, interleaved in one process",
+        "The same workloads' training step (loss and gradient, clipping, "
+        "Adam) on 8 batches, with 1 and 2 threads alternated batch by "
+        f"batch in one process over {2 * args.rounds} passes (a network "
+        "per thread count, from the same weights: each takes the training "
+        "plan, as an epoch's batches do, and the two end bitwise equal): "
+        "each batch's fastest step per thread count, summed (ms for the 8 "
+        "batches). A slow spell of the shared machine then hits both "
+        "thread counts alike, where whole epochs in separate processes can "
+        "each land in a different one.", interleaved)
 
     lines += ["", "## Peak memory of one medium-lstm training epoch", "",
               "Growth of the peak resident set size over the process's size "
