@@ -698,9 +698,7 @@ class _BackwardPlan:
     def add_sums(self, spec, grads, input_weights=True):
         """Add the kernel's partial sums per block to ``grads``, in block
         order (see ``sum_calls``)."""
-        for parts, out, transposed in self.sum_calls(spec, grads, input_weights):
-            _dense.add_block_sums(parts, out if out.ndim == 2 else out.reshape(1, -1),
-                                  transposed)
+        _dense.BlockSums(self.sum_calls(spec, grads, input_weights)).add()
 
 
 def _layer_backward(spec, w, grads, cache, dH, dh_n, dc_n, t_stop, need_dx,

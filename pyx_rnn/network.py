@@ -415,7 +415,7 @@ class Network:
         keep = 1.0 - dropout
         if self.jordan is not None:
             drop = None
-            if dropout and rng is not None:
+            if dropout:
                 drop = [None] + [_dropout_mask(rng, (X.shape[0], h), keep, self.dtype)
                                  for h in self.hidden_sizes[:-1]]
             ws = [self._layer(self.weights, f"_l{k}")
@@ -430,7 +430,7 @@ class Network:
         top = len(self.specs) - 1
         for k, layer in enumerate(self.specs):
             drop = None
-            if k > 0 and dropout and rng is not None:
+            if k > 0 and dropout:
                 drop = _dropout_mask(rng, inp.shape, keep, self.dtype)
                 inp = inp * drop
             outs, layer_states, layer_caches = [], [], []
@@ -1294,7 +1294,7 @@ class _TrainingPlan:
         keep = 1.0 - dropout
         for k, layer in enumerate(self.layers):
             drop = None
-            if k > 0 and dropout and rng is not None:
+            if k > 0 and dropout:
                 drop = _dropout_mask(rng, inp.shape, keep, dtype)
                 inp = inp * drop
             inputs.append(inp)
