@@ -71,6 +71,12 @@ cdef extern from "_pgemm.h" nogil:
                           long ldd)
     void sr_add_to_rows_d(int rows, long n, const double* src, double* dst,
                           long ldd)
+    void sr_adam_f(long n, float* p, const float* g, float* m, float* v,
+                   float b1, float c1, float b2, float c2, float s, float r,
+                   float eps)
+    void sr_adam_d(long n, double* p, const double* g, double* m, double* v,
+                   double b1, double c1, double b2, double c2, double s,
+                   double r, double eps)
 
 
 cdef inline void pack_b(bint trans, int k, int n, const floating* b, int ldb,
@@ -173,3 +179,15 @@ cdef inline void add_to_rows(int rows, Py_ssize_t n, const floating* src,
         sr_add_to_rows_f(rows, n, src, dst, ldd)
     else:
         sr_add_to_rows_d(rows, n, src, dst, ldd)
+
+
+cdef inline void adam(Py_ssize_t n, floating* p, const floating* g, floating* m,
+                      floating* v, floating b1, floating c1, floating b2,
+                      floating c2, floating s, floating r,
+                      floating eps) noexcept nogil:
+    """Adam's update of ``n`` parameters (``_dense.adam_update``),
+    vectorised for the CPU; the same bits as the scalar loop."""
+    if floating is float:
+        sr_adam_f(n, p, g, m, v, b1, c1, b2, c2, s, r, eps)
+    else:
+        sr_adam_d(n, p, g, m, v, b1, c1, b2, c2, s, r, eps)

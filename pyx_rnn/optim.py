@@ -63,8 +63,23 @@ class Adam:
         self.v = np.zeros_like(params)
 
     def step(self, grads):
-        self.t += 1
+        """Update the parameters in place from their gradient ``grads`` (a
+        C-contiguous array of their shape and dtype), in one compiled pass
+        (``pyx_rnn._dense.adam_update``)."""
+        t = self.t + 1
         b1, b2 = self.beta_1, self.beta_2
+        try:
+            # the compiled call checks the arrays' types and lengths before
+            # it updates anything
+            _dense.adam_update(self.params, grads, self.m, self.v, b1, b2,
+                               self.learning_rate / (1 - b1 ** t),
+                               math.sqrt(1 - b2 ** t), self.epsilon)
+        except (TypeError, ValueError):
+            self._check_arrays(grads)   # raises, naming the problem
+            raise
+        self.t = t
+
+    def _check_arrays(self, grads):
         if self.params.dtype not in (np.float32, np.float64):
             raise TypeError(f"Adam updates float32 or float64 parameters, got "
                             f"{self.params.dtype}")
@@ -74,10 +89,6 @@ class Adam:
                 raise ValueError(
                     f"Adam: {name} must be a C-contiguous {self.params.dtype} "
                     f"array of shape {self.params.shape}")
-        # one compiled pass over the arrays (pyx_rnn._dense.adam_update)
-        _dense.adam_update(self.params, grads, self.m, self.v, b1, b2,
-                           self.learning_rate / (1 - b1 ** self.t),
-                           math.sqrt(1 - b2 ** self.t), self.epsilon)
 
     def __getstate__(self):
         return dict(vars(self))

@@ -31,7 +31,7 @@ import pytest
 from _shared import numerical_gradient
 from numpy.testing import assert_allclose, assert_array_equal
 
-from pyx_rnn import _bookkeeping
+from pyx_rnn import _bookkeeping, _dense
 from pyx_rnn import reference as ref
 from pyx_rnn.layers import _take, default_block_rows, default_block_starts
 from pyx_rnn.network import Network
@@ -1085,6 +1085,46 @@ def test_adam_float32_follows_the_formula():
         assert_allclose(params, p, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="grads must be a C-contiguous float32"):
         opt.step(np.zeros(1000))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_update_rounds_each_operation_in_order(dtype):
+    """The vectorised update gives the bits of the scalar formula, each
+    operation rounded in the parameters' dtype in the documented order (no
+    fused multiply-add), at every position of its vectors (1003 elements:
+    whole vectors and a tail)."""
+    rng = np.random.default_rng(18)
+    n = 1003
+    p = rng.standard_normal(n).astype(dtype)
+    g = (rng.standard_normal(n) * 10.0 ** rng.uniform(-4, 1, n)).astype(dtype)
+    m = (0.1 * rng.standard_normal(n)).astype(dtype)
+    v = (0.01 * rng.random(n)).astype(dtype)
+    b1, b2, step, bias_2, eps = 0.9, 0.999, 0.01 / (1 - 0.9 ** 3), 0.05, 1e-8
+    P, M, V = p.copy(), m.copy(), v.copy()
+    _dense.adam_update(P, g, M, V, b1, b2, step, bias_2, eps)
+    c = dtype  # every scalar rounded to the dtype first
+    m_new = m * c(b1) + g * c(1 - b1)
+    v_new = v * c(b2) + (g * g) * c(1 - b2)
+    d = np.sqrt(v_new) / c(bias_2) + c(eps)
+    assert_array_equal(M, m_new)
+    assert_array_equal(V, v_new)
+    assert_array_equal(P, p - (m_new / d) * c(step))
+
+
+def test_adam_refuses_arrays_before_updating():
+    params = np.ones(5, np.float32)
+    opt = Adam(params)
+    with pytest.raises(ValueError, match="grads must be a C-contiguous float32"):
+        opt.step(np.ones(6, np.float32))
+    with pytest.raises(ValueError, match="grads must be a C-contiguous float32"):
+        opt.step(np.ones(10, np.float32)[::2])
+    assert opt.t == 0 and not opt.m.any() and (params == 1).all()
+    with pytest.raises(ValueError, match="same length"):
+        _dense.adam_update(params, np.ones(4, np.float32), opt.m, opt.v,
+                           0.9, 0.999, 0.1, 0.5, 1e-8)
+    assert (params == 1).all()
+    opt.step(np.ones(5, np.float32))
+    assert opt.t == 1 and (params < 1).all()
 
 
 @pytest.mark.parametrize("eps", [1e-8, 1e-2])
