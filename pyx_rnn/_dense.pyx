@@ -49,19 +49,31 @@ def matmul(floating[:, ::1] A, floating[:, ::1] B, floating[:, ::1] C,
 
     The rows of ``A`` and ``C`` are split into blocks.
     """
-    cdef Py_ssize_t M = C.shape[0]
-    cdef int N = <int> C.shape[1]
     cdef int K = <int> A.shape[1]
+    matmul_rows(C.shape[0], <int> C.shape[1], K, &A[0, 0] if K > 0 else NULL,
+                &B[0, 0] if K > 0 else NULL, <int> B.shape[1], trans_b, beta,
+                &C[0, 0] if C.shape[0] > 0 and C.shape[1] > 0 else NULL,
+                n_threads)
+
+
+cdef void matmul_rows(Py_ssize_t M, int N, int K, const floating* pA,
+                      const floating* pB, int ldb, bint trans_b, floating beta,
+                      floating* pC, int n_threads) noexcept nogil:
+    """``matmul`` on C-contiguous ``A`` (M x K) and ``C`` (M x N): one BLAS
+    call per block of rows, the blocks a function of ``M`` only."""
     cdef int size = block_size(M)
     cdef int n_blocks = <int> ((M + size - 1) // size)
     cdef int k, lo, m
     if M == 0 or N == 0:
         return
-    cdef floating* pA = &A[0, 0] if K > 0 else NULL
-    cdef floating* pB = &B[0, 0] if K > 0 else NULL
-    cdef floating* pC = &C[0, 0]
-    cdef int ldb = <int> B.shape[1]
-    for k in prange(n_blocks, nogil=True, schedule="static",
+    if n_blocks == 1 or n_threads <= 1:
+        # no parallel region for one thread
+        for k in range(n_blocks):
+            lo = k * size
+            gemm(False, trans_b, <int> min(<Py_ssize_t> size, M - lo), N, K,
+                 <floating> 1, pA + lo * K, K, pB, ldb, beta, pC + lo * N, N)
+        return
+    for k in prange(n_blocks, schedule="static",
                     num_threads=min(n_threads, n_blocks)):
         lo = k * size
         m = <int> min(<Py_ssize_t> size, M - lo)
@@ -141,6 +153,8 @@ def outer_work_size(Py_ssize_t n1, Py_ssize_t n2, int itemsize, int n_threads):
 # BLAS took a matrix-vector path, at 4 GFLOP/s on a 1600 x 128 x 1 input-weight
 # gradient (a univariate series), against about 40 here)
 cdef int NARROW = 4
+#: (Python's copy) output layers this narrow need no ``work`` in linear_backward
+NARROW_COLUMNS = NARROW
 # rows of C per block of the narrow product (its sums stay in L1)
 cdef int NARROW_BLOCK = 256
 # rows of C per tile of the packed product on AVX-512 (SR_OUTER_MAX_MR): the
@@ -198,16 +212,17 @@ def accumulate_outer(floating[:, :] A, floating[:, ::1] B,
                          "do not match")
     cdef Py_ssize_t lda = row_stride(A, "A")
     cdef Py_ssize_t ldc = row_stride(C, "C")
-    cdef Py_ssize_t R = A.shape[0]
-    cdef int M = <int> C.shape[0]
-    cdef int N = <int> C.shape[1]
-    cdef int n_blocks, size, k, lo
-    if R == 0 or M == 0 or N == 0:
+    if A.shape[0] == 0 or C.shape[0] == 0 or C.shape[1] == 0:
         return
-    cdef floating* pA = &A[0, 0]
-    cdef floating* pB = &B[0, 0]
-    cdef floating* pC = &C[0, 0]
-    cdef Py_ssize_t ldb = B.shape[1]
+    outer_into(&A[0, 0], lda, A.shape[0], <int> C.shape[0], &B[0, 0],
+               B.shape[1], <int> C.shape[1], &C[0, 0], ldc, n_threads, work)
+
+
+cdef int outer_into(const floating* pA, Py_ssize_t lda, Py_ssize_t R, int M,
+                    const floating* pB, Py_ssize_t ldb, int N, floating* pC,
+                    Py_ssize_t ldc, int n_threads, work) except -1:
+    """``accumulate_outer`` on pointers (``R``, ``M`` and ``N`` above 0)."""
+    cdef int n_blocks, size, k, lo
     if N <= NARROW:
         n_blocks = (M + NARROW_BLOCK - 1) // NARROW_BLOCK
         if M >= 64:   # two blocks, for two threads
@@ -217,9 +232,9 @@ def accumulate_outer(floating[:, :] A, floating[:, ::1] B,
                         num_threads=min(n_threads, n_blocks)):
             lo = k * size
             outer_narrow(pA, lda, pB, ldb, pC, ldc, R, lo, min(size, M - lo), N)
-        return
-    _outer(pA, lda, R, M, pB, ldb, N, pB, ldb, 0, pC, ldc, pC, ldc,
-           n_threads, work)
+        return 0
+    return _outer(pA, lda, R, M, pB, ldb, N, pB, ldb, 0, pC, ldc, pC, ldc,
+                  n_threads, work)
 
 
 def accumulate_outer2(floating[:, :] A, floating[:, ::1] B1,
@@ -292,16 +307,94 @@ def accumulate_column_sums(floating[:, :] A, floating[::1] out):
         return
     if out.shape[0] != M:
         raise ValueError(f"out must have A's {M} columns, got {out.shape[0]}")
-    cdef Py_ssize_t lda = A.strides[0] // sizeof(floating)
-    cdef Py_ssize_t r0 = 0, rows
-    cdef const floating* pA = &A[0, 0]
-    cdef floating* pout = &out[0]
     with nogil:
-        # add_rows counts rows in an int: chunks of at most INT_MAX rows
-        while r0 < R:
-            rows = min(R - r0, <Py_ssize_t> INT_MAX)
-            add_rows(<int> rows, M, pA + r0 * lda, lda, pout)
-            r0 += rows
+        column_sums(&A[0, 0], A.strides[0] // sizeof(floating), R, M, &out[0])
+
+
+cdef void column_sums(const floating* pA, Py_ssize_t lda, Py_ssize_t R,
+                      Py_ssize_t M, floating* pout) noexcept nogil:
+    """``accumulate_column_sums`` on pointers."""
+    cdef Py_ssize_t r0 = 0, rows
+    # add_rows counts rows in an int: chunks of at most INT_MAX rows
+    while r0 < R:
+        rows = min(R - r0, <Py_ssize_t> INT_MAX)
+        add_rows(<int> rows, M, pA + r0 * lda, lda, pout)
+        r0 += rows
+
+
+cdef void narrow_linear_backward(const floating* X, const floating* dZ,
+                                 const floating* W, floating* gW, floating* gb,
+                                 floating* dX, Py_ssize_t R, int n_in,
+                                 int n_out) noexcept nogil:
+    """``linear_backward`` for at most ``NARROW`` outputs (a regression's or
+    a binary classifier's output layer), in loops of its own rather than
+    three calls: each entry of ``gW`` and ``gb`` one sum over the rows in
+    order, from zero, then added; each row of ``dX`` a sum over the outputs
+    in order."""
+    cdef floating acc[256]      # NARROW_BLOCK
+    cdef floating b, d
+    cdef Py_ssize_t r
+    cdef int i, j, k, lo, m
+    for k in range(n_out):
+        b = 0
+        for r in range(R):
+            b = b + dZ[r * n_out + k]
+        gb[k] = gb[k] + b
+        lo = 0
+        while lo < n_in:
+            m = min(NARROW_BLOCK, n_in - lo)
+            for i in range(m):
+                acc[i] = 0
+            for r in range(R):
+                d = dZ[r * n_out + k]
+                for i in range(m):
+                    acc[i] = acc[i] + d * X[r * n_in + lo + i]
+            for i in range(m):
+                gW[k * n_in + lo + i] = gW[k * n_in + lo + i] + acc[i]
+            lo += m
+    for r in range(R):
+        for j in range(n_in):
+            dX[r * n_in + j] = dZ[r * n_out] * W[j]
+        for k in range(1, n_out):
+            d = dZ[r * n_out + k]
+            for j in range(n_in):
+                dX[r * n_in + j] = dX[r * n_in + j] + d * W[k * n_in + j]
+
+
+def linear_backward(const floating[:, ::1] X, const floating[:, ::1] dZ,
+                    const floating[:, ::1] W, floating[:, ::1] gW,
+                    floating[::1] gb, floating[:, ::1] dX, int n_threads,
+                    work=None):
+    """The gradient of ``linear`` (``Z = X @ W.T + b``) from ``dZ``, in one
+    call: ``gW += dZ.T @ X`` (summed as ``accumulate_outer`` sums),
+    ``gb += dZ.sum(axis=0)`` (``accumulate_column_sums``) and
+    ``dX = dZ @ W`` (``matmul``). Every sum is the same whatever the thread
+    count. ``work`` is ``accumulate_outer``'s, with ``X``'s columns (not
+    read for at most ``NARROW_COLUMNS`` outputs)."""
+    cdef Py_ssize_t R = X.shape[0]
+    cdef int n_in = <int> X.shape[1], n_out = <int> W.shape[0]
+    if (dZ.shape[0] != R or dZ.shape[1] != n_out or W.shape[1] != n_in
+            or gW.shape[0] != n_out or gW.shape[1] != n_in
+            or gb.shape[0] != n_out or dX.shape[0] != R
+            or dX.shape[1] != n_in):
+        raise ValueError(
+            f"linear_backward: X {(R, n_in)}, dZ {(dZ.shape[0], dZ.shape[1])}, "
+            f"W and gW {(n_out, W.shape[1])} and {(gW.shape[0], gW.shape[1])}, "
+            f"gb ({gb.shape[0]},) and dX {(dX.shape[0], dX.shape[1])} do not "
+            f"match")
+    if R == 0 or n_in == 0 or n_out == 0:
+        return
+    if n_out <= NARROW:
+        with nogil:
+            narrow_linear_backward(&X[0, 0], &dZ[0, 0], &W[0, 0], &gW[0, 0],
+                                   &gb[0], &dX[0, 0], R, n_in, n_out)
+        return
+    outer_into(&dZ[0, 0], n_out, R, n_out, &X[0, 0], n_in, n_in, &gW[0, 0],
+               n_in, n_threads, work)
+    with nogil:
+        column_sums(&dZ[0, 0], n_out, R, n_out, &gb[0])
+        matmul_rows(R, n_in, n_out, &dZ[0, 0], &W[0, 0], n_in, False,
+                    <floating> 0, &dX[0, 0], n_threads)
 
 
 # the side of add_block_sums's tiles: 16 x 16 totals stay in L1 with the
@@ -514,6 +607,41 @@ def adam_update(floating[::1] params, const floating[::1] grads, floating[::1] m
         adam(n, &params[0], &grads[0], &m[0], &v[0], <floating> beta_1,
              <floating> (1 - beta_1), <floating> beta_2, <floating> (1 - beta_2),
              <floating> step_size, <floating> bias_2, <floating> epsilon)
+
+
+def squared_error(const floating[:, ::1] Y, const floating[:, ::1] T,
+                  const floating[::1] weight, double total_weight,
+                  floating[:, ::1] dY):
+    """Weighted squared error of the rows of ``Y`` against ``T``, averaged
+    over the outputs as sklearn's MLP does, and its gradient w.r.t. ``Y``
+    into ``dY``, in one pass::
+
+        w_r = weight_r / (total_weight * n_outputs)   (in double, rounded)
+        dY = w_r * (Y - T)                            (in the dtype)
+        loss = 0.5 * sum_r w_r * sum_j (Y - T)^2      (in double)
+
+    Rows in order, outputs in order: the same bits whatever the thread
+    count or the rows around a row. Returns the loss."""
+    cdef Py_ssize_t R = Y.shape[0], N = Y.shape[1], r, j
+    if (T.shape[0] != R or T.shape[1] != N or weight.shape[0] != R
+            or dY.shape[0] != R or dY.shape[1] != N):
+        raise ValueError(
+            f"squared_error: outputs of shape {(R, N)}, targets of shape "
+            f"{(T.shape[0], T.shape[1])}, {weight.shape[0]} weights and a "
+            f"gradient of shape {(dY.shape[0], dY.shape[1])}: targets must "
+            f"have one row of {N} outputs per loss term")
+    cdef double value = 0, row, scale = total_weight * N
+    cdef floating w, d
+    with nogil:
+        for r in range(R):
+            w = <floating> (weight[r] / scale)
+            row = 0
+            for j in range(N):
+                d = Y[r, j] - T[r, j]
+                dY[r, j] = w * d
+                row += <double> d * d
+            value += w * row
+    return 0.5 * value
 
 
 def sum_squares(const floating[::1] x):

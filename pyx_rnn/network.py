@@ -560,7 +560,7 @@ class Network:
                       self.weights["output.bias"], Z, wpack, 1)
         return Z, _activate(Z, self.output_activation)
 
-    def _head_backward(self, X, rows, dZ, n_top_rows):
+    def _head_backward(self, X, rows, dZ, n_top_rows, n_threads):
         """Gradient of the output layer, whose input ``X`` (from ``_head``)
         is the top output at ``rows``; returns dL/d(top output) at every
         row."""
@@ -568,7 +568,7 @@ class Network:
             d_top = np.zeros((n_top_rows, self.n_output), self.dtype)
             d_top[rows] = dZ
             return d_top
-        d_rows = self._head_gradient(X, dZ)
+        d_rows = self._head_gradient(X, dZ, n_threads)
         # reused from batch to batch: no page faults for a large fresh array;
         # zero but for the rows the output layer reads, and only the rows
         # the last call wrote are not zero already
@@ -582,13 +582,21 @@ class Network:
         head["d_top_of"], head["d_top_rows"] = d_top, rows
         return d_top
 
-    def _head_gradient(self, X, dZ):
+    def _head_gradient(self, X, dZ, n_threads):
         """Add the gradient of the output layer (not Jordan), whose input
-        was ``X``, to ``grad_views``; returns dL/dX."""
-        g = self.grad_views
-        g["output.weight"] += dZ.T @ X
-        g["output.bias"] += dZ.sum(axis=0)
-        return dZ @ self.weights["output.weight"]
+        was ``X``, to ``grad_views``; returns dL/dX. One compiled call
+        (``_dense.linear_backward``), its sums the same on any number of
+        threads."""
+        g, dtype, W = self.grad_views, self.dtype, self.weights["output.weight"]
+        X = np.ascontiguousarray(X, dtype)
+        dX = np.empty(X.shape, dtype)
+        work = None if len(W) <= _dense.NARROW_COLUMNS else _take(
+            self._pool.setdefault("head", {}), "outer_work",
+            (_dense.outer_work_size(X.shape[1], 0, dX.itemsize, n_threads),), dtype)
+        _dense.linear_backward(X, np.ascontiguousarray(dZ, dtype), W,
+                               g["output.weight"], g["output.bias"], dX, n_threads,
+                               work)
+        return dX
 
     def _top_rows(self, packing, return_sequences):
         """Rows of the top output read by the output layer, and for a
@@ -897,7 +905,8 @@ class Network:
                     targets if idx is None else targets[idx],
                     row_weight if idx is None else row_weight[idx], total_weight)
                 value += v
-                d_top = self._head_backward(head_in, rows_w, dZ, feats.shape[0])
+                d_top = self._head_backward(head_in, rows_w, dZ, feats.shape[0],
+                                            n_threads)
                 if self.bidirectional and not return_sequences:
                     d_top = _scatter_bidirectional(d_top, pw, self.hidden_sizes[-1])
                 self._backward_span(kept, d_top, truncate_at, n_threads, back_pool)
@@ -1310,7 +1319,7 @@ class _TrainingPlan:
         Z, Y = net._output(feats, self.Z[:len(feats)], self.head_pack)
         value, dZ = loss_and_gradient(loss, net.output_activation, Z, Y, targets,
                                       row_weight, total_weight)
-        d_feats = net._head_gradient(feats, dZ)
+        d_feats = net._head_gradient(feats, dZ, n_threads)
         if self.return_sequences:
             top.dH[:n_rows] = d_feats
             top.dh.fill(0)
@@ -1495,13 +1504,13 @@ def loss_and_gradient(loss, output_activation, Z, Y, T, weight, total_weight):
     is exact for any input; Jordan networks only expose ``Y``, which is then
     clipped away from 0 and 1.
     """
-    w = (weight / total_weight).astype(Y.dtype)[:, None]
     if loss == "squared_error":
-        # averaged over the outputs too, as sklearn's MLP
-        w = w / Y.shape[1]
-        diff = Y - T
-        value = 0.5 * float(np.sum(w * diff * diff))
-        dY = w * diff
+        # averaged over the outputs too, as sklearn's MLP; one compiled pass
+        Y = np.ascontiguousarray(Y)
+        dY = np.empty(Y.shape, Y.dtype)
+        value = _dense.squared_error(
+            Y, np.ascontiguousarray(T, Y.dtype),
+            np.ascontiguousarray(weight, Y.dtype), total_weight, dY)
         if output_activation == "identity":
             dZ = dY
         elif output_activation == "tanh":
@@ -1511,6 +1520,7 @@ def loss_and_gradient(loss, output_activation, Z, Y, T, weight, total_weight):
         else:
             dZ = Y * (dY - np.sum(dY * Y, axis=1, keepdims=True))
         return value, dZ
+    w = (weight / total_weight).astype(Y.dtype)[:, None]
     if loss == "log_loss":
         if output_activation != "softmax":
             raise ValueError("log_loss needs output_activation='softmax'")

@@ -1644,6 +1644,74 @@ def test_accumulate_outer2_is_two_accumulate_outer(n1, n2, dtype):
         _dense.accumulate_outer(A, B1, C[:, :n1 - 1], 1)
 
 
+@DTYPES
+@pytest.mark.parametrize("n_rows, n_in, n_out", [
+    (32, 32, 1), (7, 300, 3), (5000, 40, 2), (50, 33, 9), (4096, 64, 65)],
+    ids=["regression", "narrow, 2 column blocks", "narrow, many rows",
+         "packed", "packed, 16 row blocks"])
+def test_linear_backward(n_rows, n_in, n_out, dtype):
+    """The output layer's gradient in one call: ``gW += dZ.T @ X``,
+    ``gb += dZ.sum(0)``, ``dX = dZ @ W``, against float64, bitwise the same
+    for 1 and 2 threads; in the narrow loops (at most 4 outputs) each
+    weight's and bias's sum runs over the rows in order, from zero."""
+    from pyx_rnn import _dense
+    rng = np.random.default_rng(67)
+    X = rng.standard_normal((n_rows, n_in)).astype(dtype)
+    dZ = rng.standard_normal((n_rows, n_out)).astype(dtype)
+    W = rng.standard_normal((n_out, n_in)).astype(dtype)
+    gW0 = rng.standard_normal((n_out, n_in)).astype(dtype)
+    gb0 = rng.standard_normal(n_out).astype(dtype)
+    X64, dZ64 = X.astype(np.float64), dZ.astype(np.float64)
+    results = []
+    for n_threads in (1, 2):
+        gW, gb = gW0.copy(), gb0.copy()
+        dX = np.full((n_rows, n_in), np.nan, dtype)
+        _dense.linear_backward(X, dZ, W, gW, gb, dX, n_threads)
+        results.append((gW, gb, dX))
+    tol = 1e-12 if dtype == np.float64 else 3e-5
+    gW, gb, dX = results[0]
+    assert_allclose(gW, gW0 + dZ64.T @ X64, rtol=tol, atol=tol * np.sqrt(n_rows))
+    assert_allclose(gb, gb0 + dZ64.sum(axis=0), rtol=tol, atol=tol * np.sqrt(n_rows))
+    assert_allclose(dX, dZ64 @ W.astype(np.float64), rtol=tol, atol=tol * 10)
+    for other in results[1]:
+        assert other.dtype == dtype
+    for a, b in zip(results[1], results[0]):
+        assert_array_equal(a, b, strict=True)
+    if n_out <= _dense.NARROW_COLUMNS:
+        # rows in order, from zero: the bits of a running sum in the dtype
+        acc_b = np.zeros(n_out, dtype)
+        acc_w = np.zeros((n_out, n_in), dtype)
+        for r in range(n_rows):
+            acc_b = acc_b + dZ[r]
+            acc_w = acc_w + dZ[r][:, None] * X[r]
+        assert_array_equal(gb, gb0 + acc_b)
+        assert_array_equal(gW, gW0 + acc_w)
+    with pytest.raises(ValueError, match="do not match"):
+        _dense.linear_backward(X, dZ[1:], W, gW, gb, dX, 1)
+
+
+@DTYPES
+def test_squared_error_loss_and_gradient(dtype):
+    """The weighted squared error in one pass: the gradient rounded as
+    documented (each row's weight over the total and the outputs, in double,
+    rounded once), the loss summed in double; mismatched targets refused."""
+    from pyx_rnn import _dense
+    rng = np.random.default_rng(68)
+    Y = rng.standard_normal((37, 3)).astype(dtype)
+    T = rng.standard_normal((37, 3)).astype(dtype)
+    weight = rng.random(37).astype(dtype)
+    total = float(weight.sum()) * 1.5
+    dY = np.empty_like(Y)
+    value = _dense.squared_error(Y, T, weight, total, dY)
+    w = (weight.astype(np.float64) / (total * 3)).astype(dtype)
+    assert_array_equal(dY, w[:, None] * (Y - T))
+    diff = Y.astype(np.float64) - T
+    expected = 0.5 * np.sum(weight[:, None] * diff ** 2) / (total * 3)
+    assert_allclose(value, expected, rtol=1e-6 if dtype == np.float32 else 1e-14)
+    with pytest.raises(ValueError, match="one row of 3 outputs per loss term"):
+        _dense.squared_error(Y, T[:, :2].copy(), weight, total, dY)
+
+
 def test_every_module_dispatches_the_products():
     """Each extension module has its own copy of the packed product's
     instruction-set dispatch: all three pick the same kernels (the output
