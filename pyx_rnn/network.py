@@ -734,19 +734,23 @@ class Network:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if dropout or recurrent_dropout:
             _check_dropout(dropout, recurrent_dropout, rng)
-        if isinstance(X, SequenceInput):
-            # the backward pass reads the input again: packed rows
-            X = self._read_in_place(X, packing, pack_threads=n_threads)
-        else:
-            self._check_input(X)
-        _check_states_finite(initial_state)
         # batches like the last ones skip the checks and the setup that hold
         # for them too (see _TrainingPlan)
         key = _TrainingPlan.key_of(self, packing, n_threads, block_rows,
                                    return_sequences, dropout, recurrent_dropout,
                                    tbptt, initial_state)
         ready = self._pool.get("training")
-        if key is not None and ready is not None and ready.key == key:
+        if key is None or ready is None or ready.key != key:
+            ready = None
+        if isinstance(X, SequenceInput):
+            # the backward pass reads the input again: packed rows
+            rows = None if ready is None else ready.read(X, packing)
+            X = (self._read_in_place(X, packing, pack_threads=n_threads)
+                 if rows is None else rows)
+        else:
+            self._check_input(X)
+        _check_states_finite(initial_state)
+        if ready is not None:
             out = ready.run(X, packing, targets, loss, sample_weight, alpha,
                             dropout, recurrent_dropout, rng)
             if out is not None:
@@ -1175,6 +1179,10 @@ class _TrainingPlan:
                            net.n_output), dtype)
         self.unit_weights = np.ones(B, dtype)
         self.unit_weights.flags.writeable = False
+        # the packed input rows of a SequenceInput (see read): the pool's
+        # buffer, as the general path's _read_in_place uses
+        self.input_rows = _take(net._pool, "input", (self.capacity, net.n_input),
+                                dtype)
         # dL/d(input) of each layer above the first: the dL/dH of the one below
         d_in = [None] + [_take(back[sfx], "dX", (self.capacity, spec.n_input), dtype)
                          for spec, sfx in specs[1:]]
@@ -1215,6 +1223,33 @@ class _TrainingPlan:
             self.layers.append(_PlanLayer(spec, w, g, fplan, bplan, forward,
                                           backward, _dense.BlockSums(calls), H,
                                           dH, dh, dc, d_in[k], rmask))
+
+    def read(self, X, packing):
+        """The packed rows of a ``SequenceInput`` X, copied into the input
+        buffer of the pool by ``_dense.pack_rows``, which checks the packing,
+        that every sequence lies in the data, and that the values are
+        finite; None where the data is not C-contiguous rows of the
+        network's dtype and width, or where any check fails (the general
+        path, ``_read_in_place``, then names the problem)."""
+        net = self.net
+        data, starts = X.data, X.starts
+        if not (type(data) is np.ndarray and data.ndim == 2
+                and data.dtype == net.dtype and data.shape[1] == net.n_input
+                and data.flags.c_contiguous and type(starts) is np.ndarray
+                and starts.dtype == np.intp and starts.shape == (self.B,)
+                and starts.flags.c_contiguous and not net.token_input):
+            return None
+        off = packing.offsets
+        if not (type(off) is np.ndarray and off.dtype == np.intp and off.ndim == 1
+                and off.size and int(off[-1]) <= self.capacity):
+            return None
+        rows = self.input_rows[:int(off[-1])]
+        try:
+            finite = _dense.pack_rows(data, starts, packing.batch_sizes, off, rows,
+                                      self.n_threads)
+        except ValueError:
+            return None
+        return rows if finite else None
 
     def _same_arrays(self):
         """Whether the network's parameters and gradients are still the

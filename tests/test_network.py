@@ -2111,6 +2111,54 @@ def test_dropout_needs_a_rate_below_one_and_a_generator():
     assert_array_equal(net.grads, grads, strict=True)
 
 
+def test_training_plan_reads_sequences_where_they_lie(monkeypatch):
+    """A ``SequenceInput`` batch (as the estimators pass) is packed by the
+    plan itself, with the general path's bits; input it cannot read as it
+    lies (starts of another integer type, data of another dtype) takes the
+    general path, with the same results, and bad input gets the general
+    path's errors: a sequence outside the data, NaN."""
+    rng = np.random.default_rng(12)
+    # the first batch has the most rows: the plan's buffers hold the others
+    lengths = [[6, 6, 6, 6], [4, 6, 2, 5], [3, 1, 6, 2]]
+    flat = rng.standard_normal((40, N_IN))
+    T = rng.standard_normal((4, 2))
+    net = make_net("gru", (5,), 2)
+    read_in_place = []
+    monkeypatch.setattr(Network, "_read_in_place",
+                        lambda *a, _f=Network._read_in_place, **k:
+                        read_in_place.append(1) or _f(*a, **k))
+
+    def batch(i, starts_dtype=np.intp, data=flat):
+        pk = Packing.from_lengths(lengths[i])
+        starts = (np.array([0, 10, 20, 30]) + i)[pk.order].astype(starts_dtype)
+        return SequenceInput(data, starts), pk
+
+    for _ in range(2):
+        net.loss_gradient(*batch(0), T, "squared_error")
+    assert net._pool["training"] is not None
+    for i in (1, 2, 0):
+        want = _fresh_result(net, *batch(i), T, "squared_error")
+        read_in_place.clear()
+        _assert_same_training(
+            _loss_gradient_ready(net, monkeypatch, *batch(i), T, "squared_error"),
+            want, net)
+        assert read_in_place == []
+    for args in (batch(1, np.int32), batch(1, data=np.asfortranarray(flat))):
+        want = _fresh_result(net, *args, T, "squared_error")
+        read_in_place.clear()
+        _assert_same_training(net.loss_gradient(*args, T, "squared_error"), want,
+                              net)
+        assert read_in_place == [1]
+    X, pk = batch(0)
+    with pytest.raises(ValueError, match="each sequence must lie wholly in data"):
+        net.loss_gradient(SequenceInput(flat[:33], X.starts), pk, T,
+                          "squared_error")
+    bad = flat.copy()
+    bad[21, 1] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        net.loss_gradient(SequenceInput(bad, X.starts), pk, T, "squared_error")
+
+
 def test_training_plan_checks_each_call(monkeypatch):
     """With a plan made, each call's input is still checked (the same
     errors: values, dtype); calls it cannot serve take the general path,
