@@ -77,6 +77,10 @@ cdef extern from "_pgemm.h" nogil:
     void sr_adam_d(long n, double* p, const double* g, double* m, double* v,
                    double b1, double c1, double b2, double c2, double s,
                    double r, double eps)
+    void sr_block_sums_f(const float* P, long K, float* Out, long ldo, long R,
+                         long C, int transposed)
+    void sr_block_sums_d(const double* P, long K, double* Out, long ldo,
+                         long R, long C, int transposed)
 
 
 cdef inline void pack_b(bint trans, int k, int n, const floating* b, int ldb,
@@ -191,3 +195,15 @@ cdef inline void adam(Py_ssize_t n, floating* p, const floating* g, floating* m,
         sr_adam_f(n, p, g, m, v, b1, c1, b2, c2, s, r, eps)
     else:
         sr_adam_d(n, p, g, m, v, b1, c1, b2, c2, s, r, eps)
+
+
+cdef inline void block_sums(const floating* P, Py_ssize_t K, floating* Out,
+                            Py_ssize_t ldo, Py_ssize_t R, Py_ssize_t C,
+                            bint transposed) noexcept nogil:
+    """``K`` blocks' partial sums (rows of ``P``) added up, in block order,
+    and into ``Out`` (``_dense.add_block_sums``), vectorised for the CPU;
+    the same bits as the scalar loops."""
+    if floating is float:
+        sr_block_sums_f(P, K, Out, ldo, R, C, transposed)
+    else:
+        sr_block_sums_d(P, K, Out, ldo, R, C, transposed)

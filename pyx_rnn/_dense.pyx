@@ -22,7 +22,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.string cimport memcpy, memset
 
 from ._blas cimport (
-    adam, add_rows, gemm, outer, pack_b, rgemm, sr_outer_work_length, sr_pack_length,
+    adam, add_rows, block_sums, gemm, outer, pack_b, rgemm, sr_outer_work_length, sr_pack_length,
     sr_pgemm_init,
 )
 
@@ -395,53 +395,6 @@ def linear_backward(const floating[:, ::1] X, const floating[:, ::1] dZ,
         column_sums(&dZ[0, 0], n_out, R, n_out, &gb[0])
         matmul_rows(R, n_in, n_out, &dZ[0, 0], &W[0, 0], n_in, False,
                     <floating> 0, &dX[0, 0], n_threads)
-
-
-# the side of add_block_sums's tiles: 16 x 16 totals stay in L1 with the
-# 16 rows of out that a transposed tile writes
-cdef enum:
-    SUM_TILE = 16
-
-
-cdef void block_sums(const floating* P, Py_ssize_t K, floating* Out,
-                     Py_ssize_t ldo, Py_ssize_t R, Py_ssize_t C,
-                     bint transposed) noexcept nogil:
-    """``add_block_sums`` on addresses: the ``K`` rows of ``P`` (``R * C``
-    entries each) into ``Out`` (``R`` rows of ``C``, ``ldo`` apart)."""
-    cdef Py_ssize_t N = R * C
-    # the parts' layout: n_a rows of n_b entries
-    cdef Py_ssize_t n_a = C if transposed else R, n_b = R if transposed else C
-    cdef Py_ssize_t a0, b0, a1, b1, a, b, k, side = SUM_TILE
-    cdef const floating* row
-    cdef floating* t_row
-    # a tile's totals: summed along the parts' rows (contiguous, in
-    # vectors), then added to out along either of its axes
-    cdef floating tile[SUM_TILE * SUM_TILE]
-    a0 = 0
-    while a0 < n_a:
-        a1 = min(a0 + side, n_a)
-        b0 = 0
-        while b0 < n_b:
-            b1 = min(b0 + side, n_b)
-            for a in range(a0, a1):
-                t_row = tile + (a - a0) * side - b0
-                row = P + a * n_b
-                for b in range(b0, b1):
-                    t_row[b] = row[b]
-                for k in range(1, K):
-                    row = P + k * N + a * n_b
-                    for b in range(b0, b1):
-                        t_row[b] += row[b]
-            if transposed:
-                for b in range(b0, b1):
-                    for a in range(a0, a1):
-                        Out[b * ldo + a] += tile[(a - a0) * side + b - b0]
-            else:
-                for a in range(a0, a1):
-                    for b in range(b0, b1):
-                        Out[a * ldo + b] += tile[(a - a0) * side + b - b0]
-            b0 = b1
-        a0 = a1
 
 
 cdef void check_block_sums(const floating[:, ::1] parts, floating[:, :] out):

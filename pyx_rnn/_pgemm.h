@@ -475,6 +475,49 @@ sr_adam_##SFX(long n, T *restrict p, const T *restrict g, T *restrict m,      \
         p[i] = p[i] - d;                                                      \
     }                                                                         \
 }
+/* The partial sums of K blocks (rows of P, N = R * C entries each: Out's
+ * R x C entries, or with `transposed` those of Out.T) added up and into Out
+ * (rows ldo apart): each entry's K parts summed in block order, from the
+ * first, then the total added to Out. Tiles of 16 x 16 entries: summed
+ * along P's rows (contiguous, vectorised), then added to Out along either
+ * axis. Additions only: the same bits at any width. */
+#define SR_SUM_TILE 16
+#define SR_DEFINE_BLOCK_SUMS(SFX, T, ATTR)                                    \
+ATTR static void sr_block_sums_##SFX(const T *restrict P, long K,             \
+                                     T *restrict Out, long ldo, long R,       \
+                                     long C, int transposed) {                \
+    long N = R * C, n_a = transposed ? C : R, n_b = transposed ? R : C;       \
+    T tile[SR_SUM_TILE * SR_SUM_TILE];                                        \
+    for (long a0 = 0; a0 < n_a; a0 += SR_SUM_TILE) {                          \
+        long a1 = a0 + SR_SUM_TILE < n_a ? a0 + SR_SUM_TILE : n_a;            \
+        for (long b0 = 0; b0 < n_b; b0 += SR_SUM_TILE) {                      \
+            long nb = b0 + SR_SUM_TILE < n_b ? SR_SUM_TILE : n_b - b0;        \
+            for (long a = a0; a < a1; a++) {                                  \
+                T *restrict t = tile + (a - a0) * SR_SUM_TILE;                \
+                const T *restrict row = P + a * n_b + b0;                     \
+                for (long b = 0; b < nb; b++) t[b] = row[b];                  \
+                for (long k = 1; k < K; k++) {                                \
+                    row = P + k * N + a * n_b + b0;                           \
+                    for (long b = 0; b < nb; b++) t[b] += row[b];             \
+                }                                                             \
+            }                                                                 \
+            if (transposed) {                                                 \
+                for (long b = 0; b < nb; b++)                                 \
+                    for (long a = a0; a < a1; a++)                            \
+                        Out[(b0 + b) * ldo + a] +=                            \
+                            tile[(a - a0) * SR_SUM_TILE + b];                 \
+            } else {                                                          \
+                for (long a = a0; a < a1; a++)                                \
+                    for (long b = 0; b < nb; b++)                             \
+                        Out[a * ldo + b0 + b] +=                              \
+                            tile[(a - a0) * SR_SUM_TILE + b];                 \
+            }                                                                 \
+        }                                                                     \
+    }                                                                         \
+}
+SR_DEFINE_BLOCK_SUMS(f_base, float, )
+SR_DEFINE_BLOCK_SUMS(d_base, double, )
+
 #define SR_SQRT_float __builtin_sqrtf
 #define SR_SQRT_double __builtin_sqrt
 SR_DEFINE_ADAM(f_base, float, )
@@ -508,6 +551,10 @@ SR_DEFINE_ADAM(f_avx2, float, SR_AVX2)
 SR_DEFINE_ADAM(d_avx2, double, SR_AVX2)
 SR_DEFINE_ADAM(f_avx512, float, SR_AVX512)
 SR_DEFINE_ADAM(d_avx512, double, SR_AVX512)
+SR_DEFINE_BLOCK_SUMS(f_avx2, float, SR_AVX2)
+SR_DEFINE_BLOCK_SUMS(d_avx2, double, SR_AVX2)
+SR_DEFINE_BLOCK_SUMS(f_avx512, float, SR_AVX512)
+SR_DEFINE_BLOCK_SUMS(d_avx512, double, SR_AVX512)
 #endif
 
 /* 0: baseline, 1: AVX2 + FMA, 2: AVX-512. Set once at module load. */
@@ -611,5 +658,17 @@ static void sr_adam_##SFX(long n, T *p, const T *g, T *m, T *v, T b1, T c1,   \
 
 SR_DEFINE_ADAM_DISPATCH(f, float)
 SR_DEFINE_ADAM_DISPATCH(d, double)
+
+/* sr_block_sums_* (see SR_DEFINE_BLOCK_SUMS) */
+#define SR_DEFINE_BLOCK_SUMS_DISPATCH(SFX, T)                                 \
+static void sr_block_sums_##SFX(const T *P, long K, T *Out, long ldo, long R, \
+                                long C, int transposed) {                     \
+    if (K <= 0 || R <= 0 || C <= 0) return;                                  \
+    SR_DISPATCH(sr_block_sums_##SFX, P, K, Out, ldo, R, C, transposed);       \
+    sr_block_sums_##SFX##_base(P, K, Out, ldo, R, C, transposed);             \
+}
+
+SR_DEFINE_BLOCK_SUMS_DISPATCH(f, float)
+SR_DEFINE_BLOCK_SUMS_DISPATCH(d, double)
 
 #endif
