@@ -22,8 +22,8 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.string cimport memcpy, memset
 
 from ._blas cimport (
-    adam, add_rows, block_sums, gemm, outer, pack_b, rgemm, sr_outer_work_length, sr_pack_length,
-    sr_pgemm_init,
+    adam, add_rows, block_sums, gemm, outer, pack_b, rgemm, sr_outer_work_length,
+    sr_pack_length, sr_pgemm_init,
 )
 
 # each extension module has its own copy of _pgemm.h's dispatch: without
