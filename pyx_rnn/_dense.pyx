@@ -366,11 +366,13 @@ def linear_backward(const floating[:, ::1] X, const floating[:, ::1] dZ,
                     floating[::1] gb, floating[:, ::1] dX, int n_threads,
                     work=None):
     """The gradient of ``linear`` (``Z = X @ W.T + b``) from ``dZ``, in one
-    call: ``gW += dZ.T @ X`` (summed as ``accumulate_outer`` sums),
-    ``gb += dZ.sum(axis=0)`` (``accumulate_column_sums``) and
-    ``dX = dZ @ W`` (``matmul``). Every sum is the same whatever the thread
+    call: ``gW += dZ.T @ X``, ``gb += dZ.sum(axis=0)`` and ``dX = dZ @ W``.
+    For at most ``NARROW_COLUMNS`` outputs, loops of its own
+    (``narrow_linear_backward``: each sum over the rows in order, from
+    zero); for more, ``accumulate_outer``'s product, ``accumulate_column_sums``
+    and ``matmul``. Either way every sum is the same whatever the thread
     count. ``work`` is ``accumulate_outer``'s, with ``X``'s columns (not
-    read for at most ``NARROW_COLUMNS`` outputs)."""
+    read for the narrow loops)."""
     cdef Py_ssize_t R = X.shape[0]
     cdef int n_in = <int> X.shape[1], n_out = <int> W.shape[0]
     if (dZ.shape[0] != R or dZ.shape[1] != n_out or W.shape[1] != n_in

@@ -543,18 +543,16 @@ SR_DEFINE_OUTER(sr_outer_f_avx2, sr_gemm_tn_f_avx2, float, SR_AVX2_MR, SR_AVX2)
 SR_DEFINE_OUTER(sr_outer_d_avx2, sr_gemm_tn_d_avx2, double, SR_AVX2_MR, SR_AVX2)
 SR_DEFINE_OUTER(sr_outer_f_avx512, sr_gemm_tn_f_avx512, float, 12, SR_AVX512)
 SR_DEFINE_OUTER(sr_outer_d_avx512, sr_gemm_tn_d_avx512, double, 12, SR_AVX512)
-SR_DEFINE_ADDS(f_avx2, float, SR_AVX2)
-SR_DEFINE_ADDS(d_avx2, double, SR_AVX2)
-SR_DEFINE_ADDS(f_avx512, float, SR_AVX512)
-SR_DEFINE_ADDS(d_avx512, double, SR_AVX512)
-SR_DEFINE_ADAM(f_avx2, float, SR_AVX2)
-SR_DEFINE_ADAM(d_avx2, double, SR_AVX2)
-SR_DEFINE_ADAM(f_avx512, float, SR_AVX512)
-SR_DEFINE_ADAM(d_avx512, double, SR_AVX512)
-SR_DEFINE_BLOCK_SUMS(f_avx2, float, SR_AVX2)
-SR_DEFINE_BLOCK_SUMS(d_avx2, double, SR_AVX2)
-SR_DEFINE_BLOCK_SUMS(f_avx512, float, SR_AVX512)
-SR_DEFINE_BLOCK_SUMS(d_avx512, double, SR_AVX512)
+/* The element-wise loops above (DEFINE(SFX, T, ATTR)), for both dtypes and
+ * both instruction sets. */
+#define SR_DEFINE_FOR_ISAS(DEFINE)                                            \
+DEFINE(f_avx2, float, SR_AVX2)                                                \
+DEFINE(d_avx2, double, SR_AVX2)                                               \
+DEFINE(f_avx512, float, SR_AVX512)                                            \
+DEFINE(d_avx512, double, SR_AVX512)
+SR_DEFINE_FOR_ISAS(SR_DEFINE_ADDS)
+SR_DEFINE_FOR_ISAS(SR_DEFINE_ADAM)
+SR_DEFINE_FOR_ISAS(SR_DEFINE_BLOCK_SUMS)
 #endif
 
 /* 0: baseline, 1: AVX2 + FMA, 2: AVX-512. Set once at module load. */
