@@ -452,6 +452,8 @@ SR_DEFINE_ADDS(d_base, double, )
  * contracted into a fused multiply-add: the AVX2 and AVX-512 versions give
  * the baseline's bits (IEEE rounds sqrt and division exactly at any
  * width). */
+#define SR_SQRT_float __builtin_sqrtf
+#define SR_SQRT_double __builtin_sqrt
 #define SR_DEFINE_ADAM(SFX, T, ATTR)                                          \
 ATTR __attribute__((optimize("fp-contract=off"))) static void                 \
 sr_adam_##SFX(long n, T *restrict p, const T *restrict g, T *restrict m,      \
@@ -515,13 +517,10 @@ ATTR static void sr_block_sums_##SFX(const T *restrict P, long K,             \
         }                                                                     \
     }                                                                         \
 }
-SR_DEFINE_BLOCK_SUMS(f_base, float, )
-SR_DEFINE_BLOCK_SUMS(d_base, double, )
-
-#define SR_SQRT_float __builtin_sqrtf
-#define SR_SQRT_double __builtin_sqrt
 SR_DEFINE_ADAM(f_base, float, )
 SR_DEFINE_ADAM(d_base, double, )
+SR_DEFINE_BLOCK_SUMS(f_base, float, )
+SR_DEFINE_BLOCK_SUMS(d_base, double, )
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(SKLEARN_RNN_NO_ISA_DISPATCH)
 #define SR_PGEMM_DISPATCH 1

@@ -368,6 +368,14 @@ class Network:
         return (type(X) is np.ndarray and X.shape[:1] == (packing.n_rows,)
                 and self._rows_as_they_are(X))
 
+    def _packs_as_they_are(self, data):
+        """Whether ``_dense.pack_rows`` copies the rows of ``data`` as they
+        are: a 2-D ndarray of the network's dtype and input width,
+        C-contiguous (read only: it may be read-only)."""
+        return (type(data) is np.ndarray and data.ndim == 2
+                and data.dtype == self.dtype and data.shape[1] == self.n_input
+                and data.flags.c_contiguous)
+
     def _rows_as_they_are(self, data):
         """Whether the first layer reads the rows of the 2-D array ``data``
         without a copy: of the network's dtype and input width, C-contiguous
@@ -805,8 +813,7 @@ class Network:
                 f"which has {len(data)} rows; starts are in packed order, and "
                 f"each sequence must lie wholly in data")
         X = SequenceInput(data, starts)
-        if (pack_threads is not None and data.dtype == self.dtype
-                and data.shape[1] == self.n_input and data.flags.c_contiguous):
+        if pack_threads is not None and self._packs_as_they_are(data):
             where = "Network.loss_gradient"
             _checks._check_n_threads(pack_threads, where)
             bs, off = _checks._check_packing(packing.batch_sizes, packing.offsets,
@@ -1233,9 +1240,7 @@ class _TrainingPlan:
         path, ``_read_in_place``, then names the problem)."""
         net = self.net
         data, starts = X.data, X.starts
-        if not (type(data) is np.ndarray and data.ndim == 2
-                and data.dtype == net.dtype and data.shape[1] == net.n_input
-                and data.flags.c_contiguous and type(starts) is np.ndarray
+        if not (net._packs_as_they_are(data) and type(starts) is np.ndarray
                 and starts.dtype == np.intp and starts.shape == (self.B,)
                 and starts.flags.c_contiguous and not net.token_input):
             return None
