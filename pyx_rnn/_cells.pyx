@@ -17,15 +17,21 @@ only on the batch and ``block_rows``, never on the thread count, so every
 floating-point operation happens in the same order whatever the number of
 threads: results are bitwise identical with 1 thread or many.
 """
+import numpy as np
+
 from cython cimport floating
 from cython.parallel cimport prange
 
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.pyport cimport PY_SSIZE_T_MAX
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from ._blas cimport (
     add_rows, add_to_rows, gemm_tn, pack_b, pack_b2, pgemm2, rgemm,
     sr_pack_length, sr_pgemm_init,
+)
+from ._dense cimport (
+    BlockSums, linear_backward_rows, linear_rows, matmul_rows, squared_error_rows,
 )
 from ._gates cimport (
     Dims, RNN, LSTM, GRU, TANH, first_stop, make_dims, n_gates, ptr1, ptr2,
@@ -1224,3 +1230,285 @@ def run_backward(BackwardArgs call, floating[:, ::1] X,
         a.X = ptr2(X)
     if a.d.n_steps > 0:
         run_backward_call(&a, <floating*> NULL)
+
+
+# --------------------------------------------------------------------------
+# A training batch in one call
+# --------------------------------------------------------------------------
+
+cdef void* address(a, dtype, Py_ssize_t size, str name,
+                   bint writable=True) except? NULL:
+    """The address of the data of ``a``, a C-contiguous (and writable)
+    array of ``size`` elements of ``dtype``; NULL where ``size`` is 0."""
+    if not (type(a) is np.ndarray and a.dtype == dtype and a.size == size
+            and a.flags.c_contiguous and (a.flags.writeable or not writable)):
+        raise ValueError(f"TrainingStep: {name} must be a C-contiguous"
+                         f"{', writable' if writable else ''} array of {size} "
+                         f"{dtype} elements")
+    return <void*> <size_t> a.ctypes.data if size else NULL
+
+
+cdef class StepLayer:
+    """One layer of a ``TrainingStep``: its kernel calls and the additions
+    of its partial sums (``ForwardArgs``, ``BackwardArgs``,
+    ``_dense.BlockSums``), and the addresses of the arrays the step reads
+    or fills around them.
+
+    ``StepLayer(forward, backward, sums, biases, weight_ih, dh, dc, d_in)``:
+    ``biases`` is ``(bias_ih, bias_hh, bias_sum)``, the layer's two biases
+    and the sum of both that its forward call reads (None where the call
+    reads the two itself); ``weight_ih`` its input weights (``gates *
+    hidden x n_input``); ``dh`` and ``dc`` the gradients of its final
+    states that its backward call reads (``dc`` empty but for the LSTM);
+    ``d_in`` the gradient of its input that the step fills (the ``dH`` of
+    the layer below), None for the first layer. It keeps them alive."""
+    cdef ForwardArgs forward
+    cdef BackwardArgs backward
+    cdef BlockSums sums
+    cdef void* bias_ih
+    cdef void* bias_hh
+    cdef void* bias_sum
+    cdef void* W_ih
+    cdef void* dh
+    cdef void* dc
+    cdef void* d_in
+    cdef Py_ssize_t n_bias, n_h, n_c, n_in, n_gates
+    cdef readonly tuple arrays
+
+    def __init__(self, ForwardArgs forward, BackwardArgs backward,
+                 BlockSums sums, biases, weight_ih, dh, dc, d_in):
+        cdef Dims* d = &forward.a.d
+        bias_ih, bias_hh, bias_sum = biases
+        dtype = weight_ih.dtype
+        if sums.n_calls and sums.itemsize != forward.itemsize:
+            raise TypeError("StepLayer: the partial sums must be of the "
+                            "kernels' dtype")
+        if forward.itemsize != dtype.itemsize or backward.itemsize != dtype.itemsize:
+            raise TypeError("StepLayer: the kernel calls must be of the "
+                            "weights' dtype")
+        self.forward, self.backward, self.sums = forward, backward, sums
+        self.arrays = (biases, weight_ih, dh, dc, d_in)
+        self.n_gates = d.gates * d.hidden
+        self.n_in = forward.n_input
+        self.n_h = forward.a.B * <Py_ssize_t> d.hidden
+        self.n_c = self.n_h if d.cell == LSTM else 0
+        self.n_bias = self.n_gates if bias_sum is not None else 0
+        if bias_sum is not None:
+            self.bias_ih = address(bias_ih, dtype, self.n_gates, "bias_ih",
+                                   False)
+            self.bias_hh = address(bias_hh, dtype, self.n_gates, "bias_hh",
+                                   False)
+            self.bias_sum = address(bias_sum, dtype, self.n_gates, "bias_sum")
+        self.W_ih = address(weight_ih, dtype, self.n_gates * self.n_in,
+                            "weight_ih", False)
+        self.dh = address(dh, dtype, self.n_h, "dh")
+        self.dc = address(dc, dtype, self.n_c, "dc")
+        if d_in is not None:
+            if d_in.ndim != 2 or d_in.shape[1] != self.n_in:
+                raise ValueError("StepLayer: d_in must have a row of the "
+                                 "input's width per packed row")
+            self.d_in = address(d_in, dtype, d_in.size, "d_in")
+        if (forward.capacity > backward.capacity or (
+                d_in is not None and forward.capacity > d_in.shape[0])):
+            raise ValueError("StepLayer: the backward call's buffers and d_in "
+                             "must hold as many rows as the forward call's")
+
+
+cdef class TrainingStep:
+    """A ``Network`` training batch made ready for one call, from its packed
+    input to the gradients (``Network._TrainingPlan`` without dropout,
+    sample weights or outputs at every step, on the squared error of an
+    identity output layer): the gradients zeroed; each layer's biases
+    summed and its forward kernel run; the output layer on the top layer's
+    final states; the squared error and its gradient; the output layer's
+    gradient; then, from the top layer down, each layer's backward kernel,
+    the additions of its partial sums and the gradient of its input. The
+    same functions in the same order as the plan's steps in Python, so the
+    same bits, without the dozen Python calls between them: about 12 µs a
+    batch of the 32-unit benchmark LSTM (``benchmarks/OPTIMISATIONS.md``,
+    session 24).
+
+    ``TrainingStep(layers, grads, head, n_threads)``: ``layers`` a list of
+    ``StepLayer`` from the bottom up, ``grads`` the flat gradient vector
+    (its views are those the kernels' partial sums and the output layer's
+    gradient are added to), ``head`` the output layer's ``(weight, bias,
+    weight_grad, bias_grad, wpack, Z, dZ, row_weights, work)``: its
+    parameters, their gradients, ``_dense.linear``'s packing buffer, the
+    buffers of its outputs and of their gradient (``B x n_outputs``), the
+    loss terms' weights (``B`` ones) and ``linear_backward``'s work (None
+    for at most ``_dense.NARROW_COLUMNS`` outputs).
+    """
+    cdef list layers
+    cdef readonly tuple arrays
+    # each layer's calls, bound to the packing of the batch being run
+    cdef ForwardCall* forwards
+    cdef BackwardCall* backwards
+    cdef void* grads
+    cdef void* W_out
+    cdef void* b_out
+    cdef void* gW_out
+    cdef void* gb_out
+    cdef void* wpack
+    cdef void* Z
+    cdef void* dZ
+    cdef void* weights
+    cdef object work
+    cdef Py_ssize_t n_grads, itemsize, B, n_out, n_top
+    cdef int n_threads
+
+    def __init__(self, list layers, grads, head, int n_threads):
+        cdef StepLayer top, layer, below = None
+        W, b, gW, gb, wpack, Z, dZ, weights, work = head
+        if not layers:
+            raise ValueError("TrainingStep: no layers")
+        top = layers[len(layers) - 1]
+        dtype = grads.dtype
+        for layer in layers:
+            if layer.forward.itemsize != dtype.itemsize:
+                raise TypeError("TrainingStep: the layers must be of the "
+                                "gradients' dtype")
+            if below is not None and (
+                    layer.n_in != below.forward.a.d.hidden or layer.d_in == NULL):
+                raise ValueError("TrainingStep: each layer above the first "
+                                 "reads the outputs of the one below and "
+                                 "fills their gradient")
+            below = layer
+        self.layers, self.n_threads = layers, n_threads
+        self.arrays = (grads, tuple(head))
+        self.forwards = <ForwardCall*> PyMem_Malloc(len(layers) * sizeof(ForwardCall))
+        self.backwards = <BackwardCall*> PyMem_Malloc(
+            len(layers) * sizeof(BackwardCall))
+        if self.forwards == NULL or self.backwards == NULL:
+            raise MemoryError()
+        self.itemsize = dtype.itemsize
+        self.B, self.n_top = top.forward.a.B, top.forward.a.d.hidden
+        self.n_out = W.shape[0] if W.ndim == 2 else 0
+        if (self.n_out == 0 or W.shape[1] != self.n_top
+                or Z.shape != (self.B, self.n_out) or dZ.shape != Z.shape):
+            raise ValueError("TrainingStep: the output layer must read the top "
+                             "layer's final states and fill Z and dZ, B x "
+                             "n_outputs")
+        self.n_grads = grads.size
+        self.grads = address(grads, dtype, self.n_grads, "grads")
+        self.W_out = address(W, dtype, W.size, "the output weights", False)
+        self.b_out = address(b, dtype, self.n_out, "the output bias", False)
+        self.gW_out = address(gW, dtype, W.size, "the output weights' gradient")
+        self.gb_out = address(gb, dtype, self.n_out, "the output bias' gradient")
+        self.wpack = address(wpack, dtype, wpack.size, "wpack")
+        self.Z = address(Z, dtype, Z.size, "Z")
+        self.dZ = address(dZ, dtype, dZ.size, "dZ")
+        self.weights = address(weights, dtype, self.B, "the row weights", False)
+        self.work = work
+
+    def __dealloc__(self):
+        PyMem_Free(self.forwards)
+        PyMem_Free(self.backwards)
+
+    def run(self, X, batch_sizes, offsets, block_starts, targets, list states):
+        """The loss of a batch, its gradient left in the gradient vector:
+        ``X`` its packed rows (``n_rows x n_input``, the dtype's,
+        C-contiguous), its packing (``batch_sizes``, ``offsets``, cut by
+        ``block_starts`` as ``run_forward`` takes them; valid, as the
+        kernels' callers check), ``targets`` (``B x n_outputs``, the
+        dtype's, C-contiguous, in packed order) and ``states``, each
+        layer's ``(h, c)``: zeros on entry, its final states on exit (``c``
+        empty but for the LSTM). Checks the sizes it reads, as
+        ``run_forward`` and ``run_backward`` do."""
+        if self.itemsize == sizeof(float):
+            return self._run[float](X, batch_sizes, offsets, block_starts,
+                                    targets, states)
+        return self._run[double](X, batch_sizes, offsets, block_starts,
+                                 targets, states)
+
+    cdef double _run(self, floating[:, ::1] X,
+                     const Py_ssize_t[::1] batch_sizes,
+                     const Py_ssize_t[::1] offsets,
+                     const Py_ssize_t[::1] block_starts,
+                     const floating[:, ::1] targets, list states) except? -1:
+        cdef Py_ssize_t L = len(self.layers), n_rows = 0, k, j
+        cdef StepLayer layer
+        cdef ForwardCall* fa
+        cdef BackwardCall* ba
+        cdef floating[:, ::1] h
+        cdef floating[:, ::1] c
+        cdef floating* bsum
+        cdef floating* bi
+        cdef floating* bh
+        cdef double value
+        if len(states) != L:
+            raise ValueError(f"TrainingStep: {len(states)} states for {L} layers")
+        if targets.shape[0] != self.B or targets.shape[1] != self.n_out:
+            raise ValueError(f"TrainingStep: targets of shape "
+                             f"{(targets.shape[0], targets.shape[1])} for "
+                             f"{self.B} sequences of {self.n_out} outputs")
+        # each layer's calls on this packing, input and states, checked
+        # before anything changes
+        for k in range(L):
+            layer = self.layers[k]
+            fa, ba = &self.forwards[k], &self.backwards[k]
+            fa[0], ba[0] = layer.forward.a, layer.backward.a
+            n_rows = bind_packing(&fa.d, &fa.bs, &fa.off, &fa.starts, fa.B,
+                                  fa.block_rows, layer.forward.capacity,
+                                  batch_sizes, offsets, block_starts,
+                                  forward_strides(fa), "TrainingStep")
+            bind_packing(&ba.d, &ba.bs, &ba.off, &ba.starts, ba.B, ba.block_rows,
+                         layer.backward.capacity, batch_sizes, offsets,
+                         block_starts, backward_strides(ba), "TrainingStep")
+            if k == 0 and (X.shape[1] != layer.n_in or X.shape[0] < n_rows):
+                raise ValueError(f"TrainingStep: X of shape "
+                                 f"{(X.shape[0], X.shape[1])} for {n_rows} "
+                                 f"packed rows of {layer.n_in} features")
+            h, c = states[k]
+            if (h.shape[0] != fa.B or h.shape[1] != fa.d.hidden
+                    or c.shape[0] * c.shape[1] != layer.n_c
+                    or (layer.n_c and c.shape[1] != fa.d.hidden)):
+                raise ValueError(f"TrainingStep: states of shapes "
+                                 f"{(h.shape[0], h.shape[1])} and "
+                                 f"{(c.shape[0], c.shape[1])} for layer {k}")
+            # the packed input: X's rows, or the outputs of the layer below
+            fa.X = &X[0, 0] if k == 0 else self.forwards[k - 1].H
+            fa.n_in, fa.xs = <int> layer.n_in, NULL
+            fa.h, fa.c = ptr2(h), ptr2(c)
+            if ba.dWi != NULL:
+                ba.X = fa.X
+        memset(self.grads, 0, self.n_grads * sizeof(floating))
+        for k in range(L):
+            layer = self.layers[k]
+            # the sum of the biases, as _ForwardPlan.add_biases makes it
+            bsum, bi = <floating*> layer.bias_sum, <floating*> layer.bias_ih
+            bh = <floating*> layer.bias_hh
+            for j in range(layer.n_bias):
+                bsum[j] = bi[j] + bh[j]
+            run_call(&self.forwards[k], <floating*> NULL)
+        # the output layer on the top layer's final states, its loss and its
+        # gradient (Network._output, loss_and_gradient, _head_gradient), the
+        # gradient of the final states going straight into the top layer's dh
+        top_h = <floating*> self.forwards[L - 1].h
+        layer = self.layers[L - 1]
+        with nogil:
+            linear_rows(self.B, <int> self.n_out, <int> self.n_top, top_h,
+                        <floating*> self.W_out, <floating*> self.b_out,
+                        <floating*> self.Z, <floating*> self.wpack, 1)
+            value = squared_error_rows(<floating*> self.Z, &targets[0, 0],
+                                       <floating*> self.weights, <double> self.B,
+                                       <floating*> self.dZ, self.B, self.n_out)
+        linear_backward_rows(top_h, <floating*> self.dZ, <floating*> self.W_out,
+                             <floating*> self.gW_out, <floating*> self.gb_out,
+                             <floating*> layer.dh, self.B, <int> self.n_top,
+                             <int> self.n_out, self.n_threads, self.work)
+        for k in range(L - 1, -1, -1):
+            layer = self.layers[k]
+            if k < L - 1:
+                memset(layer.dh, 0, layer.n_h * sizeof(floating))
+            memset(layer.dc, 0, layer.n_c * sizeof(floating))
+            layer.sums.zero()
+            run_backward_call(&self.backwards[k], <floating*> NULL)
+            with nogil:
+                layer.sums.add_all()
+                if k > 0:
+                    matmul_rows(n_rows, <int> layer.n_in, <int> layer.n_gates,
+                                <floating*> self.backwards[k].dG,
+                                <floating*> layer.W_ih, <int> layer.n_in, False,
+                                <floating> 0, <floating*> layer.d_in,
+                                self.n_threads)
+        return value

@@ -105,25 +105,31 @@ def linear(floating[:, ::1] X, floating[:, ::1] W, floating[::1] b,
     cdef Py_ssize_t M = X.shape[0]
     cdef int K = <int> X.shape[1]
     cdef int N = <int> W.shape[0]
+    if M == 0 or N == 0:
+        return
+    with nogil:
+        linear_rows(M, N, K, &X[0, 0] if K > 0 else NULL,
+                    &W[0, 0] if K > 0 else NULL, &b[0], &out[0, 0], &wpack[0],
+                    n_threads)
+
+
+cdef void linear_rows(Py_ssize_t M, int N, int K, const floating* pX,
+                      const floating* pW, const floating* pb, floating* pO,
+                      floating* pP, int n_threads) noexcept nogil:
+    """``linear`` on addresses (``M`` and ``N`` above 0; ``pP`` receives
+    the packed ``W``)."""
     cdef int size = block_size(M)
     cdef int n_blocks = <int> ((M + size - 1) // size)
     cdef int k
-    if M == 0 or N == 0:
-        return
-    cdef floating* pX = &X[0, 0] if K > 0 else NULL
-    cdef floating* pO = &out[0, 0]
-    cdef floating* pP = &wpack[0]
-    cdef floating* pb = &b[0]
-    pack_b(True, K, N, &W[0, 0] if K > 0 else NULL, K, pP)
+    pack_b(True, K, N, pW, K, pP)
     if n_blocks == 1 or n_threads <= 1:
         # no parallel region for one thread (a few rows: the output layer
         # of a batch at its last steps)
-        with nogil:
-            for k in range(n_blocks):
-                linear_block(k * size, <int> min(<Py_ssize_t> size, M - k * size),
-                             N, K, pX, pP, pb, pO)
+        for k in range(n_blocks):
+            linear_block(k * size, <int> min(<Py_ssize_t> size, M - k * size),
+                         N, K, pX, pP, pb, pO)
         return
-    for k in prange(n_blocks, nogil=True, schedule="static",
+    for k in prange(n_blocks, schedule="static",
                     num_threads=min(n_threads, n_blocks)):
         linear_block(k * size, <int> min(<Py_ssize_t> size, M - k * size), N, K,
                      pX, pP, pb, pO)
@@ -386,17 +392,26 @@ def linear_backward(const floating[:, ::1] X, const floating[:, ::1] dZ,
             f"match")
     if R == 0 or n_in == 0 or n_out == 0:
         return
+    linear_backward_rows(&X[0, 0], &dZ[0, 0], &W[0, 0], &gW[0, 0], &gb[0],
+                         &dX[0, 0], R, n_in, n_out, n_threads, work)
+
+
+cdef int linear_backward_rows(const floating* X, const floating* dZ,
+                              const floating* W, floating* gW, floating* gb,
+                              floating* dX, Py_ssize_t R, int n_in, int n_out,
+                              int n_threads, work) except -1:
+    """``linear_backward`` on addresses (``R``, ``n_in`` and ``n_out`` above
+    0)."""
     if n_out <= NARROW:
         with nogil:
-            narrow_linear_backward(&X[0, 0], &dZ[0, 0], &W[0, 0], &gW[0, 0],
-                                   &gb[0], &dX[0, 0], R, n_in, n_out)
-        return
-    outer_into(&dZ[0, 0], n_out, R, n_out, &X[0, 0], n_in, n_in, &gW[0, 0],
-               n_in, n_threads, work)
+            narrow_linear_backward(X, dZ, W, gW, gb, dX, R, n_in, n_out)
+        return 0
+    outer_into(dZ, n_out, R, n_out, X, n_in, n_in, gW, n_in, n_threads, work)
     with nogil:
-        column_sums(&dZ[0, 0], n_out, R, n_out, &gb[0])
-        matmul_rows(R, n_in, n_out, &dZ[0, 0], &W[0, 0], n_in, False,
-                    <floating> 0, &dX[0, 0], n_threads)
+        column_sums(dZ, n_out, R, n_out, gb)
+        matmul_rows(R, n_in, n_out, dZ, W, n_in, False, <floating> 0, dX,
+                    n_threads)
+    return 0
 
 
 cdef void check_block_sums(const floating[:, ::1] parts, floating[:, :] out):
@@ -424,14 +439,6 @@ def add_block_sums(const floating[:, ::1] parts, floating[:, :] out,
                    out.shape[1], transposed)
 
 
-cdef struct BlockSum:
-    # one add_block_sums call on addresses (of floats or doubles)
-    void* parts
-    void* out
-    Py_ssize_t K, ldo, R, C
-    bint transposed
-
-
 cdef class BlockSums:
     """Some ``add_block_sums`` calls made ready for repeated use on the same
     arrays (a training plan's partial sums and gradients), and the zeroing
@@ -442,10 +449,6 @@ cdef class BlockSums:
     of one dtype; it keeps them alive. The arrays must keep their shapes
     and their data (their values may change).
     """
-    cdef BlockSum* calls
-    cdef Py_ssize_t n_calls, itemsize
-    cdef readonly tuple arrays
-
     def __cinit__(self, calls):
         for _, out, _ in calls:
             if out.ndim == 1 and not out.flags.c_contiguous:
@@ -484,25 +487,31 @@ cdef class BlockSums:
 
     def zero_parts(self):
         """Set every partial sum to zero."""
+        self.zero()
+
+    def add(self):
+        """Add each call's partial sums to its ``out``, in the order given."""
+        with nogil:
+            self.add_all()
+
+    cdef void zero(self) noexcept nogil:
         cdef Py_ssize_t i
         cdef BlockSum* c
         for i in range(self.n_calls):
             c = &self.calls[i]
             memset(c.parts, 0, c.K * c.R * c.C * self.itemsize)
 
-    def add(self):
-        """Add each call's partial sums to its ``out``, in the order given."""
+    cdef void add_all(self) noexcept nogil:
         cdef Py_ssize_t i
         cdef BlockSum* c
-        with nogil:
-            for i in range(self.n_calls):
-                c = &self.calls[i]
-                if self.itemsize == sizeof(float):
-                    block_sums(<const float*> c.parts, c.K, <float*> c.out,
-                               c.ldo, c.R, c.C, c.transposed)
-                else:
-                    block_sums(<const double*> c.parts, c.K, <double*> c.out,
-                               c.ldo, c.R, c.C, c.transposed)
+        for i in range(self.n_calls):
+            c = &self.calls[i]
+            if self.itemsize == sizeof(float):
+                block_sums(<const float*> c.parts, c.K, <float*> c.out, c.ldo,
+                           c.R, c.C, c.transposed)
+            else:
+                block_sums(<const double*> c.parts, c.K, <double*> c.out,
+                           c.ldo, c.R, c.C, c.transposed)
 
 
 def gather_rows(const Py_ssize_t[::1] ids, floating[::1] weights,
@@ -577,7 +586,7 @@ def squared_error(const floating[:, ::1] Y, const floating[:, ::1] T,
 
     Rows in order, outputs in order: the same bits whatever the thread
     count or the rows around a row. Returns the loss."""
-    cdef Py_ssize_t R = Y.shape[0], N = Y.shape[1], r, j
+    cdef Py_ssize_t R = Y.shape[0], N = Y.shape[1]
     if (T.shape[0] != R or T.shape[1] != N or weight.shape[0] != R
             or dY.shape[0] != R or dY.shape[1] != N):
         raise ValueError(
@@ -585,17 +594,31 @@ def squared_error(const floating[:, ::1] Y, const floating[:, ::1] T,
             f"{(T.shape[0], T.shape[1])}, {weight.shape[0]} weights and a "
             f"gradient of shape {(dY.shape[0], dY.shape[1])}: targets must "
             f"have one row of {N} outputs per loss term")
+    cdef double value = 0
+    if R == 0 or N == 0:
+        return value
+    with nogil:
+        value = squared_error_rows(&Y[0, 0], &T[0, 0], &weight[0], total_weight,
+                                   &dY[0, 0], R, N)
+    return value
+
+
+cdef double squared_error_rows(const floating* Y, const floating* T,
+                               const floating* weight, double total_weight,
+                               floating* dY, Py_ssize_t R,
+                               Py_ssize_t N) noexcept nogil:
+    """``squared_error`` on addresses (C-contiguous rows of ``N``)."""
     cdef double value = 0, row, scale = total_weight * N
     cdef floating w, d
-    with nogil:
-        for r in range(R):
-            w = <floating> (weight[r] / scale)
-            row = 0
-            for j in range(N):
-                d = Y[r, j] - T[r, j]
-                dY[r, j] = w * d
-                row += <double> d * d
-            value += w * row
+    cdef Py_ssize_t r, j
+    for r in range(R):
+        w = <floating> (weight[r] / scale)
+        row = 0
+        for j in range(N):
+            d = Y[r * N + j] - T[r * N + j]
+            dY[r * N + j] = w * d
+            row += <double> d * d
+        value += w * row
     return 0.5 * value
 
 

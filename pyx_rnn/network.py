@@ -1230,6 +1230,30 @@ class _TrainingPlan:
             self.layers.append(_PlanLayer(spec, w, g, fplan, bplan, forward,
                                           backward, _dense.BlockSums(calls), H,
                                           dH, dh, dc, d_in[k], rmask))
+        self.step = self._compiled_step()
+
+    def _compiled_step(self):
+        """The plan's batch in one compiled call (``_cells.TrainingStep``)
+        where its key allows one: no recurrent dropout, the output layer
+        (identity) on the final states; None otherwise. ``run`` uses it for
+        the squared error without sample weights or dropout."""
+        net = self.net
+        if self.masked or self.return_sequences or net.output_activation != "identity":
+            return None
+        dtype, W = net.dtype, net.weights["output.weight"]
+        work = None if len(W) <= _dense.NARROW_COLUMNS else _take(
+            net._pool.setdefault("head", {}), "outer_work",
+            (_dense.outer_work_size(W.shape[1], 0, np.dtype(dtype).itemsize,
+                                    self.n_threads),), dtype)
+        layers = [_cells.StepLayer(
+            layer.forward, layer.backward, layer.sums,
+            (layer.w["bias_ih"], layer.w["bias_hh"], layer.fplan.bias_sum),
+            layer.w["weight_ih"], layer.dh, layer.dc, layer.d_in)
+            for layer in self.layers]
+        head = (W, net.weights["output.bias"], net.grad_views["output.weight"],
+                net.grad_views["output.bias"], self.head_pack, self.Z,
+                np.empty_like(self.Z), self.unit_weights, work)
+        return _cells.TrainingStep(layers, net.grads, head, self.n_threads)
 
     def read(self, X, packing):
         """The packed rows of a ``SequenceInput`` X, copied into the input
@@ -1329,6 +1353,14 @@ class _TrainingPlan:
                 or not net._input_checked(X, packing)):
             return None
         dtype, n_threads = net.dtype, self.n_threads
+        if (self.step is not None and loss == "squared_error"
+                and sample_weight is None and not dropout
+                and type(targets) is np.ndarray and targets.dtype == dtype
+                and targets.shape == self.Z.shape and targets.flags.c_contiguous):
+            states = [[_new_states(layer.spec, self.B, dtype)] for layer in self.layers]
+            value = self.step.run(X, bs, off, starts, targets,
+                                  [layer_states[0] for layer_states in states])
+            return value + net._penalty(alpha, float(self.B)), states
         net.grads[:] = 0
         if sample_weight is None and not self.return_sequences:
             row_weight, total_weight = self.unit_weights, float(self.B)

@@ -2043,6 +2043,93 @@ def test_training_plan_takes_every_loss(loss, activation, rs, monkeypatch):
                                                      return_sequences=rs), net)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell, hidden, kw", READY_CASES)
+def test_training_step_runs_the_batch_in_one_call(cell, hidden, kw, dtype,
+                                                  monkeypatch):
+    """The plan's common batch (the squared error of an identity output
+    layer on the final states, no sample weights, no dropout) is one
+    compiled call, ``_cells.TrainingStep``: neither the general path nor
+    the plan's Python steps run, and the loss, the gradients and the
+    final states are the general path's bits, with the L2 penalty, at 1
+    and 2 threads and with a given block size, for a narrow output layer
+    (the gradient's own loops) and a wide one (the packed product), on
+    packings of fewer rows and of equal lengths. The calls the step does
+    not take (sample weights, dropout, targets of another dtype or
+    layout) still get the same bits from the plan."""
+    from pyx_rnn import network
+    rng = np.random.default_rng(21)
+    batches = [make_batch(lengths, seed=s, dtype=dtype, n_in=5)
+               for s, lengths in enumerate(PLAN_LENGTHS)]
+    python_steps = []
+    monkeypatch.setattr(network, "loss_and_gradient",
+                        lambda *a, _f=network.loss_and_gradient:
+                        python_steps.append(1) or _f(*a))
+    for n_out in (2, _dense.NARROW_COLUMNS + 3):
+        net = Network(cell, 5, hidden, n_out, dtype=dtype, **kw)
+        net.init_weights(rng)
+        targets = [rng.standard_normal((10, n_out)).astype(dtype) for _ in batches]
+        for n_threads, block_rows in ((1, None), (2, None), (2, 3)):
+            how = dict(alpha=1e-3, n_threads=n_threads, block_rows=block_rows)
+            net._pool = {}
+            for _ in range(2):
+                net.loss_gradient(*batches[0], targets[0], "squared_error", **how)
+            assert net._pool["training"].step is not None
+            for (X, pk), T in zip(batches, targets):
+                python_steps.clear()
+                got = _loss_gradient_ready(net, monkeypatch, X, pk, T,
+                                           "squared_error", **how)
+                assert python_steps == []
+                _assert_same_training(got, _fresh_result(
+                    net, X, pk, T, "squared_error", **how), net)
+                net.params += (0.01 * rng.standard_normal(net.params.shape)
+                               ).astype(dtype)
+            (X, pk), T = batches[1], targets[1]
+            for other in (dict(sample_weight=rng.random(10) + 0.5),
+                          dict(dropout=0.2, rng=np.random.default_rng(3)),
+                          dict(targets=T.astype(np.float32 if dtype == np.float64
+                                                else np.float64)),
+                          dict(targets=np.asfortranarray(T))):
+                args = dict(how, **other)
+                target = args.pop("targets", T)
+                want = _fresh_result(net, X, pk, target, "squared_error",
+                                     **dict(args, rng=np.random.default_rng(3)))
+                python_steps.clear()
+                got = _loss_gradient_ready(net, monkeypatch, X, pk, target,
+                                           "squared_error", **args)
+                assert python_steps == [1]
+                _assert_same_training(got, want, net)
+
+
+def test_training_step_checks_what_it_reads():
+    """``TrainingStep.run`` checks the sizes it reads before any kernel
+    runs (the plan passes only what fits; these are its own guards): the
+    targets' shape, one pair of states per layer of the right shapes, the
+    input's width and rows; the gradients are left as they were."""
+    X, pk = make_batch([4, 6, 2])
+    T = np.zeros((3, 2))
+    net = make_net("lstm", (5, 4), 2)
+    for _ in range(2):
+        value, _ = net.loss_gradient(X, pk, T, "squared_error")
+    step = net._pool["training"].step
+    grads = net.grads.copy()
+    states = [(np.zeros((3, 5)), np.zeros((3, 5))), (np.zeros((3, 4)),
+                                                     np.zeros((3, 4)))]
+    bs, off, starts = pk.batch_sizes, pk.offsets, np.empty(0, np.intp)
+    with pytest.raises(ValueError, match=r"targets of shape \(3, 1\)"):
+        step.run(X, bs, off, starts, np.zeros((3, 1)), states)
+    with pytest.raises(ValueError, match="1 states for 2 layers"):
+        step.run(X, bs, off, starts, T, states[:1])
+    with pytest.raises(ValueError, match="states of shapes"):
+        step.run(X, bs, off, starts, T, [states[0], states[0]])
+    with pytest.raises(ValueError, match="for 12 packed rows of 3 features"):
+        step.run(X[:11], bs, off, starts, T, states)
+    assert_array_equal(net.grads, grads, strict=True)
+    net.grads[:] = 7.0
+    assert step.run(X, bs, off, starts, T, states) == value
+    assert_array_equal(net.grads, grads, strict=True)
+
+
 def test_training_plan_only_where_it_applies(monkeypatch):
     """No plan for calls alternating between two batch sizes, with
     truncated BPTT or initial states, nor for a bidirectional, Jordan or
