@@ -1316,9 +1316,9 @@ cdef class StepLayer:
 
 cdef class TrainingStep:
     """A ``Network`` training batch made ready for one call, from its packed
-    input to the gradients (``Network._TrainingPlan`` without dropout,
-    sample weights or outputs at every step, on the squared error of an
-    identity output layer): the gradients zeroed; each layer's biases
+    input to the gradients (``Network._TrainingPlan`` without dropout or
+    outputs at every step, on the squared error of an identity output
+    layer): the gradients zeroed; each layer's biases
     summed and its forward kernel run; the output layer on the top layer's
     final states; the squared error and its gradient; the output layer's
     gradient; then, from the top layer down, each layer's backward kernel,
@@ -1332,11 +1332,11 @@ cdef class TrainingStep:
     ``StepLayer`` from the bottom up, ``grads`` the flat gradient vector
     (its views are those the kernels' partial sums and the output layer's
     gradient are added to), ``head`` the output layer's ``(weight, bias,
-    weight_grad, bias_grad, wpack, Z, dZ, row_weights, work)``: its
-    parameters, their gradients, ``_dense.linear``'s packing buffer, the
-    buffers of its outputs and of their gradient (``B x n_outputs``), the
-    loss terms' weights (``B`` ones) and ``linear_backward``'s work (None
-    for at most ``_dense.NARROW_COLUMNS`` outputs).
+    weight_grad, bias_grad, wpack, Z, dZ, work)``: its parameters, their
+    gradients, ``_dense.linear``'s packing buffer, the buffers of its
+    outputs and of their gradient (``B x n_outputs``) and
+    ``linear_backward``'s work (None for at most ``_dense.NARROW_COLUMNS``
+    outputs).
     """
     cdef list layers
     cdef readonly tuple arrays
@@ -1351,14 +1351,13 @@ cdef class TrainingStep:
     cdef void* wpack
     cdef void* Z
     cdef void* dZ
-    cdef void* weights
     cdef object work
     cdef Py_ssize_t n_grads, itemsize, B, n_out, n_top
     cdef int n_threads
 
     def __init__(self, list layers, grads, head, int n_threads):
         cdef StepLayer top, layer, below = None
-        W, b, gW, gb, wpack, Z, dZ, weights, work = head
+        W, b, gW, gb, wpack, Z, dZ, work = head
         if not layers:
             raise ValueError("TrainingStep: no layers")
         top = layers[len(layers) - 1]
@@ -1397,34 +1396,37 @@ cdef class TrainingStep:
         self.wpack = address(wpack, dtype, wpack.size, "wpack")
         self.Z = address(Z, dtype, Z.size, "Z")
         self.dZ = address(dZ, dtype, dZ.size, "dZ")
-        self.weights = address(weights, dtype, self.B, "the row weights", False)
         self.work = work
 
     def __dealloc__(self):
         PyMem_Free(self.forwards)
         PyMem_Free(self.backwards)
 
-    def run(self, X, batch_sizes, offsets, block_starts, targets, list states):
+    def run(self, X, batch_sizes, offsets, block_starts, targets, weights,
+            double total_weight, list states):
         """The loss of a batch, its gradient left in the gradient vector:
         ``X`` its packed rows (``n_rows x n_input``, the dtype's,
         C-contiguous), its packing (``batch_sizes``, ``offsets``, cut by
         ``block_starts`` as ``run_forward`` takes them; valid, as the
         kernels' callers check), ``targets`` (``B x n_outputs``, the
-        dtype's, C-contiguous, in packed order) and ``states``, each
-        layer's ``(h, c)``: zeros on entry, its final states on exit (``c``
-        empty but for the LSTM). Checks the sizes it reads, as
-        ``run_forward`` and ``run_backward`` do."""
+        dtype's, C-contiguous, in packed order), the loss terms' weights
+        (``B``, the dtype's) and their total (``_dense.squared_error``'s),
+        and ``states``, each layer's ``(h, c)``: zeros on entry, its final
+        states on exit (``c`` empty but for the LSTM). Checks the sizes it
+        reads, as ``run_forward`` and ``run_backward`` do."""
         if self.itemsize == sizeof(float):
             return self._run[float](X, batch_sizes, offsets, block_starts,
-                                    targets, states)
+                                    targets, weights, total_weight, states)
         return self._run[double](X, batch_sizes, offsets, block_starts,
-                                 targets, states)
+                                 targets, weights, total_weight, states)
 
     cdef double _run(self, floating[:, ::1] X,
                      const Py_ssize_t[::1] batch_sizes,
                      const Py_ssize_t[::1] offsets,
                      const Py_ssize_t[::1] block_starts,
-                     const floating[:, ::1] targets, list states) except? -1:
+                     const floating[:, ::1] targets,
+                     const floating[::1] weights, double total_weight,
+                     list states) except? -1:
         cdef Py_ssize_t L = len(self.layers), n_rows = 0, k, j
         cdef StepLayer layer
         cdef ForwardCall* fa
@@ -1441,6 +1443,9 @@ cdef class TrainingStep:
             raise ValueError(f"TrainingStep: targets of shape "
                              f"{(targets.shape[0], targets.shape[1])} for "
                              f"{self.B} sequences of {self.n_out} outputs")
+        if weights.shape[0] != self.B:
+            raise ValueError(f"TrainingStep: {weights.shape[0]} weights for "
+                             f"{self.B} sequences")
         # each layer's calls on this packing, input and states, checked
         # before anything changes
         for k in range(L):
@@ -1490,7 +1495,7 @@ cdef class TrainingStep:
                         <floating*> self.W_out, <floating*> self.b_out,
                         <floating*> self.Z, <floating*> self.wpack, 1)
             value = squared_error_rows(<floating*> self.Z, &targets[0, 0],
-                                       <floating*> self.weights, <double> self.B,
+                                       &weights[0], total_weight,
                                        <floating*> self.dZ, self.B, self.n_out)
         linear_backward_rows(top_h, <floating*> self.dZ, <floating*> self.W_out,
                              <floating*> self.gW_out, <floating*> self.gb_out,

@@ -1236,7 +1236,7 @@ class _TrainingPlan:
         """The plan's batch in one compiled call (``_cells.TrainingStep``)
         where its key allows one: no recurrent dropout, the output layer
         (identity) on the final states; None otherwise. ``run`` uses it for
-        the squared error without sample weights or dropout."""
+        the squared error without dropout."""
         net = self.net
         if self.masked or self.return_sequences or net.output_activation != "identity":
             return None
@@ -1252,7 +1252,7 @@ class _TrainingPlan:
             for layer in self.layers]
         head = (W, net.weights["output.bias"], net.grad_views["output.weight"],
                 net.grad_views["output.bias"], self.head_pack, self.Z,
-                np.empty_like(self.Z), self.unit_weights, work)
+                np.empty_like(self.Z), work)
         return _cells.TrainingStep(layers, net.grads, head, self.n_threads)
 
     def read(self, X, packing):
@@ -1353,20 +1353,22 @@ class _TrainingPlan:
                 or not net._input_checked(X, packing)):
             return None
         dtype, n_threads = net.dtype, self.n_threads
-        if (self.step is not None and loss == "squared_error"
-                and sample_weight is None and not dropout
-                and type(targets) is np.ndarray and targets.dtype == dtype
-                and targets.shape == self.Z.shape and targets.flags.c_contiguous):
-            states = [[_new_states(layer.spec, self.B, dtype)] for layer in self.layers]
-            value = self.step.run(X, bs, off, starts, targets,
-                                  [layer_states[0] for layer_states in states])
-            return value + net._penalty(alpha, float(self.B)), states
-        net.grads[:] = 0
         if sample_weight is None and not self.return_sequences:
             row_weight, total_weight = self.unit_weights, float(self.B)
         else:
             row_weight, total_weight = _row_weights(packing, sample_weight,
                                                     self.return_sequences, dtype)
+        if (self.step is not None and loss == "squared_error" and not dropout
+                and type(targets) is np.ndarray and targets.dtype == dtype
+                and targets.shape == self.Z.shape and targets.flags.c_contiguous):
+            states = [[_new_states(layer.spec, self.B, dtype)] for layer in self.layers]
+            # the weights as loss_and_gradient passes them to squared_error
+            value = self.step.run(X, bs, off, starts, targets,
+                                  np.ascontiguousarray(row_weight, dtype),
+                                  total_weight,
+                                  [layer_states[0] for layer_states in states])
+            return value + net._penalty(alpha, total_weight), states
+        net.grads[:] = 0
         if self.masked:
             for layer in self.layers:
                 layer.rmask[...] = _dropout_mask(rng, layer.rmask.shape,

@@ -2048,14 +2048,14 @@ def test_training_plan_takes_every_loss(loss, activation, rs, monkeypatch):
 def test_training_step_runs_the_batch_in_one_call(cell, hidden, kw, dtype,
                                                   monkeypatch):
     """The plan's common batch (the squared error of an identity output
-    layer on the final states, no sample weights, no dropout) is one
-    compiled call, ``_cells.TrainingStep``: neither the general path nor
-    the plan's Python steps run, and the loss, the gradients and the
-    final states are the general path's bits, with the L2 penalty, at 1
-    and 2 threads and with a given block size, for a narrow output layer
-    (the gradient's own loops) and a wide one (the packed product), on
-    packings of fewer rows and of equal lengths. The calls the step does
-    not take (sample weights, dropout, targets of another dtype or
+    layer on the final states, no dropout) is one compiled call,
+    ``_cells.TrainingStep``: neither the general path nor the plan's
+    Python steps run, and the loss, the gradients and the final states
+    are the general path's bits, with the L2 penalty, with sample weights
+    and without, at 1 and 2 threads and with a given block size, for a
+    narrow output layer (the gradient's own loops) and a wide one (the
+    packed product), on packings of fewer rows and of equal lengths. The
+    calls the step does not take (dropout, targets of another dtype or
     layout) still get the same bits from the plan."""
     from pyx_rnn import network
     rng = np.random.default_rng(21)
@@ -2075,18 +2075,19 @@ def test_training_step_runs_the_batch_in_one_call(cell, hidden, kw, dtype,
             for _ in range(2):
                 net.loss_gradient(*batches[0], targets[0], "squared_error", **how)
             assert net._pool["training"].step is not None
-            for (X, pk), T in zip(batches, targets):
+            for i, ((X, pk), T) in enumerate(zip(batches, targets)):
+                sw = rng.random(10) + 0.5 if i % 2 else None
                 python_steps.clear()
                 got = _loss_gradient_ready(net, monkeypatch, X, pk, T,
-                                           "squared_error", **how)
+                                           "squared_error", sample_weight=sw,
+                                           **how)
                 assert python_steps == []
                 _assert_same_training(got, _fresh_result(
-                    net, X, pk, T, "squared_error", **how), net)
+                    net, X, pk, T, "squared_error", sample_weight=sw, **how), net)
                 net.params += (0.01 * rng.standard_normal(net.params.shape)
                                ).astype(dtype)
             (X, pk), T = batches[1], targets[1]
-            for other in (dict(sample_weight=rng.random(10) + 0.5),
-                          dict(dropout=0.2, rng=np.random.default_rng(3)),
+            for other in (dict(dropout=0.2, rng=np.random.default_rng(3)),
                           dict(targets=T.astype(np.float32 if dtype == np.float64
                                                 else np.float64)),
                           dict(targets=np.asfortranarray(T))):
@@ -2104,8 +2105,9 @@ def test_training_step_runs_the_batch_in_one_call(cell, hidden, kw, dtype,
 def test_training_step_checks_what_it_reads():
     """``TrainingStep.run`` checks the sizes it reads before any kernel
     runs (the plan passes only what fits; these are its own guards): the
-    targets' shape, one pair of states per layer of the right shapes, the
-    input's width and rows; the gradients are left as they were."""
+    targets' shape, a weight per sequence, one pair of states per layer of
+    the right shapes, the input's width and rows; the gradients are left as
+    they were."""
     X, pk = make_batch([4, 6, 2])
     T = np.zeros((3, 2))
     net = make_net("lstm", (5, 4), 2)
@@ -2116,17 +2118,20 @@ def test_training_step_checks_what_it_reads():
     states = [(np.zeros((3, 5)), np.zeros((3, 5))), (np.zeros((3, 4)),
                                                      np.zeros((3, 4)))]
     bs, off, starts = pk.batch_sizes, pk.offsets, np.empty(0, np.intp)
+    w = np.ones(3)
     with pytest.raises(ValueError, match=r"targets of shape \(3, 1\)"):
-        step.run(X, bs, off, starts, np.zeros((3, 1)), states)
+        step.run(X, bs, off, starts, np.zeros((3, 1)), w, 3.0, states)
+    with pytest.raises(ValueError, match="2 weights for 3 sequences"):
+        step.run(X, bs, off, starts, T, w[:2], 3.0, states)
     with pytest.raises(ValueError, match="1 states for 2 layers"):
-        step.run(X, bs, off, starts, T, states[:1])
+        step.run(X, bs, off, starts, T, w, 3.0, states[:1])
     with pytest.raises(ValueError, match="states of shapes"):
-        step.run(X, bs, off, starts, T, [states[0], states[0]])
+        step.run(X, bs, off, starts, T, w, 3.0, [states[0], states[0]])
     with pytest.raises(ValueError, match="for 12 packed rows of 3 features"):
-        step.run(X[:11], bs, off, starts, T, states)
+        step.run(X[:11], bs, off, starts, T, w, 3.0, states)
     assert_array_equal(net.grads, grads, strict=True)
     net.grads[:] = 7.0
-    assert step.run(X, bs, off, starts, T, states) == value
+    assert step.run(X, bs, off, starts, T, w, 3.0, states) == value
     assert_array_equal(net.grads, grads, strict=True)
 
 
