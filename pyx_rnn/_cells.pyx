@@ -1272,7 +1272,7 @@ cdef class StepLayer:
     cdef void* dh
     cdef void* dc
     cdef void* d_in
-    cdef Py_ssize_t n_bias, n_h, n_c, n_in, n_gates
+    cdef Py_ssize_t n_bias, n_h, n_c, n_in, n_gates, d_in_rows
     cdef readonly tuple arrays
 
     def __init__(self, ForwardArgs forward, BackwardArgs backward,
@@ -1308,10 +1308,7 @@ cdef class StepLayer:
                 raise ValueError("StepLayer: d_in must have a row of the "
                                  "input's width per packed row")
             self.d_in = address(d_in, dtype, d_in.size, "d_in")
-        if (forward.capacity > backward.capacity or (
-                d_in is not None and forward.capacity > d_in.shape[0])):
-            raise ValueError("StepLayer: the backward call's buffers and d_in "
-                             "must hold as many rows as the forward call's")
+            self.d_in_rows = d_in.shape[0]
 
 
 cdef class TrainingStep:
@@ -1463,6 +1460,9 @@ cdef class TrainingStep:
                 raise ValueError(f"TrainingStep: X of shape "
                                  f"{(X.shape[0], X.shape[1])} for {n_rows} "
                                  f"packed rows of {layer.n_in} features")
+            if k > 0 and layer.d_in_rows < n_rows:
+                raise ValueError(f"TrainingStep: d_in of {layer.d_in_rows} rows "
+                                 f"for {n_rows} packed rows")
             h, c = states[k]
             if (h.shape[0] != fa.B or h.shape[1] != fa.d.hidden
                     or c.shape[0] * c.shape[1] != layer.n_c

@@ -495,6 +495,7 @@ cdef class BlockSums:
             self.add_all()
 
     cdef void zero(self) noexcept nogil:
+        """``zero_parts`` without the GIL."""
         cdef Py_ssize_t i
         cdef BlockSum* c
         for i in range(self.n_calls):
@@ -502,6 +503,7 @@ cdef class BlockSums:
             memset(c.parts, 0, c.K * c.R * c.C * self.itemsize)
 
     cdef void add_all(self) noexcept nogil:
+        """``add`` without the GIL."""
         cdef Py_ssize_t i
         cdef BlockSum* c
         for i in range(self.n_calls):

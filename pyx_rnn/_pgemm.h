@@ -210,6 +210,57 @@ ATTR static inline void NAME(int K, const T *A, long lda, const T *Pp,        \
     SR_MICRO_SLICES(T, V, MR, NREG,                                           \
         SR_ACCUMULATE(T, V, MR, K, A, 1, lda, Pp + s * SW, ldb), 1)           \
 }
+
+/* Panels that a micro-kernel of R rows takes at once: with R * NV < 8
+ * accumulators a panel (AVX-512: 1 to 3 rows; AVX2: 1), each a chain of
+ * dependent fused multiply-adds, the core waits on their latency; up to 4
+ * panels side by side give it as many chains again, within NREG registers
+ * (the accumulators, a broadcast per row and a panel vector). */
+#define SR_WIDE_FITS(R, G, NV, NREG) ((R) * (G) * (NV) + (R) + 1 <= (NREG))
+#define SR_WIDE_PANELS(R, NV, NREG)                                           \
+    ((R) * (NV) >= 8 ? 1 : SR_WIDE_FITS(R, 4, NV, NREG) ? 4                   \
+     : SR_WIDE_FITS(R, 3, NV, NREG) ? 3 : SR_WIDE_FITS(R, 2, NV, NREG) ? 2 : 1)
+/* acc += A[:R, :K] @ the K rows of G panels (ldp apart) from Q */
+#define SR_WIDE_ACCUMULATE(T, V, R, K, A, lda, Q, ldp)                        \
+    for (int k = 0; k < (K); k++) {                                           \
+        T a[R];                                                               \
+        SR_UNROLL for (int r = 0; r < R; r++) a[r] = (A)[(long) r * (lda) + k]; \
+        SR_UNROLL for (int g = 0; g < G; g++)                                 \
+            SR_UNROLL for (int v = 0; v < NV; v++) {                          \
+                V w;                                                          \
+                memcpy(&w, (Q) + g * (ldp) + (long) k * NR + v * VL,          \
+                       sizeof(V));                                            \
+                SR_UNROLL for (int r = 0; r < R; r++) acc[r][g][v] += a[r] * w; \
+            }                                                                 \
+    }
+/* R rows of [A1 | A2] times G whole panels (ldp elements apart), the sum
+ * of every output element as SR_DEFINE_MICRO makes it: over A1's columns,
+ * then A2's, in order, from zero, in one accumulator. */
+#define SR_DEFINE_MICRO_WIDE(NAME, T, V, R, NREG, ATTR)                       \
+ATTR static inline void NAME(int K1, const T *A1, long lda1, int K2,          \
+                             const T *A2, long lda2, const T *Pp, long ldp,   \
+                             T *C, long ldc, int accumulate) {                \
+    enum { NR = SR_PANEL_BYTES / sizeof(T), NV = SR_PANEL_BYTES / sizeof(V),  \
+           VL = NR / NV, G = SR_WIDE_PANELS(R, NV, NREG) };                   \
+    V acc[R][G][NV];                                                          \
+    SR_UNROLL for (int r = 0; r < R; r++)                                     \
+        SR_UNROLL for (int g = 0; g < G; g++)                                 \
+            SR_UNROLL for (int v = 0; v < NV; v++) acc[r][g][v] = (V){0};     \
+    SR_WIDE_ACCUMULATE(T, V, R, K1, A1, lda1, Pp, ldp)                        \
+    SR_WIDE_ACCUMULATE(T, V, R, K2, A2, lda2, Pp + (long) K1 * NR, ldp)       \
+    SR_UNROLL for (int r = 0; r < R; r++)                                     \
+        SR_UNROLL for (int g = 0; g < G; g++)                                 \
+            SR_UNROLL for (int v = 0; v < NV; v++) {                          \
+                T *c = C + (long) r * ldc + g * NR + v * VL;                  \
+                V x = acc[r][g][v];                                           \
+                if (accumulate) {                                             \
+                    V c0;                                                     \
+                    memcpy(&c0, c, sizeof(V));                                \
+                    x = c0 + x;                                               \
+                }                                                             \
+                memcpy(c, &x, sizeof(V));                                     \
+            }                                                                 \
+}
 #else
 /* Portable fallback: the same order of operations, one scalar at a time. */
 #define SR_DEFINE_MICRO(NAME, T, V, MR, NREG, ATTR)                           \
@@ -242,6 +293,8 @@ static void NAME(int K, const T *A, long lda, const T *Pp, long ldb, T *C,    \
         for (int j = 0; j < ncols; j++) C[r * ldc + j] += acc[j];             \
     }                                                                         \
 }
+#define SR_WIDE_PANELS(R, NV, NREG) 1
+#define SR_DEFINE_MICRO_WIDE(NAME, T, V, R, NREG, ATTR)
 typedef float sr_vf4;
 typedef double sr_vd2;
 #endif
@@ -305,13 +358,39 @@ DEFINE(NAME##_m12, T, V, 12, NREG, ATTR)
         }                                                                     \
     } while (0)
 
+/* A block of 1 to 3 rows goes through wide micro-kernels first (several
+ * whole panels at once, where that gives the core more chains of sums:
+ * SR_WIDE_PANELS), the panels left (and a partial last one) one at a
+ * time; every sum's order is still that of k. One row takes them only
+ * where the packed matrix is at most SR_WIDE_ONE_ROW_BYTES: a larger one
+ * comes from L2, whose reads bound the product, and one panel at a time
+ * read it faster (AVX-512, Zen 5, an LSTM step of one sequence, 100 steps:
+ * 32 units 27 -> 22 µs, 2 sequences 33 -> 27, 3 sequences of 128 units
+ * 425 -> 347; one of 128 units 288 -> 315-331 µs, so not wide). */
+#define SR_WIDE_ONE_ROW_BYTES 32768
+#define SR_WIDE_CALL(NAME, NREG, R)                                           \
+    if (m == (R) && SR_WIDE_PANELS(R, NV, NREG) > 1                           \
+        && ((R) > 1 || (long) (K1 + K2) * n * (long) sizeof(*C)               \
+                       <= SR_WIDE_ONE_ROW_BYTES))                             \
+        for (; (p + SR_WIDE_PANELS(R, NV, NREG)) * NR <= n;                   \
+             p += SR_WIDE_PANELS(R, NV, NREG))                                \
+            NAME##_w##R(K1, A1, lda1, K2, A2, lda2,                           \
+                        P + (long) p * (K1 + K2) * NR, (long) (K1 + K2) * NR, \
+                        C + p * NR, ldc, accumulate)
 #define SR_DEFINE_GEMM(NAME, T, V, MR, NREG, ATTR)                            \
 SR_DEFINE_MICROS(SR_DEFINE_MICRO, NAME, T, V, NREG, ATTR)                     \
+SR_DEFINE_MICRO_WIDE(NAME##_w1, T, V, 1, NREG, ATTR)                          \
+SR_DEFINE_MICRO_WIDE(NAME##_w2, T, V, 2, NREG, ATTR)                          \
+SR_DEFINE_MICRO_WIDE(NAME##_w3, T, V, 3, NREG, ATTR)                          \
 ATTR static void NAME(int m, int n, int K1, const T *A1, int lda1, int K2,    \
                       const T *A2, int lda2, const T *P, T *C, int ldc,       \
                       int accumulate) {                                       \
-    enum { NR = SR_PANEL_BYTES / sizeof(T) };                                 \
-    for (int p = 0; p * NR < n; p++) {                                        \
+    enum { NR = SR_PANEL_BYTES / sizeof(T), NV = SR_PANEL_BYTES / sizeof(V) };\
+    int p = 0;                                                                \
+    SR_WIDE_CALL(NAME, NREG, 1);                                              \
+    SR_WIDE_CALL(NAME, NREG, 2);                                              \
+    SR_WIDE_CALL(NAME, NREG, 3);                                              \
+    for (; p * NR < n; p++) {                                                 \
         const T *Pp = P + (long) p * (K1 + K2) * NR;                          \
         int ncols = n - p * NR < NR ? n - p * NR : NR;                        \
         T *Cp = C + p * NR;                                                   \

@@ -1750,23 +1750,26 @@ def test_linear_rows_do_not_depend_on_each_other(n_out, dtype):
     assert_array_equal(linear(order[:7], n_threads=3), full[order[:7]], strict=True)
 
 
+@pytest.mark.parametrize("N", [45, 173])
 @pytest.mark.parametrize("n_rows", [*range(1, 14), 23, 40])
-def test_packed_product_sums_in_order_of_k(n_rows):
+def test_packed_product_sums_in_order_of_k(n_rows, N):
     """The packed product's order of summation, bit for bit (float32,
     through ``_dense.linear``): each output summed from zero in order of k,
     one rounding per multiply-add, then the bias added. 45 columns are a
     whole panel and part of one (of which the AVX2 kernel's second half is
-    skipped). Up to 12 rows (AVX-512; 6 for AVX2) are one tile of as many
+    skipped); 173 are five whole panels and part of one, of which 1 to 3
+    rows take four at once (AVX-512; AVX2: 1 row, three at once), then
+    one by one. Up to 12 rows (AVX-512; 6 for AVX2) are one tile of as many
     rows, so that 1 to 13 rows call every micro-kernel; 23 and 40 rows are
     tiles of sizes that differ by one. A micro-kernel that kept half of its
     sums elsewhere, or stored a partial panel's columns out of place, or a
-    tiling that skipped or repeated a row, fails."""
+    tiling that skipped or repeated a row or a panel, fails."""
     from pyx_rnn import _cells, _dense
     if _cells.PGEMM_ISA == 0:
         pytest.skip("the baseline kernel's rounding (multiply-adds fused or "
                     "not) is the compiler's choice")
     rng = np.random.default_rng(67)
-    K, N = 19, 45
+    K = 19
     X = rng.standard_normal((n_rows, K)).astype(np.float32)
     W = rng.standard_normal((N, K)).astype(np.float32)
     b = rng.standard_normal(N).astype(np.float32)
