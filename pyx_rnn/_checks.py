@@ -837,7 +837,7 @@ def check_layer_backward_args(spec, w, grads, cache, dH, dh_n=None, dc_n=None, *
     from .layers import fused_weight_gradients
     check_layer_backward_sizes(
         spec, n_rows, B, br, dtype, fused=fused_weight_gradients(
-            spec, dtype.itemsize), need_dx=need_dx, tokens=tokens,
+            spec, dtype.itemsize, min(B, br)), need_dx=need_dx, tokens=tokens,
         copy_dh=_needs_copy(dH))
 
     dH = _c_writable(dH)

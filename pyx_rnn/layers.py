@@ -110,17 +110,30 @@ def use_packed_product(spec, block_rows, backward):
 #: step by step (see ``fused_weight_gradients``).
 FUSED_WEIGHT_GRADIENT_BYTES = 1 << 20
 
+#: Bytes of that partial sum per sequence of a block, at most: a block's
+#: step reads and writes its whole partial sum to add the outer product of
+#: its few rows (see ``fused_weight_gradients``).
+FUSED_BYTES_PER_ROW = 48 << 10
 
-def fused_weight_gradients(spec, itemsize):
+
+def fused_weight_gradients(spec, itemsize, rows):
     """Whether the backward kernel accumulates the weight gradients itself:
     each block of sequences sums ``Hprev.T @ dG`` (and ``X.T @ dG``) over its
     rows step by step, while they are in cache, into a partial sum of its
-    own, and the partial sums are added in block order afterwards. Depends
-    only on the sizes. Measured (benchmarks/OPTIMISATIONS.md): faster than
-    one BLAS product over all the rows afterwards while the partial sum fits
-    in a core's L2 cache; beyond that BLAS's cache blocking wins."""
-    n = (spec.n_input + spec.hidden) * spec.gates * spec.hidden
-    return n * itemsize <= FUSED_WEIGHT_GRADIENT_BYTES
+    own, and the partial sums are added in block order afterwards; ``rows``
+    is the number of sequences of a block, ``min(B, block_rows)``. Depends
+    only on the sizes and the batch, never on the thread count. Measured
+    (benchmarks/OPTIMISATIONS.md): faster than one product over all the rows
+    afterwards while the partial sum fits in a core's L2 cache; beyond that
+    BLAS's cache blocking wins. And faster only where a block has enough
+    rows for the partial sum it reads and writes at every step (at most
+    ``FUSED_BYTES_PER_ROW`` a row, session 24): a 128-unit LSTM (320 KB
+    of partial sum) trained on one sequence of 100 steps in 671 µs rather
+    than 1481 with one product afterwards, on 4 in 1115 rather than 1485,
+    on 8 in about the same time, on 16 or more faster fused; a 32-unit one
+    (17 KB) is faster fused from one sequence."""
+    n = (spec.n_input + spec.hidden) * spec.gates * spec.hidden * itemsize
+    return n <= FUSED_WEIGHT_GRADIENT_BYTES and n <= FUSED_BYTES_PER_ROW * rows
 
 
 def _wpack(spec, block_rows, dtype, pool, backward):
@@ -630,7 +643,8 @@ class _BackwardPlan:
             CELLS[spec.cell], H_, block_rows, np.dtype(dtype).itemsize)
         self.work = _take(pool, "backward_work", (n_blocks, columns), dtype)
         self.wpack = _wpack(spec, block_rows, dtype, pool, True)
-        self.fused = fused_weight_gradients(spec, np.dtype(dtype).itemsize)
+        self.fused = fused_weight_gradients(spec, np.dtype(dtype).itemsize,
+                                            min(B, block_rows))
         if self.fused:
             columns = _cells.panel_columns(np.dtype(dtype).itemsize)
             self.edge = _take(pool, "edge", (n_blocks, block_rows * columns), dtype)

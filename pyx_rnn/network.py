@@ -525,7 +525,8 @@ class Network:
                     B = int(c.batch_sizes[0])
                     _checks.check_layer_backward_sizes(
                         spec, len(c.X), B, c.block_rows, self.dtype,
-                        fused=fused_weight_gradients(spec, self.dtype.itemsize),
+                        fused=fused_weight_gradients(spec, self.dtype.itemsize,
+                                                     min(B, c.block_rows)),
                         need_dx=k > 0 or need_dx, copy_dh=len(layer) > 1,
                         where="Network")
                     dX_d, dh0, dc0 = _layer_backward(

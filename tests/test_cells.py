@@ -976,6 +976,50 @@ def test_layer_recurrent_product_matches_reference(c, hidden, dtype, product,
     assert_close(got, reference_layer(c, pb), **TOL[dtype])
 
 
+def test_weight_gradients_fused_by_rows_per_block(monkeypatch):
+    """The backward kernel sums the weight gradients itself where a block
+    has enough sequences for the partial sum it reads and writes at every
+    step (``FUSED_BYTES_PER_ROW`` a sequence) and the partial sum fits in
+    L2; else one product afterwards. A 128-unit LSTM's 320 KB partial sum
+    (float32) takes 7 sequences a block, float64's 14; a 32-unit one's
+    17 KB one. The choice depends on the batch, not on the thread count:
+    one sequence of a 128-unit LSTM gets the same bits on 1 and 2 threads,
+    and its gradients summed afterwards match those the kernel sums (made
+    to, float64)."""
+    from pyx_rnn import layers
+    from pyx_rnn.network import Network
+    from pyx_rnn.packing import pack
+    big = Network("lstm", 32, (128,), 1).specs[0][0][0]
+    small = Network("lstm", 1, (32,), 1).specs[0][0][0]
+    fused = layers.fused_weight_gradients
+    assert [fused(big, 4, r) for r in (1, 4, 6, 7, 16)] == [False] * 3 + [True] * 2
+    assert [fused(big, 8, r) for r in (13, 14)] == [False, True]
+    assert fused(small, 4, 1) and fused(small, 8, 1)
+    monkeypatch.setattr(layers, "FUSED_WEIGHT_GRADIENT_BYTES", 300 << 10)
+    assert not fused(big, 4, 64) and fused(small, 4, 1)
+    monkeypatch.undo()
+    rng = np.random.default_rng(71)
+    X, pk = pack([rng.standard_normal((9, 32))])
+    T = rng.standard_normal((1, 1))
+
+    def grads(dtype, n_threads):
+        net = Network("lstm", 32, (128,), 1, dtype=dtype)
+        net.init_weights(np.random.default_rng(5))
+        net.loss_gradient(X.astype(dtype), pk, T.astype(dtype), "squared_error",
+                          n_threads=n_threads)
+        sfx = net.specs[0][0][1]
+        return net.grads, net._pool["backward"][sfx]["backward_plan"].fused
+
+    (g1, f1), (g2, f2) = grads(np.float32, 1), grads(np.float32, 2)
+    assert not f1 and not f2
+    assert_array_equal(g1, g2, strict=True)
+    after, f = grads(np.float64, 1)
+    monkeypatch.setattr(layers, "FUSED_BYTES_PER_ROW", 1 << 30)
+    summed, f_kernel = grads(np.float64, 1)
+    assert not f and f_kernel
+    assert_allclose(after, summed, rtol=1e-12, atol=1e-15)
+
+
 @pytest.mark.parametrize("c, hidden, dtype", [
     (cfg("lstm"), 128, np.float64), (cfg("gru", reset_after=False), 512, np.float64),
     (cfg("rnn"), 512, np.float64)], ids=["lstm-128", "gru-before-512", "rnn-512"])
