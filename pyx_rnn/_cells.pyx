@@ -1321,9 +1321,9 @@ cdef class TrainingStep:
     gradient; then, from the top layer down, each layer's backward kernel,
     the additions of its partial sums and the gradient of its input. The
     same functions in the same order as the plan's steps in Python, so the
-    same bits, without the dozen Python calls between them: about 12 µs a
-    batch of the 32-unit benchmark LSTM (``benchmarks/OPTIMISATIONS.md``,
-    session 24).
+    same bits, without the dozen Python calls between them: a one-step
+    batch of 32 sequences of the 32-unit benchmark LSTM took 25-27 µs
+    rather than 31-32 (``benchmarks/OPTIMISATIONS.md``, session 24).
 
     ``TrainingStep(layers, grads, head, n_threads)``: ``layers`` a list of
     ``StepLayer`` from the bottom up, ``grads`` the flat gradient vector

@@ -1161,6 +1161,11 @@ class _TrainingPlan:
     its gradient enters the backward kernel as that of the final states
     rather than as rows of a gradient that is zero elsewhere; the sums are
     the same (a zero's sign aside).
+
+    The squared error of an identity output layer without dropout (the
+    regressors' batches) runs as one compiled call, ``step``
+    (``_cells.TrainingStep``), from the packed input to the gradients;
+    the other batches run the steps below in Python.
     """
 
     def __init__(self, net, key, packing):
