@@ -154,24 +154,34 @@ def our_times(workload, n_threads, repeats, variable_length=False, seed=0,
 
 
 def variable_over_fixed_times(workload, n_threads, repeats, min_pairs=5):
-    """Our variable-length epoch, each beside a fixed-length epoch run just
-    before or just after it, in turns (``paired_packed_epoch_s``,
-    ``paired_fixed_epoch_s``): ``repeats`` pairs, at least ``min_pairs``.
-    Their ratio is how far the cost follows the real steps; timed minutes
-    apart, as the two epochs of ``our_times`` are, it also measures how
+    """Our variable-length epoch, each beside a fixed-length epoch and an
+    epoch of equal lengths of as many real steps (every sequence of the
+    variable-length data cut to their mean length), run just before or
+    just after it, in turns (``paired_packed_epoch_s``,
+    ``paired_fixed_epoch_s``, ``paired_mean_epoch_s``): ``repeats``
+    triples, at least ``min_pairs``. The first ratio is how far the cost
+    follows the real steps; the second, what the lengths' differing costs
+    beyond the steps themselves (an epoch of equal lengths has the same
+    batches, the same work per step and no padding). Timed minutes apart,
+    as the two epochs of ``our_times`` are, they would also measure how
     the shared machine's speed moved in between (run 39, small-lstm: 0.95
     from the medians of the rounds; 0.75-0.78 in epochs alternated in one
     process within the hour before)."""
     fixed, _, threadpool_limits = _training_epoch(workload, n_threads)
-    variable, _, _ = _training_epoch(workload, n_threads, variable_length=True)
-    times = {"paired_fixed_epoch_s": [], "paired_packed_epoch_s": []}
+    X, y, lengths = workload_data(workload, variable_length=True)
+    variable, _, _ = _training_epoch(workload, n_threads, variable_length=True,
+                                     data=(X, y, lengths))
+    mean_length = min(workload["n_steps"], max(1, int(round(lengths.mean()))))
+    mean, _, _ = _training_epoch(workload, n_threads, variable_length=True,
+                                 data=(X, y, np.full_like(lengths, mean_length)))
+    epochs = (("paired_fixed_epoch_s", fixed), ("paired_mean_epoch_s", mean),
+              ("paired_packed_epoch_s", variable))
+    times = {key: [] for key, _ in epochs}
     with threadpool_limits(limits=1, user_api="blas"):
-        fixed()
-        variable()
+        for _, epoch in epochs:
+            epoch()
         for r in range(max(repeats, min_pairs)):
-            for key, epoch in sorted(
-                    (("paired_fixed_epoch_s", fixed),
-                     ("paired_packed_epoch_s", variable)), reverse=bool(r % 2)):
+            for key, epoch in (epochs[::-1] if r % 2 else epochs):
                 times[key].append(_timed(epoch))
     return times
 
@@ -315,6 +325,11 @@ def run(names, n_threads, repeats, packed, onnx, estimator, rounds=1):
                 r_ours["paired_packed_epoch_s"], r_ours["paired_fixed_epoch_s"])]
             row["packed_over_fixed"] = _median(pairs)
             row["packed_over_fixed_per_pair"] = pairs
+            # and over the epoch of equal lengths of as many steps beside it
+            pairs = [v / m for r_ours, _ in per_round for v, m in zip(
+                r_ours["paired_packed_epoch_s"], r_ours["paired_mean_epoch_s"])]
+            row["packed_over_mean"] = _median(pairs)
+            row["packed_over_mean_per_pair"] = pairs
         flops = train_flops_per_epoch(w)
         row["train_gflops"] = flops / row["train_epoch_s"] / 1e9
         if row.get("torch_train_epoch_s"):
@@ -430,17 +445,22 @@ def markdown_table(rows, peak=None):
         lines += ["", "Variable-length batches (lengths uniform in 10..100, at most "
                   "the workload's steps: 10..50 for small-lstm), training "
                   "s/epoch; ours against our fixed-length epoch (the median "
-                  "over pairs of epochs run one beside the other), beside the "
-                  "real steps against the padded ones (the cost if it followed "
-                  "the real steps exactly):", "",
+                  "over epochs run one beside the other), beside the real "
+                  "steps against the padded ones (the cost if it followed the "
+                  "real steps exactly), and against our epoch of equal lengths "
+                  "of as many real steps (every sequence cut to the mean "
+                  "length: the same batches, no padding; 1.00 if differing "
+                  "lengths cost nothing beyond their steps):", "",
                   "| workload | ours | PyTorch (packed) | ratio | ours / fixed "
-                  "| real / padded steps |", "|---|---|---|---|---|---|"]
+                  "| real / padded steps | ours / equal lengths |",
+                  "|---|---|---|---|---|---|---|"]
         for r in packed:
             lines.append(f"| {r['workload']} | {_fmt(r['packed_train_epoch_s'])} | "
                          f"{_fmt(r.get('torch_packed_train_epoch_s'))} | "
                          f"{_fmt(r.get('packed_train_ratio'), 2, '×')} | "
                          f"{_fmt(_packed_over_fixed(r), 2)} | "
-                         f"{_fmt(r.get('packed_steps_fraction'), 2)} |")
+                         f"{_fmt(r.get('packed_steps_fraction'), 2)} | "
+                         f"{_fmt(r.get('packed_over_mean'), 2)} |")
     if peak:
         lines += ["", f"Training throughput, GFLOP/s (GEMM operations counted "
                   f"analytically), against this machine's SGEMM peak of "
