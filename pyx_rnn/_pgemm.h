@@ -364,9 +364,10 @@ DEFINE(NAME##_m12, T, V, 12, NREG, ATTR)
  * time; every sum's order is still that of k. One row takes them only
  * where the packed matrix is at most SR_WIDE_ONE_ROW_BYTES: a larger one
  * comes from L2, whose reads bound the product, and one panel at a time
- * read it faster (AVX-512, Zen 5, an LSTM step of one sequence, 100 steps:
- * 32 units 27 -> 22 µs, 2 sequences 33 -> 27, 3 sequences of 128 units
- * 425 -> 347; one of 128 units 288 -> 315-331 µs, so not wide). */
+ * read it faster (AVX-512, Zen 5, an LSTM's forward pass over 100 steps:
+ * 32 units, 1 sequence 27 -> 24 µs, 2 sequences 33 -> 27-28; 128 units,
+ * 3 sequences 421-440 -> 364-370 µs; 1 sequence 288-293 µs, 315-331 with
+ * 4 panels at once; benchmarks/OPTIMISATIONS.md, session 24). */
 #define SR_WIDE_ONE_ROW_BYTES 32768
 #define SR_WIDE_CALL(NAME, NREG, R)                                           \
     if (m == (R) && SR_WIDE_PANELS(R, NV, NREG) > 1                           \
