@@ -1140,8 +1140,9 @@ class _TrainingPlan:
 
     It covers a unidirectional stack (not Jordan, no embedding or token
     input) whose layers compute their input product step by step and sum
-    their weights' gradients in the backward kernel (the sizes below
-    ``layers.FUSED_WEIGHT_GRADIENT_BYTES``), trained without truncation
+    their weights' gradients in the backward kernel (up to about 1 MiB of
+    weights, in blocks of enough sequences: ``layers.fused_weight_gradients``),
+    trained without truncation
     or initial states: the benchmark's and the estimators' usual batches,
     dropout between layers and recurrent dropout included (the key tells
     calls with recurrent dropout from calls without: the plan binds a mask
