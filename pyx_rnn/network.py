@@ -599,13 +599,21 @@ class Network:
         g, dtype, W = self.grad_views, self.dtype, self.weights["output.weight"]
         X = np.ascontiguousarray(X, dtype)
         dX = np.empty(X.shape, dtype)
-        work = None if len(W) <= _dense.NARROW_COLUMNS else _take(
-            self._pool.setdefault("head", {}), "outer_work",
-            (_dense.outer_work_size(X.shape[1], 0, dX.itemsize, n_threads),), dtype)
         _dense.linear_backward(X, np.ascontiguousarray(dZ, dtype), W,
                                g["output.weight"], g["output.bias"], dX, n_threads,
-                               work)
+                               self._head_work(n_threads))
         return dX
+
+    def _head_work(self, n_threads):
+        """The scratch of ``_dense.linear_backward`` for the output layer on
+        ``n_threads`` threads, from the pool; None for at most
+        ``_dense.NARROW_COLUMNS`` outputs, whose loops need none."""
+        W = self.weights["output.weight"]
+        if len(W) <= _dense.NARROW_COLUMNS:
+            return None
+        return _take(self._pool.setdefault("head", {}), "outer_work",
+                     (_dense.outer_work_size(W.shape[1], 0, self.dtype.itemsize,
+                                             n_threads),), self.dtype)
 
     def _top_rows(self, packing, return_sequences):
         """Rows of the top output read by the output layer, and for a
@@ -1247,19 +1255,15 @@ class _TrainingPlan:
         net = self.net
         if self.masked or self.return_sequences or net.output_activation != "identity":
             return None
-        dtype, W = net.dtype, net.weights["output.weight"]
-        work = None if len(W) <= _dense.NARROW_COLUMNS else _take(
-            net._pool.setdefault("head", {}), "outer_work",
-            (_dense.outer_work_size(W.shape[1], 0, np.dtype(dtype).itemsize,
-                                    self.n_threads),), dtype)
         layers = [_cells.StepLayer(
             layer.forward, layer.backward, layer.sums,
             (layer.w["bias_ih"], layer.w["bias_hh"], layer.fplan.bias_sum),
             layer.w["weight_ih"], layer.dh, layer.dc, layer.d_in)
             for layer in self.layers]
-        head = (W, net.weights["output.bias"], net.grad_views["output.weight"],
-                net.grad_views["output.bias"], self.head_pack, self.Z,
-                np.empty_like(self.Z), work)
+        head = (net.weights["output.weight"], net.weights["output.bias"],
+                net.grad_views["output.weight"], net.grad_views["output.bias"],
+                self.head_pack, self.Z, np.empty_like(self.Z),
+                net._head_work(self.n_threads))
         return _cells.TrainingStep(layers, net.grads, head, self.n_threads)
 
     def read(self, X, packing):
@@ -1368,13 +1372,12 @@ class _TrainingPlan:
         if (self.step is not None and loss == "squared_error" and not dropout
                 and type(targets) is np.ndarray and targets.dtype == dtype
                 and targets.shape == self.Z.shape and targets.flags.c_contiguous):
-            states = [[_new_states(layer.spec, self.B, dtype)] for layer in self.layers]
+            pairs = [_new_states(layer.spec, self.B, dtype) for layer in self.layers]
             # the weights as loss_and_gradient passes them to squared_error
             value = self.step.run(X, bs, off, starts, targets,
                                   np.ascontiguousarray(row_weight, dtype),
-                                  total_weight,
-                                  [layer_states[0] for layer_states in states])
-            return value + net._penalty(alpha, total_weight), states
+                                  total_weight, pairs)
+            return value + net._penalty(alpha, total_weight), [[p] for p in pairs]
         net.grads[:] = 0
         if self.masked:
             for layer in self.layers:
