@@ -27,7 +27,7 @@ Each round runs every workload's epochs in turns, the order reversed each
 round, and each epoch's least time over the rounds is kept (see
 ``summary``).
 
-    python benchmarks/bench_lengths.py [--write] [--rounds 5] [--threads 2]
+    python benchmarks/bench_lengths.py [--write] [--rounds 9] [--threads 2]
 
 ``--write`` stores ``benchmarks/LENGTHS.md`` and ``benchmarks/lengths.json``.
 """
@@ -104,10 +104,10 @@ def measure(workloads, n_threads, rounds):
 def summary(workload, result):
     """The line of the equal-length epochs and the variable-length epoch
     against it (see above), from each epoch's least time over the rounds:
-    the shared machine's noise only ever slows an epoch down (one virtual
-    CPU at times runs about 1.6 times slower for a minute or more,
-    ``OPTIMISATIONS.md``, sessions 20 and 25), and the rounds spread over
-    minutes."""
+    the shared machine's noise only ever slows an epoch down (two threads
+    at times run a third slower together for a minute or more, while the
+    host runs the two virtual CPUs far apart: ``OPTIMISATIONS.md``,
+    session 25), and the rounds spread over minutes."""
     equal = {L: min(t) for L, t in result["equal"].items()}
     variable = min(result["variable"])
     a, b, residual = fit_line(list(equal), list(equal.values()))
@@ -167,7 +167,7 @@ def main(argv=None):
     parser.add_argument("--workload", action="append",
                         help="a workload name (repeatable); all by default")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args(argv)
     names = args.workload or [w["name"] for w in WORKLOADS]
