@@ -257,30 +257,44 @@ def torch_packed_train_epoch_time(
     return _train_epochs(cell, X, y, lengths, hidden, batch, n_threads, repeats, seed)
 
 
-def torch_inference_time(cell, X, hidden, batch, n_threads, repeats=5, seed=0):
-    """Median seconds to predict the whole of ``X`` in chunks of ``batch``.
-
-    Runs under ``torch.inference_mode()`` after one warm-up pass.
-    """
+def torch_predictor(cell, X, hidden, batch, n_threads, seed=0):
+    """A function that predicts the whole of ``X`` in chunks of ``batch``
+    with the torch model, under ``torch.inference_mode()``, after one
+    warm-up pass. It sets torch's thread count to ``n_threads`` (for the
+    process, and again at a call where something changed it), so that
+    a call times the predictions only."""
     import torch
 
     X = np.ascontiguousarray(X, dtype=np.float32)
-    with _torch_threads(n_threads):
-        model = _make_model(cell, X.shape[2], hidden, seed=seed).eval()
-        X_t = torch.from_numpy(X)
+    torch.set_num_threads(int(n_threads))
+    model = _make_model(cell, X.shape[2], hidden, seed=seed).eval()
+    X_t = torch.from_numpy(X)
 
-        def predict_all():
+    def predict_all():
+        if torch.get_num_threads() != n_threads:
+            torch.set_num_threads(int(n_threads))
+        with torch.inference_mode():
             for start in range(0, X_t.shape[0], batch):
                 model(X_t[start : start + batch])
 
-        with torch.inference_mode():
-            predict_all()
-            times = []
-            for _ in range(repeats):
-                start_time = time.perf_counter()
-                predict_all()
-                times.append(time.perf_counter() - start_time)
+    predict_all()
+    return predict_all
+
+
+def _median_time(function, repeats):
+    times = []
+    for _ in range(repeats):
+        start_time = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start_time)
     return statistics.median(times)
+
+
+def torch_inference_time(cell, X, hidden, batch, n_threads, repeats=5, seed=0):
+    """Median seconds to predict the whole of ``X`` in chunks of ``batch``
+    (``torch_predictor``)."""
+    predict_all = torch_predictor(cell, X, hidden, batch, n_threads, seed=seed)
+    return _median_time(predict_all, repeats)
 
 
 # ---------------------------------------------------------------------------
@@ -321,17 +335,18 @@ def _export_onnx(model, example, path):
     return path
 
 
-def onnxruntime_inference_time(cell, X, hidden, batch, n_threads, repeats=5, seed=0):
-    """Median seconds for ONNX Runtime to predict ``X`` in chunks of ``batch``.
+def onnxruntime_predictor(cell, X, hidden, batch, n_threads, seed=0):
+    """A function that predicts ``X`` in chunks of ``batch`` with ONNX
+    Runtime, after one warm-up pass.
 
-    The same torch model as :func:`torch_inference_time` is exported to ONNX
+    The same torch model as :func:`torch_predictor` is exported to ONNX
     with a dynamic batch axis and run on the CPU execution provider with
     ``intra_op_num_threads=n_threads``.  The ONNX outputs are checked against
     torch on a full and on a partial chunk.
 
     Returns
     -------
-    seconds : float or None
+    predict_all : callable or None
         None when torch, onnx or onnxruntime (or the exporter's own
         dependencies) are not installed.
     """
@@ -374,12 +389,14 @@ def onnxruntime_inference_time(cell, X, hidden, batch, n_threads, repeats=5, see
             session.run(["y"], {"x": X[start : start + batch]})
 
     predict_all()
-    times = []
-    for _ in range(repeats):
-        start_time = time.perf_counter()
-        predict_all()
-        times.append(time.perf_counter() - start_time)
-    return statistics.median(times)
+    return predict_all
+
+
+def onnxruntime_inference_time(cell, X, hidden, batch, n_threads, repeats=5, seed=0):
+    """Median seconds for ONNX Runtime to predict ``X`` in chunks of
+    ``batch`` (``onnxruntime_predictor``), or None where it cannot run."""
+    predict_all = onnxruntime_predictor(cell, X, hidden, batch, n_threads, seed=seed)
+    return None if predict_all is None else _median_time(predict_all, repeats)
 
 
 # ---------------------------------------------------------------------------
