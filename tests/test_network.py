@@ -1546,6 +1546,66 @@ def test_sequence_input_gives_the_same_bits(cell, kw, rs, dtype):
     assert net._pool["input"].size >= X.size
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell, kw", IN_PLACE_CASES[:4])
+def test_sequence_input_evenly_spaced_gives_the_same_bits(cell, kw, dtype):
+    """Sequences that lie the same number of rows apart in packed order
+    (the chunks of an (n, T, features) array of equal lengths, windows one
+    row apart, a padded array sorted longest first) have their steps read
+    in place by the packed product, with the bits of the packed rows; so
+    do the blocks of sequences that are not evenly spaced, which copy
+    them."""
+    from pyx_rnn import _cells
+    rng = np.random.default_rng(0)
+    n_in, T, n = 5, 9, 12
+    padded = rng.standard_normal((n, T + 2, n_in)).astype(dtype)
+    series = rng.standard_normal((40, n_in)).astype(dtype)
+    varied = np.array([9, 9, 8, 7, 7, 6, 5, 4, 3, 2, 2, 1])
+    apart = (T + 2) * np.arange(n)
+    cases = [  # (data, starts in the caller's order, lengths, evenly spaced)
+        (padded.reshape(-1, n_in), apart, np.full(n, T), True),
+        (series, np.arange(n), np.full(n, 7), True),   # overlapping windows
+        (padded.reshape(-1, n_in), apart, varied, True),
+        (padded.reshape(-1, n_in), apart, rng.permutation(varied), False),
+    ]
+    net = Network(cell, n_in, (8, 6), 2, dtype=dtype, **kw)
+    net.init_weights(np.random.default_rng(1))
+    for data, starts, lengths, even in cases:
+        pk = Packing.from_lengths(lengths)
+        inp = SequenceInput(data, np.ascontiguousarray(starts[pk.order]))
+        X = inp.packed(pk)
+        spaced = [_cells.evenly_spaced(inp.starts[lo:lo + 3], n_in)
+                  for lo in range(0, n, 3)]
+        assert all(spaced) if even else not all(spaced)
+        for n_threads in (1, 2):
+            for block_rows in (3, None):
+                _, Y1, s1 = net.forward(X, pk, n_threads=n_threads,
+                                        block_rows=block_rows)
+                _, Y2, s2 = net.forward(inp, pk, n_threads=n_threads,
+                                        block_rows=block_rows)
+                assert _plans_in_place(net)[0]
+                assert_array_equal(Y1, Y2)
+                for a, b in zip(flat_states(s1, net), flat_states(s2, net)):
+                    assert_array_equal(a, b)
+
+
+def test_evenly_spaced_steps():
+    """What the forward kernel reads in place: the step between sequences
+    one after another the same number of rows apart (any step for one
+    sequence), 0 otherwise or where the rows of a step overflow an int."""
+    from pyx_rnn import _cells
+    starts = lambda *s: np.array(s, np.intp)  # noqa: E731
+    assert _cells.evenly_spaced(starts(4, 9, 14, 19), 3) == 5
+    assert _cells.evenly_spaced(starts(0, 1, 2), 8) == 1
+    assert _cells.evenly_spaced(starts(7), 8) == 1
+    assert _cells.evenly_spaced(starts(), 8) == 1
+    assert _cells.evenly_spaced(starts(0, 5, 11), 3) == 0
+    assert _cells.evenly_spaced(starts(9, 4), 3) == 0
+    assert _cells.evenly_spaced(starts(3, 3), 3) == 0
+    assert _cells.evenly_spaced(starts(0, 2**28), 8) == 0
+    assert _cells.evenly_spaced(starts(0, 2**28), 7) == 2**28
+
+
 @pytest.mark.parametrize("cell", ["jordan", "lstm"])
 def test_sequence_input_packed_where_not_read_in_place(cell, monkeypatch):
     """Where the first layer cannot read in place (a Jordan network, the
