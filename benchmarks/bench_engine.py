@@ -495,6 +495,16 @@ def markdown_table(rows, peak=None):
     return "\n".join(lines)
 
 
+def write_report(markdown_name, lines, json_name, payload):
+    """Write a benchmark's markdown ``lines`` and its JSON ``payload`` into
+    ``benchmarks/`` (the other benchmarks' ``--write``)."""
+    with open(os.path.join(HERE, markdown_name), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(HERE, json_name), "w") as f:
+        json.dump(payload, f, indent=1)
+    print(f"wrote benchmarks/{markdown_name} and benchmarks/{json_name}")
+
+
 def write(rows, info):
     with open(os.path.join(HERE, "results.json"), "w") as f:
         json.dump(dict(info=info, results=rows), f, indent=2)

@@ -27,7 +27,6 @@ target, and the best times (each side's least time, and their ratio).
 """
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -160,7 +159,7 @@ def main(argv=None):
     if args.serve:
         serve(args.serve, args.threads)
         return 0
-    from bench_engine import machine_info
+    from bench_engine import machine_info, write_report
     info = machine_info(args.threads)
     rows, results = [], {}
     for name in args.workload or [w["name"] for w in WORKLOADS]:
@@ -174,12 +173,8 @@ def main(argv=None):
     lines = markdown(rows, info, args.pairs)
     print("\n".join(lines))
     if args.write:
-        with open(os.path.join(HERE, "INFERENCE.md"), "w") as f:
-            f.write("\n".join(lines) + "\n")
-        with open(os.path.join(HERE, "inference.json"), "w") as f:
-            json.dump(dict(info=info, pairs=args.pairs, results=results), f,
-                      indent=1)
-        print("wrote benchmarks/INFERENCE.md and benchmarks/inference.json")
+        write_report("INFERENCE.md", lines, "inference.json",
+                     dict(info=info, pairs=args.pairs, results=results))
     return 0
 
 

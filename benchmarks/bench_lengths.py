@@ -33,7 +33,6 @@ round, and each epoch's least time over the rounds is kept (see
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -42,7 +41,12 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from bench_engine import _timed, _training_epoch, machine_info  # noqa: E402
+from bench_engine import (  # noqa: E402
+    _timed,
+    _training_epoch,
+    machine_info,
+    write_report,
+)
 from bench_torch import WORKLOADS, get_workload, workload_data  # noqa: E402
 
 #: The equal lengths of the line, as fractions of the workload's steps.
@@ -188,12 +192,8 @@ def main(argv=None):
     lines = markdown(rows, info, args.rounds)
     print("\n".join(lines))
     if args.write:
-        with open(os.path.join(HERE, "LENGTHS.md"), "w") as f:
-            f.write("\n".join(lines) + "\n")
-        with open(os.path.join(HERE, "lengths.json"), "w") as f:
-            json.dump(dict(info=info, rounds=args.rounds, results=results), f,
-                      indent=1)
-        print("wrote benchmarks/LENGTHS.md and benchmarks/lengths.json")
+        write_report("LENGTHS.md", lines, "lengths.json",
+                     dict(info=info, rounds=args.rounds, results=results))
     return 0
 
 
