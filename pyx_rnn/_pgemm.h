@@ -41,6 +41,8 @@
 
 #include <string.h>
 
+#include "_isa.h"
+
 #define SR_PANEL_BYTES 128
 
 /* Length (in elements) of the packing of a K x N matrix of elements of
@@ -640,9 +642,11 @@ static int sr_pgemm_isa = 0;
 static inline int sr_pgemm_init(void) {
 #if defined(SR_PGEMM_DISPATCH)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f"))
+    const int cap = sr_isa_cap();
+    if (__builtin_cpu_supports("avx512f") && cap >= 2)
         sr_pgemm_isa = 2;
-    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+             && cap >= 1)
         sr_pgemm_isa = 1;
     else
         sr_pgemm_isa = 0;

@@ -3,10 +3,9 @@
  * The gate non-linearities dominate the cost of small recurrent layers. Where
  * glibc's vector math library (libmvec) is available, setup.py defines
  * SKLEARN_RNN_LIBMVEC and links it: the declarations below then let GCC turn
- * these loops into calls of libmvec's SIMD tanh/exp (<= 4 ulp), and
- * target_clones compiles one version per instruction set (AVX-512, AVX2,
- * baseline), picked at load time. Elsewhere the same loops call the scalar
- * libm functions. On x86-64 CPUs with AVX2 (or AVX-512), float sigmoid and
+ * these loops into calls of libmvec's SIMD tanh/exp (<= 4 ulp), one version
+ * per instruction set (AVX-512, AVX2, baseline), picked at load time.
+ * Elsewhere the same loops call the scalar libm functions. On x86-64 CPUs with AVX2 (or AVX-512), float sigmoid and
  * tanh are our own vectorised versions below instead. The results do not
  * depend on the thread count either way.
  */
@@ -17,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_isa.h"
+
 #if defined(SKLEARN_RNN_LIBMVEC)
 __attribute__((simd("notinbranch"))) float tanhf(float);
 __attribute__((simd("notinbranch"))) double tanh(double);
@@ -24,26 +25,56 @@ __attribute__((simd("notinbranch"))) float expf(float);
 __attribute__((simd("notinbranch"))) double exp(double);
 #endif
 
-#if defined(SKLEARN_RNN_LIBMVEC) && defined(__x86_64__) && defined(__GNUC__)
-#define SR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define SR_CLONES
-#endif
-
 /* sigmoid(x) = 1 / (1 + exp(-x)): exp(-x) may overflow to +inf for very
- * negative x, which correctly gives 0; it never produces NaN. */
-SR_CLONES static void sr_sigmoid_f_libm(float *restrict x, int n) {
-    for (int i = 0; i < n; i++) x[i] = 1.0f / (1.0f + expf(-x[i]));
+ * negative x, which correctly gives 0; it never produces NaN. With libmvec
+ * on x86-64, each loop is compiled three times (AVX-512, AVX2, baseline:
+ * GCC calls libmvec's version of that width), and the widest that the CPU
+ * and the environment allow (_isa.h) is picked when the module is loaded. */
+#define SR_DEFINE_LIBM_LOOPS(SFX, ATTR)                                       \
+ATTR static void sr_sigmoid_f_libm##SFX(float *restrict x, int n) {           \
+    for (int i = 0; i < n; i++) x[i] = 1.0f / (1.0f + expf(-x[i]));           \
+}                                                                             \
+ATTR static void sr_sigmoid_d##SFX(double *restrict x, int n) {               \
+    for (int i = 0; i < n; i++) x[i] = 1.0 / (1.0 + exp(-x[i]));              \
+}                                                                             \
+ATTR static void sr_tanh_f_libm##SFX(float *restrict x, int n) {              \
+    for (int i = 0; i < n; i++) x[i] = tanhf(x[i]);                           \
+}                                                                             \
+ATTR static void sr_tanh_d##SFX(double *restrict x, int n) {                  \
+    for (int i = 0; i < n; i++) x[i] = tanh(x[i]);                            \
 }
-SR_CLONES static void sr_sigmoid_d(double *restrict x, int n) {
-    for (int i = 0; i < n; i++) x[i] = 1.0 / (1.0 + exp(-x[i]));
+
+#if defined(SKLEARN_RNN_LIBMVEC) && defined(__x86_64__) && defined(__GNUC__)
+SR_DEFINE_LIBM_LOOPS(_avx512, __attribute__((target("avx512f"))))
+SR_DEFINE_LIBM_LOOPS(_avx2, __attribute__((target("avx2,fma"))))
+SR_DEFINE_LIBM_LOOPS(_base, )
+
+/* 2: the AVX-512 loops, 1: AVX2, 0: baseline; set when the module is loaded */
+static int sr_libm_isa = 0;
+
+__attribute__((constructor)) static void sr_libm_isa_init(void) {
+    __builtin_cpu_init();
+    const int cap = sr_isa_cap();
+    if (__builtin_cpu_supports("avx512f") && cap >= 2)
+        sr_libm_isa = 2;
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+             && cap >= 1)
+        sr_libm_isa = 1;
 }
-SR_CLONES static void sr_tanh_f_libm(float *restrict x, int n) {
-    for (int i = 0; i < n; i++) x[i] = tanhf(x[i]);
+
+#define SR_DEFINE_LIBM_DISPATCH(NAME, T)                                      \
+static void NAME(T *restrict x, int n) {                                      \
+    if (sr_libm_isa == 2) NAME##_avx512(x, n);                                \
+    else if (sr_libm_isa == 1) NAME##_avx2(x, n);                             \
+    else NAME##_base(x, n);                                                   \
 }
-SR_CLONES static void sr_tanh_d(double *restrict x, int n) {
-    for (int i = 0; i < n; i++) x[i] = tanh(x[i]);
-}
+SR_DEFINE_LIBM_DISPATCH(sr_sigmoid_f_libm, float)
+SR_DEFINE_LIBM_DISPATCH(sr_sigmoid_d, double)
+SR_DEFINE_LIBM_DISPATCH(sr_tanh_f_libm, float)
+SR_DEFINE_LIBM_DISPATCH(sr_tanh_d, double)
+#else
+SR_DEFINE_LIBM_LOOPS(, )
+#endif
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(SKLEARN_RNN_NO_ISA_DISPATCH)
 /* Float sigmoid and tanh of our own, written once with GCC's vector types and
@@ -369,18 +400,17 @@ SR_DEFINE_GRU_STEPS(16, SR_VEC_AVX512)
 
 /* The widest vectors of our own functions on this CPU: 16 (AVX-512), 8
  * (AVX2 and FMA) or 0 (neither: the loops above). Set when the module is
- * loaded. The environment variable SKLEARN_RNN_NO_AVX512 (set, and not
- * "0") leaves AVX-512 aside, so that the tests can run the AVX2 path on a
- * CPU that has both. */
+ * loaded, within what the environment allows (_isa.h: SKLEARN_RNN_NO_AVX512
+ * and SKLEARN_RNN_NO_AVX2). */
 static int sr_width = 0;
 
 __attribute__((constructor)) static void sr_width_init(void) {
     __builtin_cpu_init();
-    const char *no512 = getenv("SKLEARN_RNN_NO_AVX512");
-    int use512 = !(no512 != NULL && no512[0] != '\0' && strcmp(no512, "0") != 0);
-    if (__builtin_cpu_supports("avx512f") && use512)
+    const int cap = sr_isa_cap();
+    if (__builtin_cpu_supports("avx512f") && cap >= 2)
         sr_width = 16;
-    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+             && cap >= 1)
         sr_width = 8;
 }
 
