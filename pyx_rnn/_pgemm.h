@@ -641,15 +641,7 @@ static int sr_pgemm_isa = 0;
 
 static inline int sr_pgemm_init(void) {
 #if defined(SR_PGEMM_DISPATCH)
-    __builtin_cpu_init();
-    const int cap = sr_isa_cap();
-    if (__builtin_cpu_supports("avx512f") && cap >= 2)
-        sr_pgemm_isa = 2;
-    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
-             && cap >= 1)
-        sr_pgemm_isa = 1;
-    else
-        sr_pgemm_isa = 0;
+    sr_pgemm_isa = sr_isa();
 #endif
     return sr_pgemm_isa;
 }

@@ -5,9 +5,10 @@
  * SKLEARN_RNN_LIBMVEC and links it: the declarations below then let GCC turn
  * these loops into calls of libmvec's SIMD tanh/exp (<= 4 ulp), one version
  * per instruction set (AVX-512, AVX2, baseline), picked at load time.
- * Elsewhere the same loops call the scalar libm functions. On x86-64 CPUs with AVX2 (or AVX-512), float sigmoid and
- * tanh are our own vectorised versions below instead. The results do not
- * depend on the thread count either way.
+ * Elsewhere the same loops call the scalar libm functions. On x86-64 CPUs
+ * with AVX2 (or AVX-512), float sigmoid and tanh are our own vectorised
+ * versions below instead. The results do not depend on the thread count
+ * either way.
  */
 #ifndef SKLEARN_RNN_VECMATH_H
 #define SKLEARN_RNN_VECMATH_H
@@ -53,13 +54,7 @@ SR_DEFINE_LIBM_LOOPS(_base, )
 static int sr_libm_isa = 0;
 
 __attribute__((constructor)) static void sr_libm_isa_init(void) {
-    __builtin_cpu_init();
-    const int cap = sr_isa_cap();
-    if (__builtin_cpu_supports("avx512f") && cap >= 2)
-        sr_libm_isa = 2;
-    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
-             && cap >= 1)
-        sr_libm_isa = 1;
+    sr_libm_isa = sr_isa();
 }
 
 #define SR_DEFINE_LIBM_DISPATCH(NAME, T)                                      \
@@ -405,13 +400,7 @@ SR_DEFINE_GRU_STEPS(16, SR_VEC_AVX512)
 static int sr_width = 0;
 
 __attribute__((constructor)) static void sr_width_init(void) {
-    __builtin_cpu_init();
-    const int cap = sr_isa_cap();
-    if (__builtin_cpu_supports("avx512f") && cap >= 2)
-        sr_width = 16;
-    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
-             && cap >= 1)
-        sr_width = 8;
+    sr_width = (int[]) {0, 8, 16}[sr_isa()];
 }
 
 static void sr_sigmoid_f(float *restrict x, int n) {
